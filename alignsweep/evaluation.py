@@ -1,0 +1,269 @@
+"""Evaluation of one policy checkpoint against the reference (SFT) model.
+
+Definitions (the paper's protocol):
+- samples: one response per held-out prompt, drawn from the policy at `temperature` with no
+  top-k/top-p truncation, ending at the first end-of-sequence token or `max_new_tokens`;
+- KL: the Monte-Carlo estimate of the sequence-level KL(pi || pi_ref) on those samples,
+  mean over samples of log pi(y|x) - log pi_ref(y|x), with its standard error; sqrt_kl = sqrt(max(KL, 0))
+  and its error by the delta method;
+- win rate: the mean judge outcome of sample vs reference response (ties count 1/2), with its
+  standard error;
+- on the held-out preference pairs: mean summed log-likelihood of chosen and rejected responses
+  (likelihood displacement) and the accuracy of the algorithm's implicit reward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+from alignsweep.losses import daa_loss
+
+
+@dataclass
+class Batch:
+    """Prompts (left-padded) followed by responses (right-padded), one row per sequence."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor  # 1 on response tokens (those scored)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(dim=1)
+
+
+def make_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int) -> Batch:
+    p_len = max(len(p) for p in prompt_ids)
+    r_len = max(1, max(len(r) for r in response_ids))
+    rows, attn, resp = [], [], []
+    for p, r in zip(prompt_ids, response_ids, strict=True):
+        left, right = p_len - len(p), r_len - len(r)
+        rows.append([pad_id] * left + list(p) + list(r) + [pad_id] * right)
+        attn.append([0] * left + [1] * (len(p) + len(r)) + [0] * right)
+        resp.append([0] * p_len + [1] * len(r) + [0] * right)
+    return Batch(torch.tensor(rows), torch.tensor(attn), torch.tensor(resp))
+
+
+@torch.no_grad()
+def sequence_logps(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed log-probability of each row's response tokens under `model`."""
+    device = next(model.parameters()).device
+    ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
+    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = logps.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (token_logps * batch.response_mask[:, 1:].to(device)).sum(dim=1).cpu()
+
+
+@torch.no_grad()
+def sample(
+    model: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> list[list[int]]:
+    """One response per prompt, from the untruncated distribution at `temperature`; each ends with
+    EOS unless it ran out of tokens."""
+    device = next(model.parameters()).device
+    batch = make_batch(prompt_ids, [[] for _ in prompt_ids], pad_id)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
+    out = [[] for _ in prompt_ids]
+    done = torch.zeros(len(prompt_ids), dtype=torch.bool)
+    past = None
+    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
+    step_ids = ids
+    for _ in range(max_new_tokens):
+        result = model(
+            input_ids=step_ids, attention_mask=attn, position_ids=position_ids, past_key_values=past, use_cache=True
+        )
+        past = result.past_key_values
+        probs = torch.softmax(result.logits[:, -1].float() / temperature, dim=-1).cpu()
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        for i, tok in enumerate(nxt.tolist()):
+            if not done[i]:
+                out[i].append(tok)
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+        step_ids = nxt.unsqueeze(1).to(device)
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        position_ids = position_ids[:, -1:] + 1
+    return out
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def _regression(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Slope and R^2 of the least-squares line of y on x."""
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    if sxx == 0 or syy == 0:
+        return 0.0, 0.0
+    return sxy / sxx, sxy * sxy / (sxx * syy)
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+class Evaluator:
+    """Evaluates checkpoints of one run; the reference model, tokenised prompts and the reference's
+    log-probs of the held-out pairs are prepared once and reused at every checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        ref_model: Any,
+        tokenizer: Any,
+        judge: Any,
+        eval_rows: Sequence[dict],
+        heldout_rows: Sequence[dict],
+        loss_name: str,
+        loss_params: dict,
+        max_new_tokens: int,
+        temperature: float,
+        batch_size: int,
+        seed: int,
+    ):
+        self.ref_model = ref_model
+        self.tokenizer = tokenizer
+        self.judge = judge
+        self.loss_name = loss_name
+        self.loss_params = loss_params
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.batch_size = batch_size
+        self.seed = seed
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.prompts = [r["prompt"] for r in eval_rows]
+        self.references = [r["reference"] for r in eval_rows]
+        self.prompt_ids = [self._encode(p) for p in self.prompts]
+        self.heldout = self._encode_pairs(heldout_rows)
+        self.heldout_ref: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        if heldout_rows:
+            self.heldout_ref = (self._logps(ref_model, *self.heldout[0]), self._logps(ref_model, *self.heldout[1]))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _encode_pairs(self, rows: Sequence[dict]):
+        prompts, chosen, rejected = [], [], []
+        eos = self.tokenizer.eos_token
+        for row in rows:
+            p = self._encode(row["prompt"])
+            prompts.append(p)
+            chosen.append(self._encode(row["prompt"] + row["chosen"] + eos)[len(p) :])
+            rejected.append(self._encode(row["prompt"] + row["rejected"] + eos)[len(p) :])
+        return (prompts, chosen), (prompts, rejected)
+
+    def _logps(self, model: Any, prompt_ids: Sequence, response_ids: Sequence) -> torch.Tensor:
+        parts = []
+        for s in _chunks(len(prompt_ids), self.batch_size):
+            parts.append(sequence_logps(model, make_batch(prompt_ids[s], response_ids[s], self.pad_id)))
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    def samples(self, policy: Any, prompt_ids: Sequence, seed: int) -> list[list[int]]:
+        out: list[list[int]] = []
+        for i, s in enumerate(_chunks(len(prompt_ids), self.batch_size)):
+            out += sample(
+                policy,
+                prompt_ids[s],
+                eos_id=self.eos_id,
+                pad_id=self.pad_id,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                seed=seed * 1000 + i,
+            )
+        return out
+
+    def kl(self, policy: Any, n_prompts: Optional[int] = None, seed: Optional[int] = None) -> dict:
+        """Monte-Carlo KL(pi || pi_ref) on fresh samples (all prompts, or the first `n_prompts`)."""
+        prompt_ids = self.prompt_ids if n_prompts is None else self.prompt_ids[:n_prompts]
+        responses = self.samples(policy, prompt_ids, self.seed if seed is None else seed)
+        pol = self._logps(policy, prompt_ids, responses)
+        ref = self._logps(self.ref_model, prompt_ids, responses)
+        kl, kl_se = mean_se((pol - ref).tolist())
+        return {"responses": responses, "policy_logps": pol, "ref_logps": ref, "kl": kl, "kl_se": kl_se}
+
+    def evaluate(self, policy: Any, step: int) -> dict:
+        was_training = policy.training
+        policy.eval()
+        try:
+            return self._evaluate(policy, step)
+        finally:
+            if was_training:
+                policy.train()
+
+    def _evaluate(self, policy: Any, step: int) -> dict:
+        est = self.kl(policy, seed=self.seed + step)
+        responses = est["responses"]
+        texts = [self.tokenizer.decode([t for t in r if t != self.eos_id]) for r in responses]
+        texts = [" " + t.strip() for t in texts]
+        outcomes = self.judge.compare(self.prompts, texts, self.references)
+        win, win_se = mean_se(outcomes)
+        lengths = [len(r) - (1 if r and r[-1] == self.eos_id else 0) for r in responses]
+        kl, kl_se = est["kl"], est["kl_se"]
+        sqrt_kl = math.sqrt(max(kl, 0.0))
+        row = {
+            "kl": kl,
+            "kl_se": kl_se,
+            "sqrt_kl": sqrt_kl,
+            "sqrt_kl_se": kl_se / (2 * sqrt_kl) if sqrt_kl > 0 else float("nan"),
+            "win_rate": win,
+            "win_rate_se": win_se,
+            "ties": sum(1 for o in outcomes if o == 0.5),
+            "n_eval": len(outcomes),
+            "response_length": sum(lengths) / len(lengths),
+            "truncated": sum(1 for r in responses if not r or r[-1] != self.eos_id),
+        }
+        beta = self.loss_params["beta"]
+        implicit = (beta * (est["policy_logps"] - est["ref_logps"])).tolist()
+        slope, r2 = _regression([float(x) for x in lengths], implicit)
+        row.update({"length_slope": slope, "length_r2": r2})
+        if hasattr(self.judge, "scores"):
+            row["gold_reward"] = sum(self.judge.scores(self.prompts, texts)) / len(texts)
+        if self.heldout_ref is not None:
+            row.update(self._heldout_metrics(policy))
+        return row
+
+    def _heldout_metrics(self, policy: Any) -> dict:
+        (prompts, chosen), (_, rejected) = self.heldout
+        pc, pr = self._logps(policy, prompts, chosen), self._logps(policy, prompts, rejected)
+        lc = torch.tensor([len(c) for c in chosen], dtype=pc.dtype)
+        lr = torch.tensor([len(r) for r in rejected], dtype=pc.dtype)
+        _, chosen_rewards, rejected_rewards = daa_loss(
+            self.loss_name,
+            policy_chosen_logps=pc,
+            policy_rejected_logps=pr,
+            ref_chosen_logps=self.heldout_ref[0],
+            ref_rejected_logps=self.heldout_ref[1],
+            chosen_lengths=lc,
+            rejected_lengths=lr,
+            **self.loss_params,
+        )
+        return {
+            "chosen_logp": pc.mean().item(),
+            "rejected_logp": pr.mean().item(),
+            "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+        }

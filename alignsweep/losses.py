@@ -1,0 +1,133 @@
+"""The direct alignment losses, exactly as published, in one place.
+
+Every trainer in alignsweep computes its loss through `daa_loss` (see `alignsweep.trainer`), so the
+formulas below are the ones a sweep optimises. Inputs are 1-D tensors with one entry per pair:
+log-probabilities **summed** over response tokens and response lengths in tokens. With
+
+    h    = (pc - rc) - (pr - rr)          the log-ratio margin (policy vs reference)
+    m(y) = logp(y) / |y|                  the mean token log-probability
+
+the per-pair losses are
+
+    dpo      -log sigmoid(beta * h)                                  Rafailov et al. 2023
+    ipo      (h - 1/(2 beta))^2                                      Azar et al. 2023, beta = tau
+    slic     max(0, 1 - beta * h)                                    Zhao et al. 2023, DAA form of Rafailov et al. 2024
+    simpo    -log sigmoid(beta m(y_w) - beta m(y_l) - gamma)         Meng et al. 2024
+    alphapo  -log sigmoid(r(y_w) - r(y_l) - gamma),
+             r(y) = (beta/alpha)(1 - exp(-alpha m(y)))               Gupta et al. 2025
+    rdpo     -log sigmoid(beta h + a (|y_w| - |y_l|))                Park et al. 2024
+
+`gamma` is absolute. SimPO's paper quotes gamma/beta (e.g. beta 2.5, gamma/beta 0.1 means
+gamma = 0.25); the configs in `conf/algo/` are written in absolute terms.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+REFERENCE_FREE = frozenset({"simpo", "alphapo"})
+
+
+def _margin_rewards(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor]:
+    """beta-scaled log-ratios: the implicit rewards of the reference-based algorithms."""
+    return beta * (pc - rc), beta * (pr - rr)
+
+
+def dpo(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """DPO, Rafailov et al. 2023, eq. 7: the Bradley-Terry likelihood of the implicit reward."""
+    chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
+    return -F.logsigmoid(chosen - rejected), chosen, rejected
+
+
+def ipo(
+    beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, lc: Tensor, lr: Tensor, length_normalized: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """IPO, Azar et al. 2023, eq. 17 with tau = beta: regress the margin h onto 1/(2 beta).
+
+    `length_normalized` averages each log-ratio over its tokens first (TRL's `ipo`).
+    """
+    chosen_ratio, rejected_ratio = pc - rc, pr - rr
+    if length_normalized:
+        chosen_ratio, rejected_ratio = chosen_ratio / lc, rejected_ratio / lr
+    losses = (chosen_ratio - rejected_ratio - 1.0 / (2.0 * beta)) ** 2
+    return losses, beta * chosen_ratio, beta * rejected_ratio
+
+
+def slic(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """SLiC-HF's calibration hinge on the log-ratio margin, as Rafailov et al. 2024 write it."""
+    chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
+    return torch.relu(1.0 - (chosen - rejected)), chosen, rejected
+
+
+def rdpo(
+    beta: float, a: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, lc: Tensor, lr: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """R-DPO, Park et al. 2024: DPO whose implicit reward carries a length term a*|y|."""
+    chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
+    chosen, rejected = chosen + a * lc, rejected + a * lr
+    return -F.logsigmoid(chosen - rejected), chosen, rejected
+
+
+def alphapo_reward(beta: float, alpha: float, logps: Tensor, lengths: Tensor) -> Tensor:
+    """r(y) = (beta/alpha)(1 - exp(-alpha m(y))) = -(beta/alpha) expm1(-alpha m(y)).
+
+    At alpha = 0 it is beta*m(y) (SimPO), the limit from both sides; expm1 keeps small alpha exact.
+    """
+    m = logps / lengths
+    if alpha == 0:
+        return beta * m
+    return -(beta / alpha) * torch.expm1(-alpha * m)
+
+
+def alphapo(
+    beta: float, alpha: float, gamma: float, pc: Tensor, pr: Tensor, lc: Tensor, lr: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """AlphaPO, Gupta et al. 2025: SimPO with the reward shaped by alpha."""
+    chosen, rejected = alphapo_reward(beta, alpha, pc, lc), alphapo_reward(beta, alpha, pr, lr)
+    return -F.logsigmoid(chosen - rejected - gamma), chosen, rejected
+
+
+def simpo(beta: float, gamma: float, pc: Tensor, pr: Tensor, lc: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """SimPO, Meng et al. 2024: length-normalised, reference-free, with a target margin gamma."""
+    return alphapo(beta, 0.0, gamma, pc, pr, lc, lr)
+
+
+def daa_loss(
+    name: str,
+    *,
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Optional[Tensor] = None,
+    ref_rejected_logps: Optional[Tensor] = None,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    beta: float,
+    alpha: Optional[float] = None,
+    gamma: Optional[float] = None,
+    length_normalized: bool = False,
+    length_coef: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-pair losses and the implicit rewards of chosen and rejected responses (1-D tensors)."""
+    pc, pr = policy_chosen_logps, policy_rejected_logps
+    lc = chosen_lengths.to(pc.dtype).clamp(min=1)
+    lr = rejected_lengths.to(pr.dtype).clamp(min=1)
+    if name in REFERENCE_FREE:
+        if name == "simpo":
+            return simpo(beta, gamma or 0.0, pc, pr, lc, lr)
+        return alphapo(beta, 0.0 if alpha is None else alpha, gamma or 0.0, pc, pr, lc, lr)
+    if ref_chosen_logps is None or ref_rejected_logps is None:
+        raise ValueError(f"{name} needs reference log-probabilities")
+    rc, rr = ref_chosen_logps, ref_rejected_logps
+    if name == "dpo":
+        return dpo(beta, pc, pr, rc, rr)
+    if name == "ipo":
+        return ipo(beta, pc, pr, rc, rr, lc, lr, length_normalized)
+    if name == "slic":
+        return slic(beta, pc, pr, rc, rr)
+    if name == "rdpo":
+        return rdpo(beta, length_coef, pc, pr, rc, rr, lc, lr)
+    raise ValueError(f"unknown loss {name!r}")

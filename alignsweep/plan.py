@@ -1,0 +1,149 @@
+"""From a composed config to the job it describes: resolved hyperparameters, checks, resources.
+
+Everything here is cheap and imports no torch, so a dry run of a 63-job grid, and the launcher's
+validation of every job before it starts any, take seconds. A mistake in the config raises
+`ConfigError`, which the entry points turn into one clear message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+ALGORITHMS = ("dpo", "ipo", "slic", "simpo", "alphapo", "rdpo")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration: reported as one message, exit code 2, no traceback."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """The resolved, validated hyperparameters of one training job."""
+
+    algo: str
+    model: str
+    data: str
+    beta: float
+    alpha: Optional[float]
+    gamma: Optional[float]
+    kl_budget: Optional[float]
+    seed: int
+    reference_free: bool
+    resources: Mapping[str, Any]
+
+    def describe(self) -> str:
+        """The dry-run line: what would run, and what it would ask the cluster for."""
+        res = self.resources
+        parts = [
+            f"algo={self.algo}",
+            f"model={self.model}",
+            f"data={self.data}",
+            f"beta={self.beta:g}",
+            f"alpha={_fmt(self.alpha)}",
+            f"gamma={_fmt(self.gamma)}",
+            f"kl_budget={_fmt(self.kl_budget)}",
+            f"seed={self.seed}",
+            f"| gpus={res['gpus']} nodes={res['nodes']} cpus={res['cpus']} "
+            f"mem={res['mem_gb']}G time={res['time_min']}min strategy={res['strategy']}",
+        ]
+        return " ".join(parts)
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, Mapping) else getattr(node, part)
+    return node
+
+
+def resolve_job(cfg: Any) -> Job:
+    """Resolve `beta`/`alpha`/`gamma` against the algorithm's defaults and check every value.
+
+    The top-level keys win over the algorithm's defaults. An algorithm given an `alpha` or
+    `gamma` it has no use for is refused rather than silently ignored: a sweep over a value that
+    changes nothing would train identical jobs and plot them as different ones.
+    """
+    algo = cfg.algo
+    name = algo.name
+    if name not in ALGORITHMS:
+        raise ConfigError(f"algo.name: unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")
+
+    beta = algo.beta if cfg.beta is None else cfg.beta
+    if beta is None or not beta > 0:
+        raise ConfigError(f"beta: must be > 0, got {beta!r} (algo={name})")
+
+    alpha = cfg.alpha
+    if algo.alpha is None:
+        if alpha is not None:
+            raise ConfigError(
+                f"alpha: algo={name} has no alpha parameter (only alphapo does), got alpha={alpha!r}; "
+                "remove `alpha=` from this job or choose algo=alphapo"
+            )
+    elif alpha is None:
+        alpha = algo.alpha
+
+    gamma = cfg.gamma
+    if algo.gamma is None:
+        if gamma is not None:
+            raise ConfigError(
+                f"gamma: algo={name} has no gamma parameter (simpo and alphapo do), got gamma={gamma!r}; "
+                "remove `gamma=` from this job"
+            )
+    elif gamma is None:
+        gamma = algo.gamma
+    if gamma is not None and gamma < 0:
+        raise ConfigError(f"gamma: must be >= 0, got {gamma!r}")
+
+    if cfg.kl_budget is not None and not cfg.kl_budget > 0:
+        raise ConfigError(f"kl_budget: must be > 0 nats or null, got {cfg.kl_budget!r}")
+    if cfg.train.checkpoints < 1:
+        raise ConfigError(f"train.checkpoints: must be >= 1, got {cfg.train.checkpoints!r}")
+    if cfg.eval.prompts is not None and cfg.eval.prompts < 1:
+        raise ConfigError(f"eval.prompts: must be >= 1 or null, got {cfg.eval.prompts!r}")
+    embedded = cfg.data.embedded
+    if embedded is not None and cfg.eval.prompts is not None and cfg.eval.prompts > embedded.n_eval:
+        raise ConfigError(
+            f"eval.prompts: {cfg.eval.prompts} evaluation prompts asked for, but data={cfg.data.name} "
+            f"has {embedded.n_eval} (data.embedded.n_eval)"
+        )
+    if cfg.judge.name == "gold" and embedded is None:
+        raise ConfigError(
+            f"judge: `gold` needs the embedded task's programmatic reward, but data={cfg.data.name}; "
+            "choose judge=reward_model or judge=llm"
+        )
+    model = cfg.model
+    if model.arch is None and model.hub_id is None and model.path is None:
+        raise ConfigError(f"model: {model.name} names no checkpoint; set model.path or model.hub_id")
+    if model.path is not None and not os.path.exists(model.path):
+        raise ConfigError(
+            f"model.path: {model.path} does not exist (model={model.name}); point it at a local "
+            "checkpoint folder (config.json and weights)"
+        )
+
+    resources = {k: _get(model.resources, k) for k in ("gpus", "nodes", "cpus", "mem_gb", "time_min", "strategy")}
+    return Job(
+        algo=name,
+        model=model.name,
+        data=cfg.data.name,
+        beta=float(beta),
+        alpha=None if alpha is None else float(alpha),
+        gamma=None if gamma is None else float(gamma),
+        kl_budget=cfg.kl_budget,
+        seed=cfg.seed,
+        reference_free=bool(algo.reference_free),
+        resources=resources,
+    )
+
+
+def checkpoint_steps(total_steps: int, checkpoints: int) -> list[int]:
+    """Evenly spaced evaluation steps within `total_steps`, the last one at the end (step 0 aside)."""
+    if total_steps < 1:
+        raise ConfigError(f"training has {total_steps} optimizer steps; the data is smaller than one batch")
+    steps = sorted({max(1, round(total_steps * k / checkpoints)) for k in range(1, checkpoints + 1)})
+    return steps

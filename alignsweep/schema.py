@@ -1,0 +1,171 @@
+"""Typed schema of every alignsweep config, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` names `config_schema` first in its defaults list, so every YAML file is merged
+into these dataclasses: a misspelt key or a value of the wrong type fails when the config is
+composed, before anything trains or is submitted. Values are checked further (ranges, combinations)
+by `alignsweep.plan`.
+
+This module imports neither torch nor Hydra's launcher machinery: composing a config is cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class AlgoConfig:
+    name: str = MISSING  # dpo | ipo | slic | simpo | alphapo | rdpo
+    reference_free: bool = False  # True: the loss never reads the reference model
+    beta: float = MISSING  # default when the top-level `beta` is null
+    alpha: Optional[float] = None  # default shape parameter; null = the algorithm has no alpha
+    gamma: Optional[float] = None  # default target margin (absolute); null = no gamma
+    length_normalized: bool = False  # ipo only: per-token average log-ratios (TRL's convention)
+    length_coef: Optional[float] = None  # rdpo only: `a` in -log sigmoid(beta*h + a*(|y_w|-|y_l|))
+
+
+@dataclass
+class ResourcesConfig:
+    gpus: int = 0  # GPUs per node
+    nodes: int = 1
+    cpus: int = 2  # CPU cores per task
+    mem_gb: int = 8  # host memory per node
+    time_min: int = 30  # wall-clock limit of one job
+    strategy: str = "single"  # single | fsdp | deepspeed_zero3: how the GPUs share the model
+
+
+@dataclass
+class TinyArchConfig:
+    """Architecture of a model built from scratch (GPT-NeoX, the Pythia architecture)."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+    max_position_embeddings: int = 64
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short id, used in tables and run names
+    hub_id: Optional[str] = None  # Hugging Face hub id of the base checkpoint
+    path: Optional[str] = None  # local copy of the checkpoint; wins over hub_id
+    arch: Optional[TinyArchConfig] = None  # set only for models built from scratch (embedded)
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    per_device_batch: int = 8  # pairs per device per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    gradient_checkpointing: bool = False
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+@dataclass
+class EmbeddedTaskConfig:
+    """The synthetic preference task with a programmatic gold reward (`alignsweep.data.embedded`)."""
+
+    seed: int = 0
+    n_words: int = 24  # content vocabulary
+    n_fillers: int = 6  # words with no content; the labeller's length bias rewards them
+    min_topics: int = 3  # content words per prompt
+    max_topics: int = 6
+    n_sft: int = 2000  # demonstrations for supervised fine-tuning
+    n_train: int = 1024  # preference pairs for DAA training
+    n_heldout: int = 256  # held-out preference pairs (likelihood displacement, reward accuracy)
+    n_eval: int = 256  # evaluation prompts, each with a reference response
+    length_bias: float = 1.2  # labeller logit per token of length difference (spurious)
+    label_noise: float = 0.1  # probability that a label is flipped
+    label_temperature: float = 0.1  # Bradley-Terry temperature on the gold reward
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    hub_id: Optional[str] = None  # preference pairs on the hub
+    sft_hub_id: Optional[str] = None  # demonstrations for SFT on the hub
+    path: Optional[str] = None  # local copy (a `datasets.load_from_disk` folder or JSONL files)
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    max_length: int = 64  # prompt + response tokens
+    max_new_tokens: int = 16  # sampled response length at evaluation
+    embedded: Optional[EmbeddedTaskConfig] = None
+
+
+@dataclass
+class JudgeConfig:
+    name: str = MISSING  # gold | reward_model | llm
+    model: Optional[str] = None  # hub id / local path (reward_model) or model name (llm)
+    batch_size: int = 64
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # wandb | none
+    project: str = "alignsweep"
+    entity: Optional[str] = None
+    mode: str = "auto"  # auto (online when WANDB_API_KEY is set, else offline) | online | offline
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True  # False: the model is already the reference (e.g. an instruct model)
+    epochs: float = 2.0
+    lr: float = 3e-3
+    batch_size: int = 32
+    warmup_ratio: float = 0.05
+    seed: int = 0  # the SFT model is shared by every job that agrees on these settings
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0  # the paper trains one epoch
+    lr: float = 1e-3
+    optimizer: str = "adamw_torch"  # any transformers optimizer name; the paper used rmsprop
+    warmup_steps: int = 0
+    lr_scheduler: str = "constant_with_warmup"
+    max_grad_norm: float = 10.0
+    checkpoints: int = 5  # evenly spaced evaluations within the run, the last at the end
+    kl_check_every: int = 4  # steps between running KL estimates (only with kl_budget)
+    kl_check_prompts: int = 32  # prompts per running KL estimate
+    save_final_model: bool = False  # write the final policy to RUN_DIR/model
+
+
+@dataclass
+class EvalConfig:
+    prompts: Optional[int] = None  # evaluation prompts; null = all the data provides (paper: 256)
+    temperature: float = 1.0  # sampling temperature (paper: 1.0)
+    batch_size: int = 256  # prompts per generation batch
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = MISSING  # sweeps and single runs go under it
+    cache_dir: str = MISSING  # shared SFT/reference caches
+
+
+@dataclass
+class Config:
+    algo: AlgoConfig = MISSING
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    judge: JudgeConfig = MISSING
+    logger: LoggerConfig = MISSING
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    # One name per concept: these mean the same for every algorithm; null = the algorithm's default.
+    beta: Optional[float] = None
+    alpha: Optional[float] = None
+    gamma: Optional[float] = None
+    kl_budget: Optional[float] = None  # sequence KL in nats; training stops once exceeded
+    seed: int = 0
+    dry_run: bool = False  # print the resolved jobs and train nothing
+
+
+def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="config_schema", node=Config)

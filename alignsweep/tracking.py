@@ -1,0 +1,67 @@
+"""Experiment tracking: one wandb run per training job, or nothing.
+
+wandb is offline (files under RUN_DIR/wandb, to `wandb sync` later) unless an API key is present or
+`logger.mode=online`; a tracker never fails a job for lack of a network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(requested: str) -> str:
+    if requested == "auto":
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if requested not in ("online", "offline", "disabled"):
+        raise ValueError(f"logger.mode: expected auto, online, offline or disabled, got {requested!r}")
+    return requested
+
+
+class NullTracker:
+    def log(self, row: dict, step: int) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker:
+    def __init__(self, logger_cfg: Any, run_dir: Path, *, group: str, job_type: str, name: str, config: dict):
+        import wandb
+
+        mode = wandb_mode(logger_cfg.mode)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
+            os.environ.setdefault(var, str(Path(run_dir) / "wandb" / sub))
+        self.run = wandb.init(
+            project=logger_cfg.project,
+            entity=logger_cfg.entity,
+            dir=str(run_dir),
+            group=group,
+            job_type=job_type,
+            name=name,
+            config=config,
+            mode=mode,
+            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        )
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def log(self, row: dict, step: int) -> None:
+        self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}, step=step)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def build_tracker(logger_cfg: Any, run_dir: Path, **kwargs: Any):
+    if logger_cfg.name == "none":
+        return NullTracker()
+    if logger_cfg.name == "wandb":
+        return WandbTracker(logger_cfg, run_dir, **kwargs)
+    raise ValueError(f"logger.name: expected wandb or none, got {logger_cfg.name!r}")

@@ -1,0 +1,74 @@
+"""TRL's DPOTrainer with its loss routed through `alignsweep.losses.daa_loss`.
+
+TRL keeps the data pipeline (tokenisation, padding, the fused log-prob head, accelerate,
+distributed training); the objective is ours, so every algorithm (reference-based or not) is
+exactly the published one and a TRL upgrade that changes a convention cannot change a sweep.
+The reference-free algorithms (SimPO, AlphaPO) never run the reference model during training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from trl import DPOTrainer
+
+from alignsweep.losses import REFERENCE_FREE, daa_loss
+
+
+class DAATrainer(DPOTrainer):
+    def __init__(self, *args: Any, loss_name: str, loss_params: dict[str, Any], **kwargs: Any):
+        self.loss_name = loss_name
+        self.loss_params = dict(loss_params)
+        self.step_losses: list[float] = []  # per micro-batch training loss, read by the evaluation callback
+        super().__init__(*args, **kwargs)
+
+    def sequence_logps(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs and completion lengths of a [chosen; rejected] batch."""
+        model_kwargs = {
+            k: v for k, v in inputs.items() if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+        }
+        model_kwargs["use_cache"] = False
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        shift_mask = completion_mask[..., 1:]
+        per_token = outputs.log_probs[:, -shift_mask.size(1) :]
+        return (per_token * shift_mask).sum(dim=1), shift_mask.sum(dim=1)
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool):
+        mode = "train" if self.model.training else "eval"
+        logps, lengths = self.sequence_logps(model, inputs)
+        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+        chosen_lengths, rejected_lengths = lengths.chunk(2, dim=0)
+        ref_chosen = ref_rejected = None
+        if self.loss_name not in REFERENCE_FREE:
+            if self.precompute_ref_logps:
+                ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            else:
+                with torch.no_grad():
+                    ref_logps, _ = self.sequence_logps(self.ref_model, inputs)
+                ref_chosen, ref_rejected = ref_logps.chunk(2, dim=0)
+        losses, chosen_rewards, rejected_rewards = daa_loss(
+            self.loss_name,
+            policy_chosen_logps=chosen_logps,
+            policy_rejected_logps=rejected_logps,
+            ref_chosen_logps=ref_chosen,
+            ref_rejected_logps=ref_rejected,
+            chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths,
+            **self.loss_params,
+        )
+        loss = losses.mean()
+        if mode == "train":
+            self.step_losses.append(loss.item())
+        gather = self.accelerator.gather_for_metrics
+        metrics = self._metrics[mode]
+        metrics["rewards/chosen"].append(gather(chosen_rewards.detach()).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards.detach()).mean().item())
+        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+        if return_outputs:
+            return loss, {}
+        return loss

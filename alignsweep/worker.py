@@ -1,0 +1,305 @@
+"""The worker: one job, a pure function of its resolved config, writing only to its run directory.
+
+    SFT policy (shared cache) -> DAA training through TRL -> evaluation at step 0, at evenly
+    spaced checkpoints and at the end (or when the KL budget is spent).
+
+Run a prepared run directory with `python -m alignsweep.worker RUN_DIR` (what the launchers do).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+
+from alignsweep import rundir
+from alignsweep.plan import ConfigError, checkpoint_steps, resolve_job
+
+log = logging.getLogger("alignsweep.worker")
+
+
+def loss_params(cfg: Any, job: Any) -> dict:
+    params: dict = {"beta": job.beta, "alpha": job.alpha, "gamma": job.gamma}
+    if job.algo == "ipo":
+        params["length_normalized"] = bool(cfg.algo.length_normalized)
+    if job.algo == "rdpo":
+        params["length_coef"] = float(cfg.algo.length_coef or 0.0)
+    return params
+
+
+def load_task(cfg: Any) -> dict:
+    from alignsweep.data import embedded
+
+    if cfg.data.embedded is None:
+        raise ConfigError(
+            f"data={cfg.data.name}: only the embedded task can be trained in this version; "
+            "hub datasets need the reward-model or LLM judges"
+        )
+    return embedded.generate(cfg.data.embedded)
+
+
+def device_kwargs(cfg: Any) -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": cfg.model.dtype == "bfloat16", "fp16": cfg.model.dtype == "float16"}
+    return {"use_cpu": True, "bf16": False, "fp16": False}
+
+
+def base_model_and_tokenizer(cfg: Any):
+    """The model SFT starts from and its tokenizer (built locally for the embedded tiny model)."""
+    from alignsweep import models
+    from alignsweep.data import embedded
+
+    if cfg.model.arch is not None:
+        vocab = embedded.vocabulary(cfg.data.embedded.n_words, cfg.data.embedded.n_fillers)
+        tokenizer = models.build_word_tokenizer(vocab.tokens)
+        return (lambda: models.build_tiny_model(cfg.model.arch, tokenizer, cfg.sft.seed)), tokenizer
+    model, tokenizer = models.load_pretrained(cfg.model)
+    return model, tokenizer
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train and evaluate one job; returns its final status."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = resolve_job(cfg)
+    start = time.time()
+    if rundir.read_metrics(run_dir):
+        # A previous attempt got this far; this version restarts the run from scratch (resume from
+        # trainer checkpoints is the SLURM issue's), so it must not duplicate rows.
+        os.replace(run_dir / rundir.METRICS, run_dir / f"{rundir.METRICS}.previous")
+    rundir.write_status(run_dir, state="running", phase="setup", step=0, total_steps=None, error=None, pid=os.getpid())
+    tracker = None
+    try:
+        tracker = _build_tracker(cfg, run_dir, job)
+        status = _train_and_evaluate(cfg, job, run_dir, tracker)
+        status = rundir.write_status(run_dir, wall_s=time.time() - start, **status)
+        tracker.finish(0)
+        return status
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        rundir.write_status(run_dir, state="failed", phase="failed", error=message, traceback=traceback.format_exc())
+        if tracker is not None:
+            tracker.finish(1)
+        raise
+
+
+def _build_tracker(cfg: Any, run_dir: Path, job: Any):
+    from alignsweep.tracking import build_tracker
+
+    sweep = run_dir.parent.name if (run_dir.parent / "multirun.yaml").exists() else run_dir.name
+    return build_tracker(
+        cfg.logger,
+        run_dir,
+        group=sweep,
+        job_type=job.algo,
+        name=f"{job.algo}-{job.model}-b{job.beta:g}" + (f"-a{job.alpha:g}" if job.alpha is not None else ""),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any) -> dict:
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from alignsweep import models, sft
+    from alignsweep.evaluation import Evaluator
+    from alignsweep.judges import build_judge
+    from alignsweep.trainer import DAATrainer
+
+    torch.manual_seed(job.seed)
+    task = load_task(cfg)
+    dev = device_kwargs(cfg)
+    rundir.write_status(run_dir, phase="sft")
+    base, tokenizer = base_model_and_tokenizer(cfg)
+    sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, dev)
+    del base
+    policy, tokenizer = models.load_saved(sft_dir, cfg.model.dtype)
+    ref, _ = models.load_saved(sft_dir, cfg.model.dtype)
+    ref.eval().requires_grad_(False)
+    if torch.cuda.is_available():
+        ref.to("cuda")
+
+    params = loss_params(cfg, job)
+    n_eval = cfg.eval.prompts or len(task["eval"])
+    evaluator = Evaluator(
+        ref_model=ref,
+        tokenizer=tokenizer,
+        judge=build_judge(cfg.judge),
+        eval_rows=task["eval"][:n_eval],
+        heldout_rows=task["heldout"],
+        loss_name=job.algo,
+        loss_params=params,
+        max_new_tokens=cfg.data.max_new_tokens,
+        temperature=cfg.eval.temperature,
+        batch_size=cfg.eval.batch_size,
+        seed=job.seed,
+    )
+    args = DPOConfig(
+        output_dir=str(run_dir / "trainer"),
+        per_device_train_batch_size=cfg.model.per_device_batch,
+        gradient_accumulation_steps=cfg.model.grad_accum,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        learning_rate=cfg.train.lr,
+        num_train_epochs=cfg.train.epochs,
+        optim=cfg.train.optimizer,
+        lr_scheduler_type=cfg.train.lr_scheduler,
+        warmup_steps=cfg.train.warmup_steps,
+        max_grad_norm=cfg.train.max_grad_norm,
+        max_length=cfg.data.max_length,
+        beta=job.beta,
+        precompute_ref_log_probs=False,
+        save_strategy="no",
+        logging_steps=10,
+        report_to=[],
+        disable_tqdm=True,
+        seed=job.seed,
+        **dev,
+    )
+    trainer = DAATrainer(
+        model=policy,
+        ref_model=ref,
+        args=args,
+        train_dataset=Dataset.from_list(task["train"]),
+        processing_class=tokenizer,
+        loss_name=job.algo,
+        loss_params=params,
+    )
+    callback = CheckpointCallback(trainer, evaluator, cfg, job, run_dir, tracker)
+    trainer.add_callback(callback)
+    rundir.write_status(run_dir, phase="train")
+    trainer.train()
+    if callback.diverged_at is not None:
+        return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": "non_finite_loss"}
+    if cfg.train.save_final_model:
+        trainer.save_model(str(run_dir / "model"))
+    return {"state": "completed", "phase": "done", "step": callback.last_step, "stop_reason": callback.stop_reason}
+
+
+class CheckpointCallback(TrainerCallback):
+    """Evaluates at step 0 and at the checkpoint steps, watches the KL budget, records progress."""
+
+    def __init__(self, trainer: Any, evaluator: Any, cfg: Any, job: Any, run_dir: Path, tracker: Any):
+        self.trainer, self.evaluator, self.cfg, self.job = trainer, evaluator, cfg, job
+        self.run_dir, self.tracker = run_dir, tracker
+        self.ckpts: list[int] = []
+        self.total = 0
+        self.last_step = 0
+        self.evaluated: set[int] = set()
+        self.stop_reason = "end_of_training"
+        self.diverged_at: int | None = None
+        self._loss_mark = 0
+        self._last_progress = 0.0
+
+    def _evaluate(self, step: int, reason: str | None = None) -> dict:
+        rundir.write_status(self.run_dir, phase="eval", step=step)
+        row = self.evaluator.evaluate(self.trainer.model, step)
+        losses = self.trainer.step_losses[self._loss_mark :]
+        self._loss_mark = len(self.trainer.step_losses)
+        row.update(
+            {
+                "step": step,
+                "epoch": step / self.total * float(self.cfg.train.epochs) if self.total else 0.0,
+                "progress": step / self.total if self.total else 0.0,
+                "checkpoint": len(self.evaluated),
+                "train_loss": sum(losses) / len(losses) if losses else None,
+                "algo": self.job.algo,
+                "beta": self.job.beta,
+                "alpha": self.job.alpha,
+                "gamma": self.job.gamma,
+                "model": self.job.model,
+            }
+        )
+        if reason:
+            row["stop_reason"] = reason
+        self.evaluated.add(step)
+        rundir.append_metrics(self.run_dir, row)
+        self.tracker.log(row, step=step)
+        rundir.write_status(
+            self.run_dir, phase="train", step=step, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"]
+        )
+        return row
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.total = state.max_steps
+        self.ckpts = checkpoint_steps(self.total, self.cfg.train.checkpoints)
+        rundir.write_status(self.run_dir, total_steps=self.total, checkpoint_steps=self.ckpts, checkpoints_done=0)
+        row = self._evaluate(0)
+        self._check_budget(row["kl"], 0, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = self.last_step = state.global_step
+        recent = self.trainer.step_losses[-1:] or [0.0]
+        if not math.isfinite(recent[-1]):
+            self.diverged_at = step
+            self.stop_reason = "non_finite_loss"
+            control.should_training_stop = True
+            return
+        if step in self.ckpts and step not in self.evaluated:
+            row = self._evaluate(step)
+            self._check_budget(row["kl"], step, control)
+        elif self.job.kl_budget is not None and step % self.cfg.train.kl_check_every == 0:
+            est = self.evaluator.kl(self.trainer.model, n_prompts=self.cfg.train.kl_check_prompts, seed=10_000 + step)
+            if est["kl"] > self.job.kl_budget:
+                self._evaluate(step, reason="kl_budget")
+                self._stop(step, control)
+        now = time.time()
+        if now - self._last_progress > 1.0:
+            self._last_progress = now
+            rundir.write_status(self.run_dir, step=step)
+
+    def _check_budget(self, kl: float, step: int, control: Any) -> None:
+        if self.job.kl_budget is not None and kl > self.job.kl_budget:
+            self._stop(step, control)
+
+    def _stop(self, step: int, control: Any) -> None:
+        self.stop_reason = "kl_budget"
+        self.last_step = step
+        control.should_training_stop = True
+        rundir.write_status(self.run_dir, stop_reason="kl_budget", stopped_at=step)
+
+
+def load_config(path: Path) -> DictConfig:
+    """A run's saved config, checked against the schema again."""
+    from alignsweep.schema import Config
+
+    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m alignsweep.worker RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0])
+    config = run_dir / rundir.CONFIG
+    if not config.exists():
+        print(f"error: {config} does not exist: not a prepared run directory", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    threads = os.environ.get("ALIGNSWEEP_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    cfg = load_config(config)
+    try:
+        status = run(cfg, run_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if status["state"] == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
