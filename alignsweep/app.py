@@ -7,6 +7,7 @@ through a launcher, which prepares the run directories and starts the workers it
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,8 +19,11 @@ from alignsweep.plan import ConfigError, resolve_job
 
 def resolved_config(cfg: DictConfig) -> str:
     """The job's config as YAML with every interpolation resolved (Hydra's own node dropped)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)
+    container = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+    # Absolute paths: the worker may run elsewhere (another directory, a cluster node).
+    container["paths"] = {k: os.path.abspath(v) for k, v in container["paths"].items()}
     return OmegaConf.to_yaml(container)
 
 
@@ -31,7 +35,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.atomic_write_text(run_dir / rundir.CONFIG, resolved_config(cfg))
     from alignsweep import worker

@@ -1,0 +1,43 @@
+# alignsweep — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.13.0
+# A machine without an NVIDIA GPU gets the CPU build of torch, never the multi-GB CUDA one.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run test test-fast lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; run make PYTHON=/path/to/python3.11"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml constraints.txt
+ifeq ($(HAS_GPU),yes)
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+else
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" \
+	  || $(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu
+endif
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install alignsweep with pinned dependencies
+
+run: $(STAMP) ## run the embedded demo sweep (5 algorithms x 3 betas), print its table and plot path
+	$(PY) -m alignsweep experiment=demo
+
+test: $(STAMP) ## run the whole test suite
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP) ## run the fast tier (no end-to-end training)
+	$(PY) -m pytest -q -m "not slow"
+
+clean: ## remove outputs and caches (keeps .venv)
+	rm -rf outputs multirun .cache .pytest_cache

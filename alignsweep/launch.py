@@ -1,0 +1,105 @@
+"""What every launcher does before it starts anything: compose, validate and lay out the jobs.
+
+Shared by the local and SLURM launchers so that a sweep directory looks the same wherever it ran:
+
+    SWEEP_DIR/multirun.yaml    Hydra's record of the sweep
+    SWEEP_DIR/manifest.json    every job: number, overrides, run directory, resolved values, resources
+    SWEEP_DIR/<num>/           one run directory per job (see alignsweep.rundir)
+
+Imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, open_dict
+
+from alignsweep import rundir
+from alignsweep.app import resolved_config
+from alignsweep.plan import ConfigError, Job, resolve_job
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class PreparedJob:
+    num: int
+    overrides: list[str]
+    config: DictConfig
+    run_dir: Path
+    job: Job
+    skip: bool  # completed by an earlier submission of the same sweep
+
+
+def prepare_jobs(
+    hydra_context: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> list[PreparedJob]:
+    """Compose and validate every job; with dry_run=false also write each run's config.
+
+    All mistakes are reported together, then the process exits with code 2 before any job starts.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    jobs, errors = [], []
+    for offset, overrides in enumerate(job_overrides):
+        num = initial_job_idx + offset
+        cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+            cfg.hydra.job.id = f"{num}"
+        HydraConfig.instance().set_config(cfg)
+        try:
+            job = resolve_job(cfg)
+        except ConfigError as exc:
+            errors.append(f"job #{num} ({' '.join(overrides)}): {exc}")
+            continue
+        run_dir = (Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)).absolute()
+        status = rundir.read_status(run_dir) or {}
+        jobs.append(PreparedJob(num, list(overrides), cfg, run_dir, job, status.get("state") == "completed"))
+    if errors:
+        print("error: the sweep was not started:\n  " + "\n  ".join(errors), file=sys.stderr)
+        sys.exit(2)
+    if not config.dry_run:
+        for job in jobs:
+            if job.skip:
+                continue
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            HydraConfig.instance().set_config(job.config)
+            rundir.atomic_write_text(job.run_dir / rundir.CONFIG, resolved_config(job.config))
+            if rundir.read_status(job.run_dir) is None:
+                rundir.write_status(job.run_dir, state="pending", phase="queued")
+    return jobs
+
+
+def write_manifest(sweep_dir: Path, jobs: Sequence[PreparedJob], launcher: str) -> Path:
+    """Record every job of the sweep; entries from earlier submissions are kept and updated."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {"jobs": {}}
+    for job in jobs:
+        entry = manifest["jobs"].setdefault(str(job.num), {})
+        entry.update(
+            {
+                "num": job.num,
+                "overrides": job.overrides,
+                "run_dir": str(job.run_dir.relative_to(sweep_dir)),
+                "algo": job.job.algo,
+                "model": job.job.model,
+                "beta": job.job.beta,
+                "alpha": job.job.alpha,
+                "gamma": job.job.gamma,
+                "kl_budget": job.job.kl_budget,
+                "seed": job.job.seed,
+                "resources": dict(job.job.resources),
+                "launcher": launcher,
+                "submitted": time.time(),
+            }
+        )
+    rundir.atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
+    return path

@@ -1,0 +1,1 @@
+"""alignsweep launchers as Hydra plugins (Hydra finds plugins only under `hydra_plugins`)."""

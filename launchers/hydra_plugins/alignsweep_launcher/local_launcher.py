@@ -1,0 +1,135 @@
+"""Hydra launcher: the jobs of a multirun as parallel local worker processes.
+
+Every job is composed and validated before any starts (a typo in the 9th job stops the sweep
+before the 1st trains). Each job gets a run directory holding its resolved config, then a
+`python -m alignsweep.worker RUN_DIR` process; at most `max_parallel` run at once. Progress is read
+from the run directories' status files and printed as one line per change, at most every
+`progress_every_s` per job. When the jobs end, the sweep is collected (table + plot).
+
+This module imports no torch: it only composes configs and starts processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.utils import JobReturn, JobStatus, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class LocalProcessLauncher(Launcher):
+    def __init__(
+        self,
+        max_parallel: Optional[int] = None,
+        threads_per_job: Optional[int] = None,
+        progress_every_s: float = 10.0,
+        collect: bool = True,
+    ) -> None:
+        cores = os.cpu_count() or 1
+        self.max_parallel = max(1, max_parallel or cores)
+        self.threads_per_job = threads_per_job or max(1, cores // self.max_parallel)
+        self.progress_every_s = progress_every_s
+        self.collect = collect
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from alignsweep.launch import prepare_jobs
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        jobs = prepare_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+        if self.config.dry_run:
+            return [self._dry_run(job) for job in jobs]
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        print(
+            f"[alignsweep] {len(jobs)} jobs, {self.max_parallel} at a time, {self.threads_per_job} thread(s) each; "
+            f"sweep directory: {sweep_dir}",
+            flush=True,
+        )
+        from alignsweep.launch import write_manifest
+
+        write_manifest(sweep_dir, jobs, launcher="local")
+        returns = self._run_all(jobs)
+        if self.collect:
+            from alignsweep.collect import collect_and_report
+
+            collect_and_report(sweep_dir)
+        return returns
+
+    def _dry_run(self, job: Any) -> JobReturn:
+        print(f"#{job.num} {job.job.describe()}", flush=True)
+        return self._job_return(job, 0)
+
+    def _run_all(self, jobs: list) -> list[JobReturn]:
+        from alignsweep import rundir
+        from alignsweep.progress import ProgressPrinter
+
+        env = dict(os.environ, ALIGNSWEEP_THREADS=str(self.threads_per_job), OMP_NUM_THREADS=str(self.threads_per_job))
+        env.setdefault("TQDM_DISABLE", "1")
+        pending = list(jobs)
+        running: dict[int, tuple[Any, subprocess.Popen, Any]] = {}
+        codes: dict[int, int] = {}
+        printer = ProgressPrinter(jobs, every_s=self.progress_every_s)
+        try:
+            while pending or running:
+                while pending and len(running) < self.max_parallel:
+                    job = pending.pop(0)
+                    if job.skip:
+                        codes[job.num] = 0
+                        printer.note(job, "already completed, skipped")
+                        continue
+                    logf = open(job.run_dir / rundir.LOG, "a")
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "alignsweep.worker", str(job.run_dir)],
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+                    running[job.num] = (job, proc, logf)
+                    printer.note(job, "started")
+                for num, (job, proc, logf) in list(running.items()):
+                    code = proc.poll()
+                    if code is not None:
+                        logf.close()
+                        codes[num] = code
+                        del running[num]
+                        printer.finished(job, code)
+                printer.tick()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            for job, proc, logf in running.values():
+                proc.terminate()
+            raise
+        printer.summary()
+        return [self._job_return(job, codes.get(job.num, 1)) for job in jobs]
+
+    @staticmethod
+    def _job_return(job: Any, code: int) -> JobReturn:
+        ret = JobReturn()
+        ret.overrides = list(job.overrides)
+        ret.working_dir = str(job.run_dir)
+        ret.cfg = job.config
+        ret.hydra_cfg = None
+        ret.status = JobStatus.COMPLETED
+        ret.return_value = code
+        return ret
+
+
+__all__ = ["LocalProcessLauncher"]

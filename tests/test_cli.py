@@ -1,0 +1,57 @@
+"""The command line as users type it: dry runs, refusals, exit codes."""
+
+from __future__ import annotations
+
+import re
+
+
+def test_users_command_dry_runs_nine_jobs(cli):
+    proc = cli("-m", "algo=dpo,ipo,slic", "model=pythia_2_8b", "beta=0.01,0.1,1", "dry_run=true")
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("#")]
+    assert len(lines) == 9
+    seen = set()
+    for line in lines:
+        fields = dict(re.findall(r"(\w+)=(\S+)", line))
+        assert fields["model"] == "pythia_2_8b"
+        assert fields["gpus"] == "1" and fields["mem"] == "96G" and fields["time"] == "480min"
+        seen.add((fields["algo"], float(fields["beta"])))
+    assert seen == {(a, b) for a in ("dpo", "ipo", "slic") for b in (0.01, 0.1, 1.0)}
+    assert not list(cli.cwd.glob("outputs/sweeps/*/0")), "a dry run must not create run directories"
+
+
+def test_dry_run_of_a_single_job(cli):
+    proc = cli("algo=alphapo", "alpha=-0.25", "kl_budget=4", "dry_run=true")
+    assert "algo=alphapo" in proc.stdout and "alpha=-0.25" in proc.stdout and "kl_budget=4" in proc.stdout
+
+
+def test_unused_alpha_is_refused_before_anything_runs(cli):
+    proc = cli("-m", "algo=dpo,alphapo", "alpha=0.5", check=False)
+    assert proc.returncode == 2
+    assert "alpha: algo=dpo has no alpha" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not list(cli.cwd.glob("outputs/sweeps/*/*/config.yaml")), "no job may start"
+
+
+def test_bad_beta_in_single_run_exits_2_without_traceback(cli):
+    proc = cli("beta=-0.1", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: beta: must be > 0")
+    assert "Traceback" not in proc.stderr
+
+
+def test_misspelt_key_fails_before_anything_runs(cli):
+    proc = cli("-m", "algo=dpo,ipo", "bta=0.1", check=False)
+    assert proc.returncode != 0
+    assert "bta" in proc.stderr
+    assert not list(cli.cwd.glob("outputs/sweeps/*/*/config.yaml"))
+
+
+def test_missing_local_model_path_is_named(cli):
+    proc = cli("model=pythia_1b", "model.path=/no/such/pythia", check=False)
+    assert proc.returncode == 2
+    assert "model.path: /no/such/pythia does not exist" in proc.stderr
+
+
+def test_collect_refuses_a_directory_without_runs(cli):
+    proc = cli(str(cli.cwd), module="alignsweep.collect", check=False)
+    assert proc.returncode == 2 and "no run directories" in proc.stderr

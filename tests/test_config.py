@@ -1,0 +1,112 @@
+"""Composition: every option of every group, typed schemas, and the checks of alignsweep.plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from alignsweep.plan import ConfigError, checkpoint_steps, resolve_job
+from alignsweep.schema import register
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["algo", "model", "data", "judge", "logger", "experiment"]
+register()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_groups_have_the_required_options():
+    assert set(options("algo")) >= {"dpo", "ipo", "slic", "simpo", "alphapo", "rdpo"}
+    assert set(options("model")) >= {
+        "embedded_tiny", "pythia_1b", "pythia_2_8b", "pythia_6_9b", "mistral_7b", "llama3_8b"
+    }
+    assert set(options("data")) >= {"embedded", "tldr", "ultrafeedback"}
+    assert options("judge") and options("logger")
+    assert (CONF / "hydra" / "launcher" / "local.yaml").exists()
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(group, option):
+    cfg = compose_cfg(f"{group}={option}")
+    if group != "experiment":
+        assert cfg[group].name == option
+
+
+def test_defaults_compose_and_resolve():
+    cfg = compose_cfg()
+    job = resolve_job(cfg)
+    assert (job.algo, job.model, job.data, job.beta) == ("dpo", "embedded_tiny", "embedded", 0.1)
+    assert cfg.hydra.launcher._target_.endswith("LocalProcessLauncher")
+
+
+def test_models_state_resources_and_hub_ids():
+    for name in ("pythia_1b", "pythia_2_8b", "pythia_6_9b", "mistral_7b", "llama3_8b"):
+        model = compose_cfg(f"model={name}").model
+        assert model.hub_id and "/" in model.hub_id
+        assert model.resources.gpus >= 1 and model.resources.time_min > 0 and model.resources.mem_gb > 0
+        assert model.dtype == "bfloat16"
+    assert compose_cfg("model=pythia_1b").model.resources.gpus == 1
+    assert compose_cfg("model=mistral_7b").model.resources.gpus > 1
+
+
+def test_misspelt_key_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="bta"):
+        compose_cfg("algo.bta=0.1")
+    with pytest.raises(ConfigCompositionException, match="kl_budjet"):
+        compose_cfg("kl_budjet=3")
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("beta=high")
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("train.checkpoints=many")
+
+
+def test_top_level_values_override_algorithm_defaults():
+    job = resolve_job(compose_cfg("algo=alphapo", "beta=5", "alpha=-0.5", "gamma=0"))
+    assert (job.beta, job.alpha, job.gamma) == (5.0, -0.5, 0.0)
+    job = resolve_job(compose_cfg("algo=simpo"))
+    assert (job.beta, job.alpha, job.gamma) == (2.5, None, 0.25)
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["beta=0"], "beta"),
+        (["beta=-1"], "beta"),
+        (["alpha=0.5"], "alpha"),  # dpo has no alpha
+        (["algo=simpo", "alpha=0.5"], "alpha"),
+        (["gamma=0.5"], "gamma"),  # dpo has no gamma
+        (["algo=simpo", "gamma=-1"], "gamma"),
+        (["kl_budget=0"], "kl_budget"),
+        (["train.checkpoints=0"], "train.checkpoints"),
+        (["eval.prompts=100000"], "eval.prompts"),
+        (["model.path=/nonexistent/model"], "model.path"),
+        (["data=tldr"], "judge"),
+        (["algo.name=ppo"], "algo.name"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        resolve_job(compose_cfg(*overrides))
+    assert str(err.value).startswith(key)
+
+
+def test_checkpoint_steps_are_evenly_spaced_and_end_at_the_end():
+    assert checkpoint_steps(32, 5) == [6, 13, 19, 26, 32]
+    assert checkpoint_steps(3, 5) == [1, 2, 3]
+    assert checkpoint_steps(100, 1) == [100]
+    with pytest.raises(ConfigError):
+        checkpoint_steps(0, 5)
