@@ -38,7 +38,7 @@ class Batch:
 
 def make_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int) -> Batch:
     p_len = max(len(p) for p in prompt_ids)
-    r_len = max(1, max(len(r) for r in response_ids))
+    r_len = max(len(r) for r in response_ids)
     rows, attn, resp = [], [], []
     for p, r in zip(prompt_ids, response_ids, strict=True):
         left, right = p_len - len(p), r_len - len(r)

@@ -26,8 +26,10 @@ def cli(tmp_path, sft_cache):
         cmd = [sys.executable, "-m", module, *args]
         if module == "alignsweep":
             cmd.append(f"paths.cache_dir={sft_cache}")
-        full_env = dict(os.environ, WANDB_MODE="", TQDM_DISABLE="1", **(env or {}))
-        full_env.pop("WANDB_API_KEY", None)
+        full_env = dict(os.environ, TQDM_DISABLE="1")
+        for var in ("WANDB_API_KEY", "WANDB_MODE"):  # no key: alignsweep must choose offline by itself
+            full_env.pop(var, None)
+        full_env.update(env or {})
         proc = subprocess.run(cmd, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
