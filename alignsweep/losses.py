@@ -72,6 +72,18 @@ def rdpo(
     return -F.logsigmoid(chosen - rejected), chosen, rejected
 
 
+EXP_LINEAR_FROM = 40.0  # exp(u) continues linearly beyond u = 40 (e^40 ~ 2e17): no overflow, no dead gradient
+
+
+def _expm1_safe(u: Tensor) -> Tensor:
+    """expm1(u), continued by its tangent beyond EXP_LINEAR_FROM so it stays finite with a gradient.
+
+    Only inputs no real model produces reach the linear part (alpha * mean token log-prob < -40).
+    """
+    top = torch.full_like(u, EXP_LINEAR_FROM)
+    return torch.expm1(torch.minimum(u, top)) + torch.exp(top) * torch.relu(u - top)
+
+
 def alphapo_reward(beta: float, alpha: float, logps: Tensor, lengths: Tensor) -> Tensor:
     """r(y) = (beta/alpha)(1 - exp(-alpha m(y))) = -(beta/alpha) expm1(-alpha m(y)).
 
@@ -80,7 +92,7 @@ def alphapo_reward(beta: float, alpha: float, logps: Tensor, lengths: Tensor) ->
     m = logps / lengths
     if alpha == 0:
         return beta * m
-    return -(beta / alpha) * torch.expm1(-alpha * m)
+    return -(beta / alpha) * _expm1_safe(-alpha * m)
 
 
 def alphapo(

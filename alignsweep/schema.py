@@ -123,7 +123,7 @@ class TrainConfig:
     epochs: float = 1.0  # the paper trains one epoch
     lr: float = 1e-3
     optimizer: str = "adamw_torch"  # any transformers optimizer name; the paper used rmsprop
-    warmup_steps: int = 0
+    warmup_steps: float = 0  # optimizer steps of linear warm-up; a value in (0, 1) is a fraction of the run
     lr_scheduler: str = "constant_with_warmup"
     max_grad_norm: float = 10.0
     checkpoints: int = 5  # evenly spaced evaluations within the run, the last at the end

@@ -55,3 +55,15 @@ def test_missing_local_model_path_is_named(cli):
 def test_collect_refuses_a_directory_without_runs(cli):
     proc = cli(str(cli.cwd), module="alignsweep.collect", check=False)
     assert proc.returncode == 2 and "no run directories" in proc.stderr
+
+
+def test_paper_presets_dry_run_with_the_right_number_of_jobs(cli):
+    tldr = cli("experiment=overopt_tldr", "dry_run=true").stdout
+    assert sum(l.startswith("#") for l in tldr.splitlines()) == 63  # 3 algorithms x 7 betas x 3 sizes
+    assert "model=pythia_6_9b" in tldr and "gpus=4" in tldr and "data=tldr" in tldr
+    alphapo = cli("experiment=alphapo_ultrafeedback", "dry_run=true").stdout
+    jobs = [l for l in alphapo.splitlines() if l.startswith("#")]
+    assert len(jobs) == 10  # 2 recipes x 5 alphas
+    assert sum("model=mistral_7b" in l and "beta=2.5" in l and "gamma=0.25" in l for l in jobs) == 5
+    assert sum("model=llama3_8b" in l and "beta=10" in l and "gamma=3" in l for l in jobs) == 5
+    assert sum("alpha=0 " in l for l in jobs) == 2  # SimPO, exactly

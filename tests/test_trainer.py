@@ -80,3 +80,32 @@ def test_training_loss_is_daa_loss(name, setup, tmp_path):
     )
     assert trained == pytest.approx(losses.mean().item(), abs=1e-5)
     assert trained > 0
+
+
+def test_trl_ipo_is_our_length_normalized_ipo(setup, tmp_path):
+    """TRL's `ipo` averages log-ratios per token; ours does so only with length_normalized=true.
+    If a TRL upgrade changes that convention, this fails and the configs must be revisited."""
+    from trl import DPOTrainer
+
+    rows, folder = setup
+    policy, tok = models.load_saved(folder)
+    ref, _ = models.load_saved(folder)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    common = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[], use_cpu=True, bf16=False,
+        max_length=64, disable_tqdm=True, save_strategy="no", beta=0.3,
+    )
+    ours = DAATrainer(
+        model=policy, ref_model=ref, args=DPOConfig(**common), train_dataset=Dataset.from_list(rows),
+        processing_class=tok, loss_name="ipo", loss_params={"beta": 0.3, "length_normalized": True},
+    )
+    theirs = DPOTrainer(
+        model=policy, ref_model=ref, args=DPOConfig(loss_type=["ipo"], **common),
+        train_dataset=Dataset.from_list(rows), processing_class=tok,
+    )
+    batch = next(iter(ours.get_train_dataloader()))
+    policy.eval()
+    with torch.no_grad():
+        assert ours.compute_loss(policy, batch).item() == pytest.approx(theirs.compute_loss(policy, batch).item(), abs=1e-5)
