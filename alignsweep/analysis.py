@@ -217,8 +217,8 @@ def fit_groups(
 ) -> Any:
     """One fitted curve per group of a sweep table (columns run, step, sqrt_kl, win_rate, *by).
 
-    checkpoints="final" fits each run's last evaluation (its largest step), the way Rafailov et
-    al. plot one point per KL budget; "all" fits every evaluation. The baseline is the mean win
+    checkpoints="final" fits each run's last evaluation (its largest step): one point per run,
+    e.g. per beta; "all" fits every evaluation, intermediate checkpoints too. The baseline is the mean win
     rate of the group's step-0 rows (the SFT policy, which every run starts from) when it has
     any, and those rows are then left out of the fit (at d = 0 they only restate the baseline);
     otherwise the baseline is fitted. Rows without a step (runs never evaluated) are ignored.
@@ -250,12 +250,12 @@ def fit_groups(
                 points["sqrt_kl"], points["win_rate"], form, baseline, n_bootstrap=n_bootstrap, seed=seed
             )
         except TooFewPoints as exc:  # reported in the row, never dropped
-            nan = math.nan
+            nan, given = math.nan, baseline is not None
+            note = " (the step-0 rows give the baseline and are not fitted)" if given else ""
             row.update(
-                n=exc.n, alpha=nan, beta=nan, baseline=nan if baseline is None else baseline,
-                baseline_fitted=baseline is None, rmse=nan, d_peak=nan, peak=nan,
-                alpha_se=nan, beta_se=nan, baseline_se=nan if baseline is None else 0.0,
-                error=str(exc) + ("" if baseline is None else " (the step-0 rows give the baseline and are not fitted)"),
+                n=exc.n, alpha=nan, beta=nan, baseline=baseline if given else nan, baseline_fitted=not given,
+                rmse=nan, d_peak=nan, peak=nan, alpha_se=nan, beta_se=nan, baseline_se=0.0 if given else nan,
+                error=str(exc) + note,
             )
         else:
             row.update({c: getattr(fit, c) for c in _FIT_COLUMNS}, error=None)
