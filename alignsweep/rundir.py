@@ -67,6 +67,12 @@ def append_metrics(run_dir: Path, row: dict) -> None:
         os.close(fd)
 
 
+def rewrite_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """Replace the metrics file with `rows`, atomically."""
+    text = "".join(json.dumps({k: _clean(v) for k, v in row.items()}, sort_keys=True) + "\n" for row in rows)
+    atomic_write_text(Path(run_dir) / METRICS, text)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """Every complete row of the run's metrics file (an interrupted last line is skipped)."""
     return list(_rows(Path(run_dir) / METRICS))

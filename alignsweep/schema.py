@@ -130,6 +130,8 @@ class TrainConfig:
     kl_check_every: int = 4  # steps between running KL estimates (only with kl_budget)
     kl_check_prompts: int = 32  # prompts per running KL estimate
     save_final_model: bool = False  # write the final policy to RUN_DIR/model
+    resumable: bool = True  # save a trainer checkpoint (model, optimizer, scheduler) at each evaluation
+
 
 
 @dataclass

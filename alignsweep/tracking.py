@@ -6,6 +6,7 @@ wandb is offline (files under RUN_DIR/wandb, to `wandb sync` later) unless an AP
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -38,7 +39,10 @@ class WandbTracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
             os.environ.setdefault(var, str(Path(run_dir) / "wandb" / sub))
+        run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
         self.run = wandb.init(
+            id=run_id,  # stable: a resumed job continues its wandb run instead of starting another
+            resume="allow",
             project=logger_cfg.project,
             entity=logger_cfg.entity,
             dir=str(run_dir),

@@ -16,12 +16,49 @@ from trl import DPOTrainer
 from alignsweep.losses import REFERENCE_FREE, daa_loss
 
 
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """A random order that depends only on (seed, epoch), never on the global RNG: a job resumed
+    from a checkpoint sees the same batches as one that was never interrupted."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class DAATrainer(DPOTrainer):
     def __init__(self, *args: Any, loss_name: str, loss_params: dict[str, Any], **kwargs: Any):
         self.loss_name = loss_name
         self.loss_params = dict(loss_params)
         self.step_losses: list[float] = []  # per micro-batch training loss, read by the evaluation callback
         super().__init__(*args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Load a checkpoint's weights through `from_pretrained`, strictly.
+
+        Trainer's own loader calls `load_state_dict(..., strict=False)` on the raw file, and
+        transformers 5 saves some weights under legacy names (GPT-NeoX's `lm_head` as `embed_out`),
+        so a resumed run silently kept its starting output layer. Loading through the model class
+        applies the same renaming as saving, and strict loading makes any other mismatch loud.
+        """
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = self.model if model is None else model
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        del saved
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return EpochSeededSampler(len(dataset), self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
     def sequence_logps(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-probs and completion lengths of a [chosen; rejected] batch."""

@@ -73,15 +73,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     job = resolve_job(cfg)
     start = time.time()
-    if rundir.read_metrics(run_dir):
-        # A previous attempt got this far; this version restarts the run from scratch (resume from
-        # trainer checkpoints is the SLURM issue's), so it must not duplicate rows.
-        os.replace(run_dir / rundir.METRICS, run_dir / f"{rundir.METRICS}.previous")
-    rundir.write_status(run_dir, state="running", phase="setup", step=0, total_steps=None, error=None, pid=os.getpid())
+    resume_from = prepare_resume(run_dir)
+    attempt = (rundir.read_status(run_dir) or {}).get("attempt", 0) + 1
+    rundir.write_status(
+        run_dir, state="running", phase="setup", error=None, pid=os.getpid(), attempt=attempt,
+        resumed_from=None if resume_from is None else resume_from.name,
+    )
     tracker = None
     try:
         tracker = _build_tracker(cfg, run_dir, job)
-        status = _train_and_evaluate(cfg, job, run_dir, tracker)
+        status = _train_and_evaluate(cfg, job, run_dir, tracker, resume_from)
         status = rundir.write_status(run_dir, wall_s=time.time() - start, **status)
         tracker.finish(0)
         return status
@@ -91,6 +92,34 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         if tracker is not None:
             tracker.finish(1)
         raise
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete trainer checkpoint of the run (Trainer writes trainer_state.json last)."""
+    found = []
+    for path in (Path(run_dir) / "trainer").glob("checkpoint-*"):
+        if (path / "trainer_state.json").exists() and path.name.split("-")[-1].isdigit():
+            found.append((int(path.name.split("-")[-1]), path))
+    return max(found)[1] if found else None
+
+
+def prepare_resume(run_dir: Path) -> Path | None:
+    """Make the run directory consistent with the checkpoint the next attempt resumes from.
+
+    Metric rows after the checkpoint's step are dropped: training from the checkpoint recomputes
+    them (deterministically), so a resumed run ends with exactly the rows of an uninterrupted one.
+    Without a checkpoint the run starts over and earlier rows are set aside, not mixed in.
+    """
+    checkpoint = latest_checkpoint(run_dir)
+    rows = rundir.read_metrics(run_dir)
+    if checkpoint is None:
+        if (run_dir / rundir.METRICS).exists():
+            os.replace(run_dir / rundir.METRICS, run_dir / f"{rundir.METRICS}.previous")
+        return None
+    step = int(checkpoint.name.split("-")[-1])
+    kept = [r for r in rows if r["step"] <= step]
+    rundir.rewrite_metrics(run_dir, kept)
+    return checkpoint
 
 
 def _build_tracker(cfg: Any, run_dir: Path, job: Any):
@@ -107,7 +136,7 @@ def _build_tracker(cfg: Any, run_dir: Path, job: Any):
     )
 
 
-def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any) -> dict:
+def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_from: Path | None) -> dict:
     import torch
     from datasets import Dataset
     from trl import DPOConfig
@@ -159,7 +188,8 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any) -> dict
         max_length=cfg.data.max_length,
         beta=job.beta,
         precompute_ref_log_probs=False,
-        save_strategy="no",
+        save_strategy="no",  # the callback saves at the evaluation checkpoints (train.resumable)
+        save_total_limit=1,
         logging_steps=10,
         report_to=[],
         disable_tqdm=True,
@@ -178,7 +208,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any) -> dict
     callback = CheckpointCallback(trainer, evaluator, cfg, job, run_dir, tracker)
     trainer.add_callback(callback)
     rundir.write_status(run_dir, phase="train")
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if callback.diverged_at is not None:
         return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": "non_finite_loss"}
     if cfg.train.save_final_model:
@@ -195,7 +225,7 @@ class CheckpointCallback(TrainerCallback):
         self.ckpts: list[int] = []
         self.total = 0
         self.last_step = 0
-        self.evaluated: set[int] = set()
+        self.evaluated: set[int] = {row["step"] for row in rundir.read_metrics(run_dir)}
         self.stop_reason = "end_of_training"
         self.diverged_at: int | None = None
         self._loss_mark = 0
@@ -234,8 +264,9 @@ class CheckpointCallback(TrainerCallback):
         self.total = state.max_steps
         self.ckpts = checkpoint_steps(self.total, self.cfg.train.checkpoints)
         rundir.write_status(self.run_dir, total_steps=self.total, checkpoint_steps=self.ckpts, checkpoints_done=0)
-        row = self._evaluate(0)
-        self._check_budget(row["kl"], 0, control)
+        if 0 not in self.evaluated:
+            row = self._evaluate(0)
+            self._check_budget(row["kl"], 0, control)
 
     def on_step_end(self, args, state, control, **kwargs):
         step = self.last_step = state.global_step
@@ -247,6 +278,7 @@ class CheckpointCallback(TrainerCallback):
             return
         if step in self.ckpts and step not in self.evaluated:
             row = self._evaluate(step)
+            control.should_save = bool(self.cfg.train.resumable) and step < self.total
             self._check_budget(row["kl"], step, control)
         elif self.job.kl_budget is not None and step % self.cfg.train.kl_check_every == 0:
             est = self.evaluator.kl(self.trainer.model, n_prompts=self.cfg.train.kl_check_prompts, seed=10_000 + step)

@@ -10,11 +10,16 @@ export SLURM_CONF="$STATE_DIR/slurm.conf"
 
 log() { echo "[slurm-cluster] $*" >&2; }
 
+alive() { # pid -> 0 if running; a zombie (exited, not yet reaped by init) counts as gone
+    [ -n "$1" ] && kill -0 "$1" 2>/dev/null && ! awk '{exit !($3 == "Z")}' "/proc/$1/stat" 2>/dev/null
+}
+
 read_pid() { # pidfile -> pid on stdout if that process is alive
     local f="$STATE_DIR/$1.pid" pid
     [ -s "$f" ] || return 1
     pid="$(tr -dc '0-9' <"$f")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    # the pid must still belong to that daemon (not a process that reused the pid)
+    alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && echo "$pid"
 }
 
 ctld_pid="$(read_pid slurmctld || true)"
@@ -38,11 +43,11 @@ for d in slurmd slurmctld munged; do
     pid="$(read_pid "$d" || true)"
     if [ -n "$pid" ]; then
         kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
+        for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+        if alive "$pid"; then
             log "$d (pid $pid) did not exit after SIGTERM; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
         fi
         stopped+=("$d:$pid")
     fi
