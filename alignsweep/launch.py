@@ -77,8 +77,19 @@ def prepare_jobs(
     return jobs
 
 
-def write_manifest(sweep_dir: Path, jobs: Sequence[PreparedJob], launcher: str) -> Path:
-    """Record every job of the sweep; entries from earlier submissions are kept and updated."""
+def tier_of(resources: Any) -> tuple:
+    """Jobs with equal resource requests share one job array."""
+    return tuple(sorted(dict(resources).items()))
+
+
+def write_manifest(
+    sweep_dir: Path, jobs: Sequence[PreparedJob], launcher: str, submitted: dict | None = None
+) -> Path:
+    """Record every job of the sweep; entries from earlier submissions are kept and updated.
+
+    `submitted` maps a job number to its scheduler ids (job id, array id and index, log folder);
+    the ids of earlier submissions are kept under `previous_job_ids`.
+    """
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / MANIFEST
     manifest = json.loads(path.read_text()) if path.exists() else {"jobs": {}}
@@ -98,8 +109,12 @@ def write_manifest(sweep_dir: Path, jobs: Sequence[PreparedJob], launcher: str) 
                 "seed": job.job.seed,
                 "resources": dict(job.job.resources),
                 "launcher": launcher,
-                "submitted": time.time(),
             }
         )
+        if submitted and job.num in submitted:
+            if entry.get("job_id"):
+                entry.setdefault("previous_job_ids", []).append(entry["job_id"])
+            entry.update(submitted[job.num])
+            entry["submitted"] = time.time()
     rundir.atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
     return path

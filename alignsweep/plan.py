@@ -45,7 +45,7 @@ class Job:
             f"gamma={_fmt(self.gamma)}",
             f"kl_budget={_fmt(self.kl_budget)}",
             f"seed={self.seed}",
-            f"| gpus={res['gpus']} nodes={res['nodes']} cpus={res['cpus']} "
+            f"| gpus={res['gpus']} nodes={res['nodes']} tasks={res['tasks_per_node']} cpus={res['cpus']} "
             f"mem={res['mem_gb']}G time={res['time_min']}min strategy={res['strategy']}",
         ]
         return " ".join(parts)
@@ -127,6 +127,13 @@ def resolve_job(cfg: Any) -> Job:
         )
 
     resources = {k: _get(model.resources, k) for k in ("gpus", "nodes", "cpus", "mem_gb", "time_min", "strategy")}
+    tasks = model.resources.tasks_per_node
+    resources["tasks_per_node"] = tasks if tasks is not None else max(1, resources["gpus"])
+    for key in ("nodes", "cpus", "mem_gb", "time_min", "tasks_per_node"):
+        if resources[key] < 1:
+            raise ConfigError(f"model.resources.{key}: must be >= 1, got {resources[key]!r} (model={model.name})")
+    if resources["gpus"] < 0:
+        raise ConfigError(f"model.resources.gpus: must be >= 0, got {resources['gpus']!r}")
     return Job(
         algo=name,
         model=model.name,

@@ -31,7 +31,8 @@ class AlgoConfig:
 class ResourcesConfig:
     gpus: int = 0  # GPUs per node
     nodes: int = 1
-    cpus: int = 2  # CPU cores per task
+    tasks_per_node: Optional[int] = None  # processes per node; null = one per GPU (at least one)
+    cpus: int = 2  # CPU cores per node, shared by its processes
     mem_gb: int = 8  # host memory per node
     time_min: int = 30  # wall-clock limit of one job
     strategy: str = "single"  # single | fsdp | deepspeed_zero3: how the GPUs share the model

@@ -19,6 +19,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
+PAIR_ONLY_KEYS = ("n_train", "n_heldout", "n_eval", "length_bias", "label_noise", "label_temperature")
 
 
 def sft_key(cfg: Any) -> str:
@@ -29,6 +30,11 @@ def sft_key(cfg: Any) -> str:
     model.pop("grad_accum", None)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("max_new_tokens", None)
+    if data.get("embedded"):
+        # The SFT split is drawn first from the task's seed: the sizes and labels of the other
+        # splits do not change it, so sweeps over them share one SFT model.
+        for key in PAIR_ONLY_KEYS:
+            data["embedded"].pop(key, None)
     spec = {"model": model, "data": data, "sft": OmegaConf.to_container(cfg.sft, resolve=True)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -51,7 +51,8 @@ def device_kwargs(cfg: Any) -> dict:
 
     if torch.cuda.is_available():
         return {"bf16": cfg.model.dtype == "bfloat16", "fp16": cfg.model.dtype == "float16"}
-    return {"use_cpu": True, "bf16": False, "fp16": False}
+    extra = {"ddp_backend": "gloo"} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
+    return {"use_cpu": True, "bf16": False, "fp16": False, **extra}
 
 
 def base_model_and_tokenizer(cfg: Any):
@@ -67,31 +68,58 @@ def base_model_and_tokenizer(cfg: Any):
     return model, tokenizer
 
 
+def rank() -> int:
+    """This process's rank in a distributed job (0 when alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train and evaluate one job; returns its final status."""
+    """Train and evaluate one job; returns its final status.
+
+    In a distributed job every rank trains; only rank 0 evaluates and writes the run directory's
+    status, metrics and wandb run.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     job = resolve_job(cfg)
     start = time.time()
-    resume_from = prepare_resume(run_dir)
-    attempt = (rundir.read_status(run_dir) or {}).get("attempt", 0) + 1
-    rundir.write_status(
-        run_dir, state="running", phase="setup", error=None, pid=os.getpid(), attempt=attempt,
-        resumed_from=None if resume_from is None else resume_from.name,
-    )
+    main = rank() == 0
+    previous = rundir.read_status(run_dir) or {}
+    if previous.get("state") == "completed":
+        # e.g. requeued by the scheduler in the seconds after it finished: nothing is left to do
+        log.info("run %s already completed; nothing to do", run_dir)
+        return previous
+    resume_from = latest_checkpoint(run_dir)
+    if main:
+        prepare_resume(run_dir, resume_from)
+        attempt = (rundir.read_status(run_dir) or {}).get("attempt", 0) + 1
+        rundir.write_status(
+            run_dir, state="running", phase="setup", error=None, pid=os.getpid(), attempt=attempt,
+            resumed_from=None if resume_from is None else resume_from.name,
+        )
     tracker = None
     try:
-        tracker = _build_tracker(cfg, run_dir, job)
+        tracker = _build_tracker(cfg, run_dir, job) if main else _null_tracker()
         status = _train_and_evaluate(cfg, job, run_dir, tracker, resume_from)
-        status = rundir.write_status(run_dir, wall_s=time.time() - start, **status)
+        if main:
+            status = rundir.write_status(run_dir, wall_s=time.time() - start, **status)
         tracker.finish(0)
         return status
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"
-        rundir.write_status(run_dir, state="failed", phase="failed", error=message, traceback=traceback.format_exc())
+        if main:
+            rundir.write_status(
+                run_dir, state="failed", phase="failed", error=message, traceback=traceback.format_exc()
+            )
         if tracker is not None:
             tracker.finish(1)
         raise
+
+
+def _null_tracker():
+    from alignsweep.tracking import NullTracker
+
+    return NullTracker()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -103,23 +131,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def prepare_resume(run_dir: Path) -> Path | None:
+def prepare_resume(run_dir: Path, checkpoint: Path | None) -> None:
     """Make the run directory consistent with the checkpoint the next attempt resumes from.
 
     Metric rows after the checkpoint's step are dropped: training from the checkpoint recomputes
     them (deterministically), so a resumed run ends with exactly the rows of an uninterrupted one.
     Without a checkpoint the run starts over and earlier rows are set aside, not mixed in.
     """
-    checkpoint = latest_checkpoint(run_dir)
     rows = rundir.read_metrics(run_dir)
     if checkpoint is None:
         if (run_dir / rundir.METRICS).exists():
             os.replace(run_dir / rundir.METRICS, run_dir / f"{rundir.METRICS}.previous")
-        return None
+        return
     step = int(checkpoint.name.split("-")[-1])
-    kept = [r for r in rows if r["step"] <= step]
-    rundir.rewrite_metrics(run_dir, kept)
-    return checkpoint
+    rundir.rewrite_metrics(run_dir, [r for r in rows if r["step"] <= step])
 
 
 def _build_tracker(cfg: Any, run_dir: Path, job: Any):
@@ -149,7 +174,9 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     torch.manual_seed(job.seed)
     task = load_task(cfg)
     dev = device_kwargs(cfg)
-    rundir.write_status(run_dir, phase="sft")
+    main = rank() == 0
+    if main:
+        rundir.write_status(run_dir, phase="sft")
     base, tokenizer = base_model_and_tokenizer(cfg)
     sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, dev)
     del base
@@ -161,7 +188,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
 
     params = loss_params(cfg, job)
     n_eval = cfg.eval.prompts or len(task["eval"])
-    evaluator = Evaluator(
+    evaluator = None if not main else Evaluator(
         ref_model=ref,
         tokenizer=tokenizer,
         judge=build_judge(cfg.judge),
@@ -207,13 +234,78 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     )
     callback = CheckpointCallback(trainer, evaluator, cfg, job, run_dir, tracker)
     trainer.add_callback(callback)
-    rundir.write_status(run_dir, phase="train")
+    if main:
+        rundir.write_status(run_dir, phase="train")
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _write_rank_record(run_dir, trainer)
     if callback.diverged_at is not None:
         return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": "non_finite_loss"}
     if cfg.train.save_final_model:
         trainer.save_model(str(run_dir / "model"))
     return {"state": "completed", "phase": "done", "step": callback.last_step, "stop_reason": callback.stop_reason}
+
+
+def _write_rank_record(run_dir: Path, trainer: Any) -> None:
+    """Each rank of a distributed job notes what it trained and a checksum of its final weights
+    (RUN_DIR/ranks/RANK.json): equal checksums show the gradients were synchronised."""
+    import json
+
+    import torch
+
+    with torch.no_grad():
+        checksum = float(sum(p.double().sum() for p in trainer.model.parameters()))
+    record = {
+        "rank": rank(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "steps": trainer.state.global_step,
+        "micro_batches": len(trainer.step_losses),
+        "param_checksum": checksum,
+    }
+    (run_dir / "ranks").mkdir(exist_ok=True)
+    rundir.atomic_write_text(run_dir / "ranks" / f"{rank()}.json", json.dumps(record))
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _agree(flag: bool) -> bool:
+    """Rank 0's decision, on every rank (stopping must be unanimous or the others hang)."""
+    if not _distributed():
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _any(flag: bool) -> bool:
+    if not _distributed():
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _global_mean(values: list[float]) -> float | None:
+    """Mean over all ranks' values (each rank sees its own share of the batch)."""
+    total, count = sum(values), len(values)
+    if _distributed():
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([total, float(count)], dtype=torch.float64)
+        dist.all_reduce(t)
+        total, count = t.tolist()
+    return total / count if count else None
 
 
 class CheckpointCallback(TrainerCallback):
@@ -222,6 +314,7 @@ class CheckpointCallback(TrainerCallback):
     def __init__(self, trainer: Any, evaluator: Any, cfg: Any, job: Any, run_dir: Path, tracker: Any):
         self.trainer, self.evaluator, self.cfg, self.job = trainer, evaluator, cfg, job
         self.run_dir, self.tracker = run_dir, tracker
+        self.main = rank() == 0
         self.ckpts: list[int] = []
         self.total = 0
         self.last_step = 0
@@ -231,18 +324,30 @@ class CheckpointCallback(TrainerCallback):
         self._loss_mark = 0
         self._last_progress = 0.0
 
-    def _evaluate(self, step: int, reason: str | None = None) -> dict:
-        rundir.write_status(self.run_dir, phase="eval", step=step)
-        row = self.evaluator.evaluate(self.trainer.model, step)
+    def _status(self, **fields: Any) -> None:
+        if self.main:
+            rundir.write_status(self.run_dir, **fields)
+
+    def _train_loss(self) -> float | None:
         losses = self.trainer.step_losses[self._loss_mark :]
         self._loss_mark = len(self.trainer.step_losses)
+        return _global_mean(losses)
+
+    def _evaluate(self, step: int, reason: str | None = None) -> dict | None:
+        """Evaluate the policy at `step` (rank 0; the other ranks only keep count)."""
+        train_loss = self._train_loss()  # collective: every rank takes part
+        self.evaluated.add(step)
+        if not self.main:
+            return None
+        self._status(phase="eval", step=step)
+        row = self.evaluator.evaluate(self.trainer.model, step)
         row.update(
             {
                 "step": step,
                 "epoch": step / self.total * float(self.cfg.train.epochs) if self.total else 0.0,
                 "progress": step / self.total if self.total else 0.0,
-                "checkpoint": len(self.evaluated),
-                "train_loss": sum(losses) / len(losses) if losses else None,
+                "checkpoint": len(self.evaluated) - 1,
+                "train_loss": train_loss,
                 "algo": self.job.algo,
                 "beta": self.job.beta,
                 "alpha": self.job.alpha,
@@ -252,53 +357,56 @@ class CheckpointCallback(TrainerCallback):
         )
         if reason:
             row["stop_reason"] = reason
-        self.evaluated.add(step)
         rundir.append_metrics(self.run_dir, row)
         self.tracker.log(row, step=step)
-        rundir.write_status(
-            self.run_dir, phase="train", step=step, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"]
-        )
+        self._status(phase="train", step=step, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"])
         return row
+
+    def _over_budget(self, row: dict | None) -> bool:
+        return self.job.kl_budget is not None and row is not None and row["kl"] > self.job.kl_budget
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.total = state.max_steps
         self.ckpts = checkpoint_steps(self.total, self.cfg.train.checkpoints)
-        rundir.write_status(self.run_dir, total_steps=self.total, checkpoint_steps=self.ckpts, checkpoints_done=0)
+        self._status(total_steps=self.total, checkpoint_steps=self.ckpts, checkpoints_done=len(self.evaluated))
         if 0 not in self.evaluated:
             row = self._evaluate(0)
-            self._check_budget(row["kl"], 0, control)
+            if _agree(self._over_budget(row)):
+                self._stop(0, control)
 
     def on_step_end(self, args, state, control, **kwargs):
         step = self.last_step = state.global_step
         recent = self.trainer.step_losses[-1:] or [0.0]
-        if not math.isfinite(recent[-1]):
+        if _any(not math.isfinite(recent[-1])):
             self.diverged_at = step
             self.stop_reason = "non_finite_loss"
             control.should_training_stop = True
             return
         if step in self.ckpts and step not in self.evaluated:
-            row = self._evaluate(step)
-            control.should_save = bool(self.cfg.train.resumable) and step < self.total
-            self._check_budget(row["kl"], step, control)
+            stop = _agree(self._over_budget(self._evaluate(step)))
+            control.should_save = bool(self.cfg.train.resumable) and step < self.total and not stop
+            if stop:
+                self._stop(step, control)
         elif self.job.kl_budget is not None and step % self.cfg.train.kl_check_every == 0:
-            est = self.evaluator.kl(self.trainer.model, n_prompts=self.cfg.train.kl_check_prompts, seed=10_000 + step)
-            if est["kl"] > self.job.kl_budget:
+            over = False
+            if self.main:
+                est = self.evaluator.kl(
+                    self.trainer.model, n_prompts=self.cfg.train.kl_check_prompts, seed=10_000 + step
+                )
+                over = est["kl"] > self.job.kl_budget
+            if _agree(over):
                 self._evaluate(step, reason="kl_budget")
                 self._stop(step, control)
         now = time.time()
         if now - self._last_progress > 1.0:
             self._last_progress = now
-            rundir.write_status(self.run_dir, step=step)
-
-    def _check_budget(self, kl: float, step: int, control: Any) -> None:
-        if self.job.kl_budget is not None and kl > self.job.kl_budget:
-            self._stop(step, control)
+            self._status(step=step)
 
     def _stop(self, step: int, control: Any) -> None:
         self.stop_reason = "kl_budget"
         self.last_step = step
         control.should_training_stop = True
-        rundir.write_status(self.run_dir, stop_reason="kl_budget", stopped_at=step)
+        self._status(stop_reason="kl_budget", stopped_at=step)
 
 
 def load_config(path: Path) -> DictConfig:
@@ -306,6 +414,17 @@ def load_config(path: Path) -> DictConfig:
     from alignsweep.schema import Config
 
     return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+
+
+def run_prepared(run_dir: str | Path) -> dict:
+    """Run the job prepared in `run_dir` (its config.yaml written by a launcher)."""
+    run_dir = Path(run_dir)
+    threads = os.environ.get("ALIGNSWEEP_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    return run(load_config(run_dir / rundir.CONFIG), run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,14 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {config} does not exist: not a prepared run directory", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    threads = os.environ.get("ALIGNSWEEP_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    cfg = load_config(config)
     try:
-        status = run(cfg, run_dir)
+        status = run_prepared(run_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -74,3 +74,13 @@ def test_bad_sizes_are_named():
         e.vocabulary(0, 3)
     with pytest.raises(ValueError, match="min_topics"):
         e.generate(task_cfg(min_topics=5, max_topics=3))
+
+
+def test_sft_split_does_not_depend_on_the_pair_settings():
+    """The SFT cache key leaves these out (alignsweep.sft.PAIR_ONLY_KEYS): it must be true."""
+    from alignsweep.sft import PAIR_ONLY_KEYS
+
+    base = e.generate(task_cfg())["sft"]
+    changed = {"n_train": 50, "n_heldout": 7, "n_eval": 3, "length_bias": 0.0, "label_noise": 0.4, "label_temperature": 1.0}
+    assert set(changed) == set(PAIR_ONLY_KEYS)
+    assert e.generate(task_cfg(**changed))["sft"] == base

@@ -1,0 +1,75 @@
+"""`python -m alignsweep.status SWEEP_DIR`: where every job of a sweep stands.
+
+One line per job: its state (pending, running, requeued, completed, failed, diverged, ...), its
+progress, the scheduler's job id and, for failures, the error and where the log is. Works for
+sweeps of any launcher, and on a copy of the sweep directory without a cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+from alignsweep import cluster, rundir
+
+
+def rows(sweep_dir: Path) -> list[dict]:
+    sweep_dir = Path(sweep_dir)
+    jobs = cluster.manifest(sweep_dir)["jobs"]
+    states = cluster.slurm_states([e["job_id"] for e in jobs.values() if e.get("job_id")])
+    out = []
+    for num in sorted(jobs, key=int):
+        entry = jobs[num]
+        run_dir = sweep_dir / entry["run_dir"]
+        status = rundir.read_status(run_dir) or {}
+        slurm = states.get(entry.get("job_id", ""))
+        state = cluster.entry_state(entry, status, slurm)
+        step, total = status.get("step"), status.get("total_steps")
+        row = {
+            "num": int(num),
+            "job": f"{entry['algo']} {entry['model']} beta={entry['beta']:g}"
+            + (f" alpha={entry['alpha']:g}" if entry.get("alpha") is not None else ""),
+            "state": state,
+            "slurm": slurm or "-",
+            "job_id": entry.get("job_id", "-"),
+            "progress": f"{step}/{total}" if total else "-",
+            "attempt": status.get("attempt", 0),
+            "error": status.get("error"),
+            "log": None,
+        }
+        if state in ("failed", "preempted", "unknown", "diverged"):
+            logs = cluster.log_paths(entry)
+            row["log"] = logs[1] if logs else str(run_dir / rundir.LOG)
+            if not row["error"] and slurm:
+                row["error"] = f"SLURM state {slurm} before the worker reported"
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m alignsweep.status SWEEP_DIR", file=sys.stderr)
+        return 2
+    sweep_dir = Path(argv[0])
+    if not (sweep_dir / "manifest.json").exists():
+        print(f"error: {sweep_dir / 'manifest.json'} does not exist: not a launched sweep directory", file=sys.stderr)
+        return 2
+    table = rows(sweep_dir)
+    width = max(len(r["job"]) for r in table)
+    print(f"{'#':>3}  {'job':<{width}}  {'state':<10} {'progress':>9}  {'try':>3}  {'slurm id':<12} slurm state")
+    for r in table:
+        print(
+            f"{r['num']:>3}  {r['job']:<{width}}  {r['state']:<10} {r['progress']:>9}  {r['attempt']:>3}  "
+            f"{r['job_id']:<12} {r['slurm']}"
+        )
+        if r["error"] or r["log"]:
+            print(f"       {r['error'] or ''}" + (f"\n       log: {r['log']}" if r["log"] else ""))
+    counts = Counter(r["state"] for r in table)
+    print("total: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Hydra launcher: a multirun as SLURM job arrays through submitit, one array per resource tier.
+
+Hydra's stock submitit plugin makes one resource request per multirun and blocks until every job
+ends. Here every job asks for what its model needs (`model.resources`): jobs are grouped by
+identical requests and each group is submitted as one job array. By default the command returns
+as soon as the arrays are queued (`hydra.launcher.wait=true` blocks, then collects).
+
+Jobs are checkpointable: on a time limit or pre-emption submitit requeues them (up to
+`max_num_timeout` times) and the worker resumes from the run's last trainer checkpoint.
+Re-submitting a sweep skips completed jobs and jobs still queued or running.
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.utils import JobReturn, JobStatus, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class SlurmArrayLauncher(Launcher):
+    def __init__(
+        self,
+        partition: Optional[str] = None,
+        account: Optional[str] = None,
+        qos: Optional[str] = None,
+        constraint: Optional[str] = None,
+        additional_parameters: Optional[dict] = None,
+        setup: Optional[list] = None,
+        array_parallelism: int = 256,
+        max_num_timeout: int = 5,
+        signal_delay_s: int = 120,
+        wait: bool = False,
+        poll_s: float = 10.0,
+    ) -> None:
+        def plain(v: Any) -> Any:
+            return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+        self.partition, self.account, self.qos, self.constraint = partition, account, qos, constraint
+        self.additional_parameters = dict(plain(additional_parameters) or {})
+        self.setup_lines = list(plain(setup) or [])
+        self.array_parallelism = array_parallelism
+        self.max_num_timeout = max_num_timeout
+        self.signal_delay_s = signal_delay_s
+        self.wait = wait
+        self.poll_s = poll_s
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from alignsweep import cluster
+        from alignsweep.launch import prepare_jobs, tier_of, write_manifest
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        jobs = prepare_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+        if self.config.dry_run:
+            for job in jobs:
+                print(f"#{job.num} {job.job.describe()}", flush=True)
+            return [_job_return(job, "dry-run") for job in jobs]
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        active = cluster.active_job_ids(sweep_dir)
+        todo, skipped = [], []
+        for job in jobs:
+            if job.skip:
+                skipped.append((job, "completed"))
+            elif str(job.num) in active:
+                skipped.append((job, f"still {active[str(job.num)][1].lower()} as {active[str(job.num)][0]}"))
+            else:
+                todo.append(job)
+        for job, why in skipped:
+            print(f"[alignsweep] #{job.num} not submitted: {why}", flush=True)
+        write_manifest(sweep_dir, jobs, launcher="slurm")
+
+        tiers: dict[tuple, list] = defaultdict(list)
+        for job in todo:
+            tiers[tier_of(job.job.resources)].append(job)
+        submitted: dict[int, dict] = {}
+        start = time.time()
+        for tier, members in tiers.items():
+            executor = self._executor(sweep_dir, dict(tier), len(members))
+            from alignsweep.cluster_task import WorkerTask
+
+            try:
+                handles = executor.map_array(WorkerTask(), [str(job.run_dir) for job in members])
+            except Exception as exc:  # sbatch refused the request: say which and why, submit nothing more
+                message = " ".join(str(getattr(exc, "output", b"") or exc).split())
+                if isinstance(getattr(exc, "output", None), bytes):
+                    message = " ".join(exc.output.decode(errors="replace").split())
+                print(
+                    f"error: SLURM refused the job array for {len(members)} job(s) requesting "
+                    f"{cluster.describe_tier(dict(tier))}: {message}",
+                    file=sys.stderr,
+                )
+                write_manifest(sweep_dir, jobs, launcher="slurm", submitted=submitted)
+                sys.exit(2)
+            array_id = handles[0].job_id.split("_")[0]
+            for index, (job, handle) in enumerate(zip(members, handles)):
+                submitted[job.num] = {
+                    "job_id": handle.job_id,
+                    "array_id": array_id,
+                    "array_index": index,
+                    "submitit_folder": str(executor.folder),
+                }
+            print(
+                f"[alignsweep] submitted array {array_id}: {len(members)} job(s), {cluster.describe_tier(dict(tier))}",
+                flush=True,
+            )
+        write_manifest(sweep_dir, jobs, launcher="slurm", submitted=submitted)
+        print(
+            f"[alignsweep] {len(submitted)} job(s) submitted in {time.time() - start:.1f}s, {len(skipped)} skipped; "
+            f"sweep directory: {sweep_dir}\n"
+            f"[alignsweep] follow it with: python -m alignsweep.status {sweep_dir}",
+            flush=True,
+        )
+        if self.wait and submitted:
+            cluster.wait_for(sweep_dir, poll_s=self.poll_s)
+            from alignsweep.collect import collect_and_report
+
+            collect_and_report(sweep_dir)
+        return [_job_return(job, submitted.get(job.num, {}).get("job_id", "skipped")) for job in jobs]
+
+    def _executor(self, sweep_dir: Path, res: dict, n_jobs: int) -> Any:
+        import submitit
+
+        executor = submitit.AutoExecutor(
+            folder=str(sweep_dir / ".submitit" / "%j"), cluster="slurm", slurm_max_num_timeout=self.max_num_timeout
+        )
+        tasks = res["tasks_per_node"]
+        extra = dict(self.additional_parameters)
+        if self.account:
+            extra["account"] = self.account
+        params: dict[str, Any] = {
+            "name": "alignsweep",
+            "timeout_min": res["time_min"],
+            "nodes": res["nodes"],
+            "tasks_per_node": tasks,
+            "cpus_per_task": max(1, res["cpus"] // tasks),
+            "mem_gb": res["mem_gb"],
+            "slurm_array_parallelism": min(self.array_parallelism, n_jobs),
+            "slurm_signal_delay_s": self.signal_delay_s,
+            "slurm_additional_parameters": extra,
+        }
+        if res["gpus"]:
+            params["gpus_per_node"] = res["gpus"]
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        if self.qos:
+            params["slurm_qos"] = self.qos
+        if self.constraint:
+            params["slurm_constraint"] = self.constraint
+        if self.setup_lines:
+            params["slurm_setup"] = self.setup_lines
+        executor.update_parameters(**params)
+        return executor
+
+
+def _job_return(job: Any, value: Any) -> JobReturn:
+    ret = JobReturn()
+    ret.overrides = list(job.overrides)
+    ret.working_dir = str(job.run_dir)
+    ret.cfg = job.config
+    ret.hydra_cfg = None
+    ret.status = JobStatus.COMPLETED
+    ret.return_value = value
+    return ret
