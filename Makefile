@@ -8,10 +8,10 @@ TORCH_VERSION := 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast lint clean
+.PHONY: help install run test test-fast cluster-up cluster-down clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; run make PYTHON=/path/to/python3.11"; exit 2; }
@@ -33,11 +33,17 @@ install: $(STAMP) ## create .venv and install alignsweep with pinned dependencie
 run: $(STAMP) ## run the embedded demo sweep (5 algorithms x 3 betas), print its table and plot path
 	$(PY) -m alignsweep experiment=demo
 
-test: $(STAMP) ## run the whole test suite
+test: $(STAMP) ## run the whole test suite (starts the local SLURM cluster for its tests)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP) ## run the fast tier (no end-to-end training)
 	$(PY) -m pytest -q -m "not slow"
+
+cluster-up: ## start a single-node SLURM cluster on localhost (Debian packages, root)
+	bash launchers/slurm/start_cluster.sh
+
+cluster-down: ## stop the local SLURM cluster
+	bash launchers/slurm/stop_cluster.sh
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache .pytest_cache
