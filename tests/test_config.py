@@ -110,3 +110,25 @@ def test_checkpoint_steps_are_evenly_spaced_and_end_at_the_end():
     assert checkpoint_steps(100, 1) == [100]
     with pytest.raises(ConfigError):
         checkpoint_steps(0, 5)
+
+
+def test_the_readme_local_config_example_switches_to_slurm(tmp_path, monkeypatch):
+    """The worked example of conf/local/default.yaml in the README composes and takes effect."""
+    import re
+    import shutil
+
+    readme = (CONF.parent / "README.md").read_text()
+    example = re.search(r"```yaml\n(# @package _global_\n# conf/local/default.yaml\n.*?)```", readme, re.S).group(1)
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "local").mkdir(exist_ok=True)
+    (conf / "local" / "default.yaml").write_text(example)
+    monkeypatch.setenv("USER", "alice")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmArrayLauncher")
+    assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.account) == ("gpu", "my-lab")
+    assert cfg.paths.output_dir == "/scratch/alice/alignsweep"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        plain = compose(config_name="config", return_hydra_config=True)
+    assert plain.hydra.launcher._target_.endswith("LocalProcessLauncher")
