@@ -1,20 +1,25 @@
 """`python -m alignsweep.collect SWEEP_DIR`: one tidy table of a sweep, from its directory alone.
 
 A row per (run, evaluated checkpoint), plus one row for each run that has none yet (pending,
-running or failed), so nothing disappears from the table. Written as `results.csv` and
-`results.parquet` in the sweep directory; running it again gives the same table.
+running or failed), so nothing disappears from the table. Besides the job's identity (algorithm,
+model, beta, alpha, gamma, KL budget, seed) every other config value that differs between the
+runs of the sweep is a `cfg.<key>` column. Written as `results.csv` and `results.parquet`, with the
+scaling-law fits in `fits.csv` and the figures in `figures/`. Running it again gives the same
+files; running it while jobs still run gives the rows so far. Unreadable files and lines are
+reported by name, never silently dropped. Needs no cluster: a copied sweep directory is enough.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from alignsweep import rundir
 
-ID_COLUMNS = ["run", "status", "algo", "model", "beta", "alpha", "gamma", "kl_budget", "seed", "step", "progress"]
+ID_COLUMNS = ["run", "status", "algo", "model", "data", "beta", "alpha", "gamma", "kl_budget", "seed", "step",
+              "epoch", "progress"]
+IGNORED_PREFIXES = ("paths.", "logger.", "dry_run")
 
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
@@ -26,43 +31,56 @@ def run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (len(p.name), p.name))
 
 
-def _job_values(run_dir: Path) -> dict[str, Any]:
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _read_run(run_dir: Path) -> tuple[dict, dict]:
+    """The job's identity and its flattened config."""
     from omegaconf import OmegaConf
 
     from alignsweep.plan import resolve_job
+    from alignsweep.schema import load_run_config
 
-    cfg = OmegaConf.load(run_dir / rundir.CONFIG)
+    cfg = load_run_config(run_dir / rundir.CONFIG)
     job = resolve_job(cfg)
-    return {
-        "algo": job.algo,
-        "model": job.model,
-        "data": job.data,
-        "beta": job.beta,
-        "alpha": job.alpha,
-        "gamma": job.gamma,
-        "kl_budget": job.kl_budget,
-        "seed": job.seed,
+    values = {
+        "algo": job.algo, "model": job.model, "data": job.data, "beta": job.beta, "alpha": job.alpha,
+        "gamma": job.gamma, "kl_budget": job.kl_budget, "seed": job.seed,
     }
+    return values, _flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
-    """All rows, and the files that could not be read (reported, never silently dropped)."""
-    rows, problems = [], []
+    """All rows, and the files (or lines) that could not be read."""
+    rows, problems, configs = [], [], {}
     sweep_dir = Path(sweep_dir)
+    runs = []
     for run_dir in run_dirs(sweep_dir):
         name = str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else run_dir.name
         try:
-            values = _job_values(run_dir)
-        except Exception as exc:  # a corrupt config is reported by name
+            values, flat = _read_run(run_dir)
+        except Exception as exc:  # a corrupt config is reported by name, and its run still listed
             problems.append(f"{run_dir / rundir.CONFIG}: {exc}")
+            rows.append({"run": name, "status": "unreadable", "error": f"unreadable config: {exc}"})
             continue
-        status = rundir.read_status(run_dir) or {}
-        base = {"run": name, "status": status.get("state", "pending"), **values}
+        configs[name] = flat
+        runs.append((run_dir, name, values))
+    varying = _varying(configs)
+    for run_dir, name, values in runs:
         try:
-            metrics = rundir.read_metrics(run_dir)
-        except (ValueError, OSError) as exc:
-            problems.append(f"{run_dir / rundir.METRICS}: {exc}")
-            metrics = []
+            status = rundir.read_status(run_dir) or {}
+        except ValueError as exc:
+            problems.append(f"{run_dir / rundir.STATUS}: {exc}")
+            status = {"state": "unknown"}
+        base = {"run": name, "status": status.get("state", "pending"), **values}
+        base.update({f"cfg.{k}": configs[name].get(k) for k in varying})
+        metrics = rundir.read_metrics(run_dir, problems)
         if not metrics:
             rows.append({**base, "error": status.get("error")})
         for row in metrics:
@@ -70,22 +88,45 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     return rows, problems
 
 
-def collect(sweep_dir: Path):
+def _varying(configs: dict[str, dict]) -> list[str]:
+    """Config keys whose values differ between runs (the identity columns and paths aside)."""
+    keys = sorted({k for flat in configs.values() for k in flat})
+    skip = {"algo.name", "model.name", "data.name", "beta", "alpha", "gamma", "kl_budget", "seed"}
+    out = []
+    for key in keys:
+        if key in skip or key.startswith(IGNORED_PREFIXES):
+            continue
+        if len({repr(flat.get(key)) for flat in configs.values()}) > 1:
+            out.append(key)
+    return out
+
+
+def collect(sweep_dir: Path, quiet: bool = False):
     """Build the sweep's table and write results.csv / results.parquet; returns the DataFrame."""
     import pandas as pd
 
     sweep_dir = Path(sweep_dir)
     rows, problems = collect_rows(sweep_dir)
-    for problem in problems:
-        print(f"warning: unreadable: {problem}", file=sys.stderr)
+    if not quiet:
+        for problem in problems:
+            print(f"warning: unreadable: {problem}", file=sys.stderr)
     table = pd.DataFrame(rows)
     if not table.empty:
         ordered = [c for c in ID_COLUMNS if c in table.columns]
         table = table[ordered + sorted(c for c in table.columns if c not in ordered)]
-        table = table.sort_values(["run", "step"], key=_natural, na_position="last").reset_index(drop=True)
-    table.to_csv(sweep_dir / "results.csv", index=False)
-    table.to_parquet(sweep_dir / "results.parquet", index=False)
+        by = [c for c in ("run", "step") if c in table.columns]
+        table = table.sort_values(by, key=_natural, na_position="last").reset_index(drop=True)
+    _atomic(lambda tmp: table.to_csv(tmp, index=False), sweep_dir / "results.csv")
+    _atomic(lambda tmp: table.to_parquet(tmp, index=False), sweep_dir / "results.parquet")
     return table
+
+
+def _atomic(write, path: Path) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def _natural(col):
@@ -94,18 +135,36 @@ def _natural(col):
     return col
 
 
-def summary(table) -> "Any":
+def fits(table):
+    """Both scaling-law forms per (algorithm, model), over final checkpoints and over all."""
+    import pandas as pd
+
+    from alignsweep.analysis import fit_groups
+
+    if table.empty or "win_rate" not in table.columns:
+        return pd.DataFrame()
+    parts = [
+        fit_groups(table, by=("algo", "model"), form=form, checkpoints=which)
+        for form in ("log", "quadratic")
+        for which in ("final", "all")
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def summary(table) -> Any:
     """Per run: final sqrt(KL) and win rate, the best win rate and where it occurred."""
     import pandas as pd
 
     out = []
-    for run, group in table.dropna(subset=["step"]).groupby("run", sort=False):
+    evaluated = table.dropna(subset=["step", "win_rate"]) if "win_rate" in table.columns else table.iloc[0:0]
+    for run, group in evaluated.groupby("run", sort=False):
         group = group.sort_values("step")
         final, best = group.iloc[-1], group.loc[group["win_rate"].idxmax()]
         out.append(
             {
                 "run": run,
                 "algo": final["algo"],
+                "model": final["model"],
                 "beta": final["beta"],
                 "alpha": final.get("alpha"),
                 "status": final["status"],
@@ -118,31 +177,53 @@ def summary(table) -> "Any":
         )
     frame = pd.DataFrame(out)
     if not frame.empty:
-        frame = frame.sort_values(["algo", "beta"]).reset_index(drop=True)
-        if frame["alpha"].isna().all():
-            frame = frame.drop(columns=["alpha"])
+        frame = frame.sort_values(["algo", "model", "beta"]).reset_index(drop=True)
+        for optional in ("alpha", "model"):
+            if frame[optional].isna().all() or frame[optional].nunique() == 1 and optional == "model":
+                frame = frame.drop(columns=[optional])
     return frame
 
 
-def collect_and_report(sweep_dir: Path) -> None:
-    """Collect, print the results table, draw the win-rate/sqrt(KL) plot and say where it is."""
-    from alignsweep.plots import plot_winrate_vs_kl
+def collect_and_report(sweep_dir: Path, figures: bool = True) -> None:
+    """Collect, fit, draw; print the results table and where the files are."""
+    import pandas as pd
+
+    from alignsweep.plots import draw_all, plot_winrate_vs_kl
 
     sweep_dir = Path(sweep_dir)
     table = collect(sweep_dir)
-    failed = table[table["status"].isin(["failed", "diverged"])]["run"].unique() if not table.empty else []
     if table.empty or "win_rate" not in table.columns:
         print(f"[alignsweep] no evaluated checkpoints yet in {sweep_dir}")
         return
-    import pandas as pd
-
+    fitted = fits(table)
+    _atomic(lambda tmp: fitted.to_csv(tmp, index=False), sweep_dir / "fits.csv")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(summary(table).to_string(index=False))
     plot = plot_winrate_vs_kl(table, sweep_dir / "winrate_vs_sqrt_kl.png")
-    print(f"[alignsweep] table: {sweep_dir / 'results.csv'}")
+    drawn = draw_all(table, sweep_dir / "figures", fits=fitted) if figures else {}
+    logger = _sweep_logger(sweep_dir)
+    if logger is not None and logger.name == "wandb":
+        from alignsweep.tracking import log_sweep_summary
+
+        summary_dir = log_sweep_summary(logger, sweep_dir, table, fitted, drawn)
+        print(f"[alignsweep] wandb summary run: {summary_dir}")
+    print(f"[alignsweep] table: {sweep_dir / 'results.csv'} (fits: fits.csv, figures: figures/)")
     print(f"[alignsweep] plot:  {plot}")
-    if len(failed):
-        print(f"[alignsweep] {len(failed)} run(s) did not complete: {', '.join(map(str, failed))}")
+    unfinished = table[~table["status"].isin(["completed"])]["run"].unique()
+    if len(unfinished):
+        print(f"[alignsweep] {len(unfinished)} run(s) not completed: {', '.join(map(str, unfinished))}")
+
+
+def _sweep_logger(sweep_dir: Path):
+    """The logger settings the sweep's jobs used (from its first readable run config)."""
+    from alignsweep.schema import load_run_config
+
+    for run_dir in run_dirs(sweep_dir):
+        try:
+            return load_run_config(run_dir / rundir.CONFIG).logger
+        except Exception:
+            continue
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,33 +1,72 @@
-"""Figures of a collected sweep."""
+"""Figures of a collected sweep (a `results.parquet` table), each written as PNG and SVG.
+
+1. `figure_overoptimization`: the paper's Figure 1. One column per algorithm, win rate against
+   sqrt(KL), one colour per model; top row final checkpoints, bottom row every checkpoint; dotted
+   curves are the fitted scaling laws (`alignsweep.analysis`).
+2. `figure_length`: R^2 of the implicit reward regressed on response length against KL, per model.
+3. `figure_dynamics`: win rate and sqrt(KL) against training progress, one line per beta.
+4. `figure_likelihood`: chosen and rejected log-likelihood of held-out pairs against progress.
+`plot_winrate_vs_kl` is the quick per-beta view `make run` prints.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
-def plot_winrate_vs_kl(table, path: Path) -> Path:
-    """Win rate against sqrt(KL): one panel per algorithm, one line per beta (its checkpoints in
-    training order), the final checkpoint marked; error bars are one standard error."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = table.dropna(subset=["step", "win_rate", "sqrt_kl"])
+    return plt
+
+
+def _save(fig: Any, path: Path) -> list[Path]:
+    path = Path(path)
+    out = []
+    for suffix in (".png", ".svg"):
+        target = path.with_suffix(suffix)
+        fig.savefig(target, dpi=120)
+        out.append(target)
+    _plt().close(fig)
+    return out
+
+
+def _evaluated(table):
+    return table.dropna(subset=["step", "win_rate", "sqrt_kl"])
+
+
+def _finals(rows):
+    return rows.loc[rows.groupby("run")["step"].idxmax()]
+
+
+def _colors(keys: list) -> dict:
+    cmap = _plt().get_cmap("viridis" if len(keys) > 3 else "tab10")
+    if len(keys) > 3:
+        return {k: cmap(i / max(1, len(keys) - 1)) for i, k in enumerate(keys)}
+    return {k: cmap(i) for i, k in enumerate(keys)}
+
+
+def plot_winrate_vs_kl(table, path: Path) -> Path:
+    """Win rate against sqrt(KL): one panel per algorithm, one line per beta (its checkpoints in
+    training order), the final checkpoint starred; error bars are one standard error."""
+    plt = _plt()
+    rows = _evaluated(table)
     algos = sorted(rows["algo"].unique())
     fig, axes = plt.subplots(1, len(algos), figsize=(3.6 * len(algos), 3.4), sharey=True, squeeze=False)
-    cmap = plt.get_cmap("viridis")
     for ax, algo in zip(axes[0], algos):
         sub = rows[rows["algo"] == algo]
-        betas = sorted(sub["beta"].unique())
-        for i, beta in enumerate(betas):
-            color = cmap(i / max(1, len(betas) - 1))
+        colors = _colors(sorted(sub["beta"].unique()))
+        for beta, color in colors.items():
             for _, run in sub[sub["beta"] == beta].groupby("run"):
                 run = run.sort_values("step")
-                ax.errorbar(
-                    run["sqrt_kl"], run["win_rate"], yerr=run["win_rate_se"], color=color, marker="o",
-                    markersize=3, linewidth=1, capsize=2, label=f"beta={beta:g}",
-                )
+                ax.errorbar(run["sqrt_kl"], run["win_rate"], yerr=run["win_rate_se"], color=color, marker="o",
+                            markersize=3, linewidth=1, capsize=2, label=f"beta={beta:g}")
                 last = run.iloc[-1]
                 ax.plot(last["sqrt_kl"], last["win_rate"], marker="*", markersize=11, color=color)
         ax.set_title(algo.upper())
@@ -39,7 +78,159 @@ def plot_winrate_vs_kl(table, path: Path) -> Path:
     axes[0][0].set_ylabel("win rate vs reference")
     fig.suptitle("Win rate against sqrt(KL); star = final checkpoint", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)[0]
+
+
+def figure_overoptimization(table, path: Path, fits=None, form: str = "log") -> list[Path]:
+    """The paper's Figure 1 (top: final checkpoints, bottom: all), with fitted curves dotted."""
+    plt = _plt()
+    rows = _evaluated(table)
+    algos = sorted(rows["algo"].unique())
+    models = sorted(rows["model"].unique())
+    colors = _colors(models)
+    fig, axes = plt.subplots(2, len(algos), figsize=(3.6 * len(algos), 6.4), sharey=True, squeeze=False)
+    for col, algo in enumerate(algos):
+        for row, (which, data) in enumerate((("final", _finals(rows)), ("all", rows))):
+            ax = axes[row][col]
+            sub = data[data["algo"] == algo]
+            for model in models:
+                pts = sub[sub["model"] == model]
+                if pts.empty:
+                    continue
+                ax.errorbar(pts["sqrt_kl"], pts["win_rate"], yerr=pts["win_rate_se"], fmt="o", markersize=4,
+                            capsize=2, color=colors[model], alpha=0.8, label=model)
+                fit = _fit_for(fits, algo, model, which, form)
+                if fit is not None:
+                    d = np.linspace(0, max(pts["sqrt_kl"].max(), 1e-3) * 1.05, 200)
+                    ax.plot(d, _predict(fit, d, form), linestyle=":", linewidth=2, color=colors[model])
+            ax.set_title(f"{algo.upper()} ({which} checkpoints)", fontsize=10)
+            ax.grid(alpha=0.3)
+            if row == 1:
+                ax.set_xlabel("sqrt(KL(pi || pi_ref))")
+            if col == 0:
+                ax.set_ylabel("win rate vs reference")
+            if row == 0 and col == len(algos) - 1:
+                ax.legend(fontsize=7, title="model", title_fontsize=7)
+    low = max(0.0, float((rows["win_rate"] - rows["win_rate_se"].fillna(0)).min()) - 0.05)
+    high = min(1.0, float((rows["win_rate"] + rows["win_rate_se"].fillna(0)).max()) + 0.05)
+    axes[0][0].set_ylim(low, high)  # the axes share y; a wild fit must not squash the data
+    fig.suptitle(f"Over-optimization: win rate against sqrt(KL), dotted = {form} fit", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _fit_for(fits, algo: str, model: str, which: str, form: str):
+    if fits is None or fits.empty:
+        return None
+    sel = fits[(fits["algo"] == algo) & (fits["model"] == model) & (fits["checkpoints"] == which)
+               & (fits["form"] == form)]
+    if sel.empty or sel.iloc[0].get("error") or not np.isfinite(sel.iloc[0]["alpha"]):
+        return None
+    return sel.iloc[0]
+
+
+def _predict(fit, d: np.ndarray, form: str) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0) if form == "log" else d * d
+    return fit["baseline"] + fit["alpha"] * d - fit["beta"] * term
+
+
+def figure_length(table, path: Path) -> list[Path]:
+    """R^2 of implicit reward on response length against KL, one colour per model (paper, Fig. 3
+    right): smaller models and smaller budgets lean on length more."""
+    plt = _plt()
+    rows = _evaluated(table).dropna(subset=["length_r2", "kl"])
+    rows = rows[rows["step"] > 0]
+    models = sorted(rows["model"].unique())
+    colors = _colors(models)
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    markers = dict(zip(sorted(rows["algo"].unique()), "osD^vP"))
+    for model in models:
+        for algo, marker in markers.items():
+            pts = rows[(rows["model"] == model) & (rows["algo"] == algo)]
+            if not pts.empty:
+                ax.scatter(pts["kl"], pts["length_r2"], color=colors[model], marker=marker, s=22, alpha=0.8,
+                           label=f"{model} / {algo}")
+    ax.set_xlabel("KL(pi || pi_ref) (nats)")
+    ax.set_ylabel("R^2: implicit reward ~ length")
+    ax.set_title("Length exploitation against KL", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def figure_dynamics(table, path: Path) -> list[Path]:
+    """Win rate (top) and sqrt(KL) (bottom) against training progress, one line per beta."""
+    plt = _plt()
+    rows = _evaluated(table)
+    algos = sorted(rows["algo"].unique())
+    fig, axes = plt.subplots(2, len(algos), figsize=(3.6 * len(algos), 5.6), sharex=True, squeeze=False)
+    for col, algo in enumerate(algos):
+        sub = rows[rows["algo"] == algo]
+        colors = _colors(sorted(sub["beta"].unique()))
+        for (beta, _run), run in sub.groupby(["beta", "run"]):
+            run = run.sort_values("step")
+            axes[0][col].plot(run["progress"], run["win_rate"], marker="o", markersize=3, color=colors[beta],
+                              label=f"beta={beta:g}")
+            axes[1][col].plot(run["progress"], run["sqrt_kl"], marker="o", markersize=3, color=colors[beta])
+        axes[0][col].set_title(algo.upper(), fontsize=10)
+        axes[1][col].set_xlabel("fraction of the epoch")
+        handles, labels = axes[0][col].get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        axes[0][col].legend(unique.values(), unique.keys(), fontsize=7)
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("win rate")
+    axes[1][0].set_ylabel("sqrt(KL)")
+    fig.suptitle("Training dynamics", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def figure_likelihood(table, path: Path) -> list[Path]:
+    """Held-out chosen (solid) and rejected (dashed) log-likelihood against progress: likelihood
+    displacement, the AlphaPO paper's concern."""
+    plt = _plt()
+    rows = _evaluated(table).dropna(subset=["chosen_logp", "rejected_logp"])
+    algos = sorted(rows["algo"].unique())
+    fig, axes = plt.subplots(1, len(algos), figsize=(3.6 * len(algos), 3.6), sharey=True, squeeze=False)
+    for ax, algo in zip(axes[0], algos):
+        sub = rows[rows["algo"] == algo]
+        colors = _colors(sorted(sub["beta"].unique()))
+        for (beta, _run), run in sub.groupby(["beta", "run"]):
+            run = run.sort_values("step")
+            ax.plot(run["progress"], run["chosen_logp"], color=colors[beta], label=f"beta={beta:g} chosen")
+            ax.plot(run["progress"], run["rejected_logp"], color=colors[beta], linestyle="--",
+                    label=f"beta={beta:g} rejected")
+        ax.set_title(algo.upper(), fontsize=10)
+        ax.set_xlabel("fraction of the epoch")
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=6)
+    axes[0][0].set_ylabel("mean log-likelihood (held-out pairs)")
+    fig.suptitle("Likelihood displacement: chosen (solid) and rejected (dashed)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+FIGURES = {
+    "fig1_overoptimization": figure_overoptimization,
+    "fig2_length": figure_length,
+    "fig3_dynamics": figure_dynamics,
+    "fig4_likelihood": figure_likelihood,
+}
+
+
+def draw_all(table, out_dir: Path, fits=None) -> dict[str, list[Path]]:
+    """Every figure of the sweep into `out_dir` (PNG and SVG)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drawn = {}
+    for name, draw in FIGURES.items():
+        if name == "fig1_overoptimization":
+            drawn[name] = draw(table, out_dir / name, fits=fits)
+        else:
+            drawn[name] = draw(table, out_dir / name)
+    return drawn

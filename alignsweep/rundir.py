@@ -73,17 +73,32 @@ def rewrite_metrics(run_dir: Path, rows: list[dict]) -> None:
     atomic_write_text(Path(run_dir) / METRICS, text)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Every complete row of the run's metrics file (an interrupted last line is skipped)."""
-    return list(_rows(Path(run_dir) / METRICS))
+def read_metrics(run_dir: Path, problems: list[str] | None = None) -> list[dict]:
+    """Every complete row of the run's metrics file.
+
+    An interrupted last line (a writer killed mid-write) is skipped silently: it is not a row yet.
+    Any other unreadable line is skipped and described in `problems` (file and line number) when a
+    list is given, so callers can report it; without one it raises ValueError.
+    """
+    return list(_rows(Path(run_dir) / METRICS, problems))
 
 
-def _rows(path: Path) -> Iterator[dict]:
+def _rows(path: Path, problems: list[str] | None) -> Iterator[dict]:
     try:
-        text = path.read_text()
+        text = path.read_text(errors="replace")
     except FileNotFoundError:
         return
-    for line in text.splitlines(keepends=True):
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
         if not line.endswith("\n"):
             break  # the writer was killed mid-line
-        yield json.loads(line)
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError("not a metrics row (an object with a step)")
+        except ValueError as exc:
+            message = f"{path}:{number}: {exc}"
+            if problems is None:
+                raise ValueError(message) from None
+            problems.append(message)
+            continue
+        yield row

@@ -172,3 +172,11 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def load_run_config(path):
+    """A run's saved config.yaml merged onto the schema: checked again, and filled with the
+    defaults of keys added since it was written (an older sweep stays readable)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))

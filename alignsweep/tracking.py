@@ -69,3 +69,49 @@ def build_tracker(logger_cfg: Any, run_dir: Path, **kwargs: Any):
     if logger_cfg.name == "wandb":
         return WandbTracker(logger_cfg, run_dir, **kwargs)
     raise ValueError(f"logger.name: expected wandb or none, got {logger_cfg.name!r}")
+
+
+def log_sweep_summary(logger_cfg: Any, sweep_dir: Path, table: Any, fits: Any, figures: dict) -> str | None:
+    """One wandb run per sweep (job_type "summary", same group as its jobs) holding the collected
+    table, the fits and the figures, so the dashboard shows exactly what `results.csv` holds.
+    Re-collecting resumes the same run. Returns the run's directory (None for logger=none)."""
+    if logger_cfg.name != "wandb":
+        return None
+    import wandb
+
+    sweep_dir = Path(sweep_dir)
+    mode = wandb_mode(logger_cfg.mode)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
+        os.environ.setdefault(var, str(sweep_dir / "wandb" / sub))
+    run = wandb.init(
+        id=hashlib.sha1(f"{sweep_dir.resolve()}:summary".encode()).hexdigest()[:12],
+        resume="allow",
+        project=logger_cfg.project,
+        entity=logger_cfg.entity,
+        dir=str(sweep_dir),
+        group=sweep_dir.name,
+        job_type="summary",
+        name=f"{sweep_dir.name}-summary",
+        mode=mode,
+        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+    )
+    payload: dict[str, Any] = {"results": wandb.Table(dataframe=_wandb_safe(table))}
+    if fits is not None and not fits.empty:
+        payload["fits"] = wandb.Table(dataframe=_wandb_safe(fits))
+    for name, paths in figures.items():
+        png = next(p for p in paths if Path(p).suffix == ".png")
+        payload[name] = wandb.Image(str(png))
+    run.log(payload)
+    directory = run.dir
+    run.finish()
+    return str(Path(directory).parent)
+
+
+def _wandb_safe(frame: Any) -> Any:
+    """Object columns as strings (None stays None): wandb.Table wants one type per column."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(lambda v: None if v is None or v != v else str(v))
+    return out

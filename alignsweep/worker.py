@@ -410,10 +410,9 @@ class CheckpointCallback(TrainerCallback):
 
 
 def load_config(path: Path) -> DictConfig:
-    """A run's saved config, checked against the schema again."""
-    from alignsweep.schema import Config
+    from alignsweep.schema import load_run_config
 
-    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+    return load_run_config(path)
 
 
 def run_prepared(run_dir: str | Path) -> dict:

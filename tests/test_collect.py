@@ -1,0 +1,133 @@
+"""The collector, the wandb dashboards, the figures, the report and the notebook, on a real
+4-job sweep (two algorithms x two learning rates, wandb offline)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from alignsweep import rundir
+
+from .wandb_log import history
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory, sft_cache) -> Path:
+    cwd = tmp_path_factory.mktemp("collect")
+    env = dict(os.environ, TQDM_DISABLE="1")
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        env.pop(var, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignsweep", "-m", "algo=dpo,simpo", "train.lr=5e-4,1e-3", "logger=wandb",
+         "hydra.sweep.dir=sweep", f"paths.cache_dir={sft_cache}"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "wandb summary run:" in proc.stdout
+    return cwd / "sweep"
+
+
+def test_table_has_a_row_per_checkpoint_and_the_varying_hyperparameters(sweep):
+    table = pd.read_parquet(sweep / "results.parquet")
+    assert len(table) == 4 * 6 and table["run"].nunique() == 4
+    assert set(table["status"]) == {"completed"}
+    assert sorted(table["cfg.train.lr"].unique()) == [5e-4, 1e-3]  # varies, so it is a column
+    assert not any(c.startswith("cfg.paths") for c in table.columns)
+    for column in ("algo", "model", "beta", "step", "epoch", "progress", "sqrt_kl", "sqrt_kl_se", "win_rate",
+                   "win_rate_se", "response_length", "chosen_logp", "rejected_logp", "train_loss"):
+        assert column in table.columns, column
+    csv = pd.read_csv(sweep / "results.csv", dtype={"run": str})
+    pd.testing.assert_frame_equal(csv[["run", "step", "win_rate"]], table[["run", "step", "win_rate"]],
+                                  check_dtype=False)
+    fits = pd.read_csv(sweep / "fits.csv")
+    assert set(fits["form"]) == {"log", "quadratic"} and set(fits["checkpoints"]) == {"final", "all"}
+    for name in ("fig1_overoptimization", "fig2_length", "fig3_dynamics", "fig4_likelihood"):
+        for suffix in (".png", ".svg"):
+            assert (sweep / "figures" / f"{name}{suffix}").stat().st_size > 5_000
+
+
+def test_wandb_shows_the_same_numbers_as_the_table(sweep):
+    table = pd.read_parquet(sweep / "results.parquet")
+    for run, rows in table.groupby("run"):
+        logged = history(sweep / str(run))
+        assert [h["step"] for h in logged] == rows["step"].tolist()
+        for h, (_, row) in zip(logged, rows.iterrows()):
+            for key in ("win_rate", "sqrt_kl", "kl", "chosen_logp", "response_length"):
+                assert h[key] == pytest.approx(row[key]), (run, key)
+    # the sweep's summary run holds the collected table itself
+    tables = list(sweep.glob("wandb/offline-run-*/files/media/table/results_*.table.json"))
+    assert len(tables) == 1
+    logged = json.loads(tables[0].read_text())
+    frame = pd.DataFrame(logged["data"], columns=logged["columns"])
+    assert len(frame) == len(table)
+    merged = frame.merge(table, on=["run", "step"], suffixes=("_wandb", ""))
+    assert len(merged) == len(table)
+    for key in ("win_rate", "sqrt_kl", "train_loss"):
+        assert all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+                   for a, b in zip(merged[f"{key}_wandb"].astype(float), merged[key].astype(float))
+                   if not (math.isnan(a) and math.isnan(b)))
+
+
+def test_collecting_a_copied_half_finished_damaged_sweep(sweep, tmp_path):
+    laptop = tmp_path / "copied"
+    shutil.copytree(sweep, laptop, ignore=shutil.ignore_patterns("wandb"))
+    runs = sorted(p for p in laptop.iterdir() if (p / rundir.CONFIG).exists())
+    # run 0: still running after three checkpoints, killed mid-line
+    lines = (runs[0] / rundir.METRICS).read_text().splitlines(keepends=True)
+    (runs[0] / rundir.METRICS).write_text("".join(lines[:3]) + lines[3][:20])
+    rundir.write_status(runs[0], state="running")
+    # run 1: one corrupt line in the middle; run 2: an unreadable config
+    lines = (runs[1] / rundir.METRICS).read_text().splitlines(keepends=True)
+    lines[2] = "{not json\n"
+    (runs[1] / rundir.METRICS).write_text("".join(lines))
+    (runs[2] / rundir.CONFIG).write_text("algo: [unclosed\n")
+    proc = subprocess.run([sys.executable, "-m", "alignsweep.collect", str(laptop)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{runs[1] / rundir.METRICS}:3" in proc.stderr and str(runs[2] / rundir.CONFIG) in proc.stderr
+    table = pd.read_csv(laptop / "results.csv")
+    per_run = table.groupby("run").agg(rows=("status", "size"), status=("status", "first"))
+    assert per_run.loc[int(runs[0].name)].tolist() == [3, "running"]
+    assert per_run.loc[int(runs[1].name)].tolist() == [5, "completed"]
+    assert per_run.loc[int(runs[2].name)].tolist() == [1, "unreadable"]
+    assert per_run.loc[int(runs[3].name)].tolist() == [6, "completed"]
+    # incremental: the run goes on, collecting again picks up its new rows
+    (runs[0] / rundir.METRICS).write_text("".join((sweep / runs[0].name / rundir.METRICS).read_text()))
+    rundir.write_status(runs[0], state="completed")
+    subprocess.run([sys.executable, "-m", "alignsweep.collect", str(laptop)], capture_output=True, check=True)
+    table = pd.read_csv(laptop / "results.csv")
+    assert (table["run"] == int(runs[0].name)).sum() == 6
+
+
+def test_report_prints_tables_and_writes_a_self_contained_page(sweep):
+    proc = subprocess.run([sys.executable, "-m", "alignsweep.report", str(sweep)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Results (per run)" in proc.stdout and "Scaling-law fits" in proc.stdout
+    page = (sweep / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "<table" in page
+
+
+def test_the_notebook_runs_on_a_collected_sweep(sweep):
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / "overoptimization.ipynb", as_version=4)
+    os.environ["ALIGNSWEEP_SWEEP"] = str(sweep)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        os.environ.pop("ALIGNSWEEP_SWEEP")
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum(o.output_type == "display_data" and "image/png" in o.get("data", {}) for o in outputs) == 4
