@@ -132,3 +132,36 @@ def test_the_readme_local_config_example_switches_to_slurm(tmp_path, monkeypatch
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         plain = compose(config_name="config", return_hydra_config=True)
     assert plain.hydra.launcher._target_.endswith("LocalProcessLauncher")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algo=ipo", "beta=0.01", "model=pythia_2_8b"],
+        ["algo=alphapo", "alpha=-0.5", "gamma=0", "model.resources.gpus=0", "train.lr=1e-3"],
+        ["experiment=overopt_tldr", "algo=slic", "beta=1.0", "model=pythia_6_9b"],
+        ["recipe=llama3_instruct", "algo=alphapo", "alpha=0.25", "kl_budget=4", "eval.prompts=16"],
+        ["algo=dpo", "+hydra.launcher.additional_parameters.hold=true", "model.path=null"],
+    ],
+)
+def test_fast_job_composition_equals_hydras(overrides):
+    """JobComposer reuses compositions across value overrides: it must give Hydra's config."""
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from alignsweep.launch import JobComposer
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        master = compose(config_name="config", return_hydra_config=True)
+        loader = GlobalHydra.instance().config_loader()
+        composer = JobComposer(loader, master)
+        composer.compose(["algo=ipo", "beta=5"])  # warm the cache with the same groups
+        fast = composer.compose(list(overrides))
+        full = loader.load_sweep_config(master, list(overrides))
+
+    def plain(cfg):
+        container = OmegaConf.to_container(cfg, resolve=False)
+        container["hydra"] = {"overrides": container["hydra"]["overrides"], "launcher": container["hydra"]["launcher"]}
+        return container
+
+    assert plain(fast) == plain(full)

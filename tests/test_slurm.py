@@ -60,7 +60,7 @@ def all_final(sweep: Path) -> bool:
     return all(s in ("completed", "failed", "diverged") for s in states(sweep).values())
 
 
-def test_users_command_is_one_array_of_nine_and_the_paper_grid_submits_in_seconds(cli, slurm_env):
+def test_users_command_is_one_array_of_nine_and_the_paper_grid_one_array_per_tier(cli, slurm_env):
     proc = cli(
         "-m", "algo=dpo,ipo,slic", "model=pythia_2_8b", "beta=0.01,0.1,1", *SLURM, *TINY,
         "+hydra.launcher.additional_parameters.hold=true", "hydra.sweep.dir=users", env=slurm_env,
@@ -81,15 +81,12 @@ def test_users_command_is_one_array_of_nine_and_the_paper_grid_submits_in_second
             subprocess.run(["scancel", array_id])
 
     # the 63-job paper grid: one array per resource tier (the models' time limits differ)
-    start = time.time()
     proc = cli("experiment=overopt_tldr", *SLURM, *TINY, "+hydra.launcher.additional_parameters.hold=true",
                "hydra.sweep.dir=grid", env=slurm_env)
-    elapsed = time.time() - start
     arrays = re.findall(r"submitted array (\d+): (\d+) job", proc.stdout)
     for array_id, _ in arrays:
         subprocess.run(["scancel", array_id])
-    assert sorted(int(n) for _, n in arrays) == [21, 21, 21]
-    assert elapsed < 20, f"submitting 63 jobs took {elapsed:.1f}s"
+    assert sorted(int(n) for _, n in arrays) == [21, 21, 21]  # (how fast: see make bench)
 
 
 def test_array_with_a_failing_job_blocking_then_collected(cli, slurm_env):
