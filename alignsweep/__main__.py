@@ -15,5 +15,20 @@ def main(cfg: DictConfig) -> None:
     run_or_exit(cfg)
 
 
+def entry() -> None:
+    """`main`, with exit code 2 for configuration errors Hydra reports before any job starts
+    (an unknown group option, a misspelt key, a wrong type), as for alignsweep's own checks."""
+    import sys
+
+    from alignsweep.app import started
+
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code == 1 and not started():
+            sys.exit(2)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    entry()

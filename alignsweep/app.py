@@ -17,6 +17,19 @@ from alignsweep import rundir
 from alignsweep.plan import ConfigError, resolve_job
 
 
+_started = False
+
+
+def mark_started() -> None:
+    """A job or a launcher has begun: from now on a failure is not a configuration error."""
+    global _started
+    _started = True
+
+
+def started() -> bool:
+    return _started
+
+
 def resolved_config(cfg: DictConfig) -> str:
     """The job's config as YAML with every interpolation resolved (Hydra's own node dropped)."""
     container = OmegaConf.to_container(cfg, resolve=False)
@@ -47,6 +60,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
 
 def run_or_exit(cfg: DictConfig) -> None:
     """`run`, with user mistakes reported as one line and exit code 2 instead of a traceback."""
+    mark_started()
     try:
         status = run(cfg)
     except ConfigError as exc:

@@ -2,14 +2,36 @@
 
 Definitions (the paper's protocol):
 - samples: one response per held-out prompt, drawn from the policy at `temperature` with no
-  top-k/top-p truncation, ending at the first end-of-sequence token or `max_new_tokens`;
-- KL: the Monte-Carlo estimate of the sequence-level KL(pi || pi_ref) on those samples,
-  mean over samples of log pi(y|x) - log pi_ref(y|x), with its standard error; sqrt_kl = sqrt(max(KL, 0))
-  and its error by the delta method;
-- win rate: the mean judge outcome of sample vs reference response (ties count 1/2), with its
-  standard error;
+  top-k/top-p truncation, ending at the first end-of-sequence token or after `max_new_tokens`
+  tokens (a truncated response is a sequence of the sampling distribution like any other);
+- KL(pi || pi_ref) of the sequence distribution, estimated on those samples y_1..y_n two ways,
+  both always recorded (`eval.kl_estimator` chooses which one is reported as `kl`, the value the
+  plots and the KL budget use; default `mc`, the paper's):
+  * `kl_mc` (Monte Carlo): the mean over samples of log pi(y|x) - log pi_ref(y|x), with its
+    standard error `kl_mc_se`. Unbiased, but its variance includes the variance of the
+    log-ratio of the sampled tokens themselves.
+  * `kl_exact_token`: the mean over samples of sum_t KL(pi(.|x, y_<t) || pi_ref(.|x, y_<t)), the
+    exact KL over the whole vocabulary of each next-token distribution along the sampled
+    prefix (every position where a token was sampled: up to and including EOS, or all
+    `max_new_tokens` positions of a truncated sample), with its standard error
+    `kl_exact_token_se`. By the chain rule its expectation is the same sequence KL (truncation
+    included: sampling stops after `max_new_tokens` whatever the models say), and it has lower
+    variance (Rao-Blackwellised: the token draw at each position is integrated out). It costs
+    no extra forward pass, only the softmax over the vocabulary at the response positions.
+  Both are estimates of KL of the models at temperature 1: with `eval.temperature` != 1 the
+  samples come from a different distribution and neither is unbiased.
+  sqrt_kl = sqrt(max(kl, 0)) and its error by the delta method;
+- win rate: the mean judge outcome of sample vs reference response (ties count 1/2) over the
+  comparisons with a verdict, with its standard error; `ties` counts ties, `unparseable` the
+  comparisons without a verdict (an LLM judge's unreadable answer, never guessed; left out of
+  the win rate), `n_eval` all comparisons. Judges add their own metrics (`alignsweep.judges`);
+- length: mean response length and the regression of the implicit reward on response length
+  over the samples (`length_slope`, `length_r2`);
 - on the held-out preference pairs: mean summed log-likelihood of chosen and rejected responses
   (likelihood displacement) and the accuracy of the algorithm's implicit reward.
+
+Generation and scoring run `batch_size` prompts at a time; the reference model, the tokenised
+prompts and the reference's log-probabilities of the held-out pairs are prepared once per run.
 """
 
 from __future__ import annotations
@@ -21,6 +43,8 @@ from typing import Any, Optional, Sequence
 import torch
 
 from alignsweep.losses import daa_loss
+
+KL_ESTIMATORS = ("mc", "exact_token")
 
 
 @dataclass
@@ -101,8 +125,39 @@ def sample(
     return out
 
 
+@torch.no_grad()
+def sequence_stats(policy: Any, ref: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: log pi(y|x), log pi_ref(y|x) and sum_t KL(pi(.|x,y_<t) || pi_ref(.|x,y_<t)) over
+    the response positions (both models see the same batch; one forward pass each)."""
+    mask = batch.response_mask[:, 1:]
+    cols = mask.any(dim=0).nonzero()
+    if len(cols) == 0:
+        zeros = torch.zeros(batch.input_ids.shape[0])
+        return zeros, zeros.clone(), zeros.clone()
+    lo, hi = int(cols[0]), int(cols[-1]) + 1  # logits at column c predict token c + 1
+
+    def log_probs(model: Any) -> torch.Tensor:
+        device = next(model.parameters()).device
+        ids, attn = batch.input_ids[:, : hi + 1].to(device), batch.attention_mask[:, : hi + 1].to(device)
+        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False).logits
+        return torch.log_softmax(logits[:, lo:hi].float(), dim=-1)
+
+    lp = log_probs(policy)
+    lq = log_probs(ref).to(lp.device)
+    targets = batch.input_ids[:, lo + 1 : hi + 1].to(lp.device).unsqueeze(-1)
+    m = mask[:, lo:hi].to(lp.device, lp.dtype)
+    pol = (lp.gather(-1, targets).squeeze(-1) * m).sum(dim=1)
+    refl = (lq.gather(-1, targets).squeeze(-1) * m).sum(dim=1)
+    p = lp.exp()
+    token_kl = torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(dim=-1)
+    return pol.cpu(), refl.cpu(), (token_kl * m).sum(dim=1).cpu()
+
+
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
     n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
     mean = sum(values) / n
     if n < 2:
         return mean, float("nan")
@@ -145,7 +200,13 @@ class Evaluator:
         temperature: float,
         batch_size: int,
         seed: int,
+        kl_estimator: str = "mc",
     ):
+        if kl_estimator not in KL_ESTIMATORS:
+            from alignsweep.plan import ConfigError
+
+            raise ConfigError(f"eval.kl_estimator: expected one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}")
+        self.kl_estimator = kl_estimator
         self.ref_model = ref_model
         self.tokenizer = tokenizer
         self.judge = judge
@@ -198,13 +259,24 @@ class Evaluator:
         return out
 
     def kl(self, policy: Any, n_prompts: Optional[int] = None, seed: Optional[int] = None) -> dict:
-        """Monte-Carlo KL(pi || pi_ref) on fresh samples (all prompts, or the first `n_prompts`)."""
+        """KL(pi || pi_ref) on fresh samples (all prompts, or the first `n_prompts`): both estimators
+        (`kl_mc`, `kl_exact_token`, with standard errors) and `kl`/`kl_se`, the one chosen by
+        `kl_estimator`."""
         prompt_ids = self.prompt_ids if n_prompts is None else self.prompt_ids[:n_prompts]
         responses = self.samples(policy, prompt_ids, self.seed if seed is None else seed)
-        pol = self._logps(policy, prompt_ids, responses)
-        ref = self._logps(self.ref_model, prompt_ids, responses)
-        kl, kl_se = mean_se((pol - ref).tolist())
-        return {"responses": responses, "policy_logps": pol, "ref_logps": ref, "kl": kl, "kl_se": kl_se}
+        pol, ref, tok = [], [], []
+        for s in _chunks(len(prompt_ids), self.batch_size):
+            a, b, c = sequence_stats(policy, self.ref_model, make_batch(prompt_ids[s], responses[s], self.pad_id))
+            pol.append(a)
+            ref.append(b)
+            tok.append(c)
+        pol_t, ref_t = torch.cat(pol) if pol else torch.zeros(0), torch.cat(ref) if ref else torch.zeros(0)
+        tok_t = torch.cat(tok) if tok else torch.zeros(0)
+        est = {"responses": responses, "policy_logps": pol_t, "ref_logps": ref_t}
+        est["kl_mc"], est["kl_mc_se"] = mean_se((pol_t - ref_t).tolist())
+        est["kl_exact_token"], est["kl_exact_token_se"] = mean_se(tok_t.tolist())
+        est["kl"], est["kl_se"] = est[f"kl_{self.kl_estimator}"], est[f"kl_{self.kl_estimator}_se"]
+        return est
 
     def evaluate(self, policy: Any, step: int) -> dict:
         was_training = policy.training
@@ -220,8 +292,13 @@ class Evaluator:
         responses = est["responses"]
         texts = [self.tokenizer.decode([t for t in r if t != self.eos_id]) for r in responses]
         texts = [" " + t.strip() for t in texts]
-        outcomes = self.judge.compare(self.prompts, texts, self.references)
-        win, win_se = mean_se(outcomes)
+        if hasattr(self.judge, "evaluate"):
+            judged = self.judge.evaluate(self.prompts, texts, self.references)
+            outcomes, judge_metrics = judged.outcomes, judged.metrics
+        else:  # any object with compare() will do
+            outcomes, judge_metrics = self.judge.compare(self.prompts, texts, self.references), {}
+        verdicts = [o for o in outcomes if not math.isnan(o)]
+        win, win_se = mean_se(verdicts)
         lengths = [len(r) - (1 if r and r[-1] == self.eos_id else 0) for r in responses]
         kl, kl_se = est["kl"], est["kl_se"]
         sqrt_kl = math.sqrt(max(kl, 0.0))
@@ -232,8 +309,13 @@ class Evaluator:
             "sqrt_kl_se": kl_se / (2 * sqrt_kl) if sqrt_kl > 0 else float("nan"),
             "win_rate": win,
             "win_rate_se": win_se,
-            "ties": sum(1 for o in outcomes if o == 0.5),
+            "ties": sum(1 for o in verdicts if o == 0.5),
+            "unparseable": len(outcomes) - len(verdicts),
             "n_eval": len(outcomes),
+            "kl_mc": est["kl_mc"],
+            "kl_mc_se": est["kl_mc_se"],
+            "kl_exact_token": est["kl_exact_token"],
+            "kl_exact_token_se": est["kl_exact_token_se"],
             "response_length": sum(lengths) / len(lengths),
             "truncated": sum(1 for r in responses if not r or r[-1] != self.eos_id),
         }
@@ -241,8 +323,7 @@ class Evaluator:
         implicit = (beta * (est["policy_logps"] - est["ref_logps"])).tolist()
         slope, r2 = _regression([float(x) for x in lengths], implicit)
         row.update({"length_slope": slope, "length_r2": r2})
-        if hasattr(self.judge, "scores"):
-            row["gold_reward"] = sum(self.judge.scores(self.prompts, texts)) / len(texts)
+        row.update(judge_metrics)
         if self.heldout_ref is not None:
             row.update(self._heldout_metrics(policy))
         return row

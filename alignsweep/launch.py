@@ -97,6 +97,8 @@ def prepare_jobs(
     """
     from hydra.core.hydra_config import HydraConfig
 
+    from alignsweep.app import mark_started
+
     jobs, errors = [], []
     composer = JobComposer(hydra_context.config_loader, config)
     for offset, overrides in enumerate(job_overrides):
@@ -117,6 +119,7 @@ def prepare_jobs(
     if errors:
         print("error: the sweep was not started:\n  " + "\n  ".join(errors), file=sys.stderr)
         sys.exit(2)
+    mark_started()
     if not config.dry_run:
         for job in jobs:
             if job.skip:

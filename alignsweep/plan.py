@@ -112,11 +112,18 @@ def resolve_job(cfg: Any) -> Job:
             f"eval.prompts: {cfg.eval.prompts} evaluation prompts asked for, but data={cfg.data.name} "
             f"has {embedded.n_eval} (data.embedded.n_eval)"
         )
-    if cfg.judge.name == "gold" and embedded is None:
-        raise ConfigError(
-            f"judge: `gold` needs the embedded task's programmatic reward, but data={cfg.data.name}; "
-            "choose judge=reward_model or judge=llm"
-        )
+    if cfg.data.path is not None:
+        from alignsweep.data.pairs import check_local
+
+        check_local(cfg.data.path, (cfg.data.prompt_column, cfg.data.chosen_column, cfg.data.rejected_column))
+        if cfg.eval.prompts is not None and cfg.eval.prompts > cfg.data.heldout_size:
+            raise ConfigError(
+                f"eval.prompts: {cfg.eval.prompts} evaluation prompts asked for, but data.heldout_size is "
+                f"{cfg.data.heldout_size} (the evaluation prompts are the held-out pairs' prompts)"
+            )
+    from alignsweep.judges import check_judge  # gold needs the embedded task; llm needs base_url, ...
+
+    check_judge(cfg.judge, embedded=embedded is not None, data_name=cfg.data.name)
     model = cfg.model
     if model.arch is None and model.hub_id is None and model.path is None:
         raise ConfigError(f"model: {model.name} names no checkpoint; set model.path or model.hub_id")
@@ -125,6 +132,8 @@ def resolve_job(cfg: Any) -> Job:
             f"model.path: {model.path} does not exist (model={model.name}); point it at a local "
             "checkpoint folder (config.json and weights)"
         )
+    if model.path is not None:
+        check_tokenizer_can_pad(model.path)
 
     resources = {k: _get(model.resources, k) for k in ("gpus", "nodes", "cpus", "mem_gb", "time_min", "strategy")}
     tasks = model.resources.tasks_per_node
@@ -146,6 +155,34 @@ def resolve_job(cfg: Any) -> Job:
         reference_free=bool(algo.reference_free),
         resources=resources,
     )
+
+
+def check_tokenizer_can_pad(folder: str) -> None:
+    """A local checkpoint's tokenizer must have a pad token, or an EOS token to pad with.
+
+    Read from its JSON files, so a dry run needs no transformers import.
+    """
+    import json
+
+    found: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            try:
+                with open(path) as fh:
+                    data = json.load(fh)
+            except ValueError as exc:
+                raise ConfigError(f"model.path: {path} is not valid JSON: {exc}") from None
+            found.update({k: data.get(k) for k in ("pad_token", "eos_token") if data.get(k)})
+    if not os.path.exists(os.path.join(folder, "tokenizer_config.json")) and not os.path.exists(
+        os.path.join(folder, "tokenizer.json")
+    ):
+        raise ConfigError(f"model.path: {folder} has no tokenizer (tokenizer_config.json / tokenizer.json)")
+    if not found:
+        raise ConfigError(
+            f"model.path: the tokenizer in {folder} has neither a pad_token nor an eos_token, so batches "
+            "cannot be padded; add one to its tokenizer_config.json"
+        )
 
 
 def checkpoint_steps(total_steps: int, checkpoints: int) -> list[int]:

@@ -27,12 +27,21 @@ FINAL_STATES = ("completed", "failed", "diverged")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` all at once: readers see the old or the new file, never half.
+
+    On failure (a full disk, say) the temporary file is removed and the error names the file.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _clean(value: Any) -> Any:
@@ -59,10 +68,16 @@ def read_status(run_dir: Path) -> dict | None:
 
 def append_metrics(run_dir: Path, row: dict) -> None:
     line = json.dumps({k: _clean(v) for k, v in row.items()}, sort_keys=True) + "\n"
-    fd = os.open(Path(run_dir) / METRICS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    path = Path(run_dir) / METRICS
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, line.encode())
+        data = line.encode()
+        written = os.write(fd, data)  # one write: a reader sees the whole line or an unfinished one
+        if written != len(data):
+            raise OSError(f"cannot write {path}: only {written} of {len(data)} bytes written (disk full?)")
         os.fsync(fd)
+    except OSError as exc:
+        raise OSError(getattr(exc, "errno", None), f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 
@@ -85,12 +100,14 @@ def read_metrics(run_dir: Path, problems: list[str] | None = None) -> list[dict]
 
 def _rows(path: Path, problems: list[str] | None) -> Iterator[dict]:
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_bytes().decode(errors="replace")  # no newline translation: "\r" is not a line end
     except FileNotFoundError:
         return
-    for number, line in enumerate(text.splitlines(keepends=True), start=1):
-        if not line.endswith("\n"):
-            break  # the writer was killed mid-line
+    # Split on "\n" only: other line-break characters inside a corrupt line must not cut it up.
+    # The piece after the last "\n" is a line still being written (or cut off), not a row.
+    for number, line in enumerate(text.split("\n")[:-1], start=1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
             if not isinstance(row, dict) or "step" not in row:

@@ -85,20 +85,40 @@ class DataConfig:
     name: str = MISSING
     hub_id: Optional[str] = None  # preference pairs on the hub
     sft_hub_id: Optional[str] = None  # demonstrations for SFT on the hub
-    path: Optional[str] = None  # local copy (a `datasets.load_from_disk` folder or JSONL files)
+    path: Optional[str] = None  # local copy: JSON lines/JSON/CSV/Parquet file(s) or a save_to_disk folder
     prompt_column: str = "prompt"
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
-    max_length: int = 64  # prompt + response tokens
+    max_length: int = 64  # prompt + response tokens; longer pairs are dropped and counted
     max_new_tokens: int = 16  # sampled response length at evaluation
+    heldout_size: int = 256  # pairs held out (their prompts and chosen responses are the evaluation set)
+    max_bad_fraction: float = 0.5  # stop, rather than train on the rest, when more rows than this are bad
     embedded: Optional[EmbeddedTaskConfig] = None
 
 
 @dataclass
 class JudgeConfig:
+    """Who decides win rates (`alignsweep.judges` documents each judge)."""
+
     name: str = MISSING  # gold | reward_model | llm
     model: Optional[str] = None  # hub id / local path (reward_model) or model name (llm)
-    batch_size: int = 64
+    batch_size: int = 64  # reward_model: texts per forward pass
+    dtype: str = "float32"  # reward_model: float32 | bfloat16 | float16
+    max_length: int = 2048  # reward_model: tokens per prompt + response (longer ones cut from the left)
+    base_url: Optional[str] = None  # llm: root of an OpenAI-compatible API, e.g. https://api.openai.com/v1
+    api_key_env: Optional[str] = "OPENAI_API_KEY"  # llm: environment variable with the key; null = no key
+    prompt: str = "auto"  # llm: summary | instruction | auto (summary for data=tldr, else instruction)
+    order: str = "random"  # llm: random (seeded coin per comparison) | both (ask both orders, average)
+    seed: int = 0  # llm: seed of the presentation order
+    temperature: float = 0.0  # llm
+    max_tokens: int = 256  # llm: tokens of the judge's answer
+    concurrency: int = 8  # llm: requests in flight at once
+    max_retries: int = 6  # llm: retries after 429/5xx/connection errors, then the job fails
+    backoff_s: float = 1.0  # llm: first retry delay, doubled per retry (jittered; Retry-After honoured)
+    max_backoff_s: float = 60.0  # llm: longest delay between retries
+    timeout_s: float = 120.0  # llm: per request
+    cache: bool = True  # llm: cache answers on disk (re-evaluation and resume cost no calls)
+    cache_dir: Optional[str] = None  # llm: null = PATHS.cache_dir/judge/llm
 
 
 @dataclass
@@ -139,7 +159,8 @@ class TrainConfig:
 class EvalConfig:
     prompts: Optional[int] = None  # evaluation prompts; null = all the data provides (paper: 256)
     temperature: float = 1.0  # sampling temperature (paper: 1.0)
-    batch_size: int = 256  # prompts per generation batch
+    batch_size: int = 256  # prompts per generation and scoring batch
+    kl_estimator: str = "mc"  # which estimate `kl` reports: mc | exact_token (both are always recorded)
 
 
 @dataclass

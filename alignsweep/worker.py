@@ -35,15 +35,55 @@ def loss_params(cfg: Any, job: Any) -> dict:
     return params
 
 
-def load_task(cfg: Any) -> dict:
-    from alignsweep.data import embedded
+def load_task(cfg: Any, tokenizer: Any) -> dict:
+    """The job's splits (sft, train, heldout, eval) with its bad rows dropped and counted.
 
-    if cfg.data.embedded is None:
+    The embedded task is generated; other data is read from `data.path` or the hub. Pairs that
+    are empty, identical, not text or longer than `data.max_length` tokens are dropped and
+    reported (`report`); mostly bad data stops the job.
+    """
+    from alignsweep.data import embedded, pairs
+
+    columns = (cfg.data.prompt_column, cfg.data.chosen_column, cfg.data.rejected_column)
+
+    def length(prompt: str, response: str) -> int:
+        return len(tokenizer(prompt + response, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+
+    if cfg.data.embedded is not None:
+        task = embedded.generate(cfg.data.embedded)
+        reports = {}
+        for split in ("train", "heldout"):
+            task[split], report = pairs.clean_pairs(task[split], length=length, max_length=cfg.data.max_length)
+            pairs.require_enough(report, cfg.data.max_bad_fraction, f"data={cfg.data.name} ({split})")
+            reports[split] = report.as_dict()
+        task["report"] = reports
+        return task
+    where = cfg.data.path or cfg.data.hub_id
+    rows = pairs.read_local(cfg.data.path) if cfg.data.path else _hub_rows(cfg.data)
+    good, report = pairs.clean_pairs(rows, columns, length=length, max_length=cfg.data.max_length)
+    pairs.require_enough(report, cfg.data.max_bad_fraction, f"data={cfg.data.name} ({where})")
+    n_heldout = min(cfg.data.heldout_size, len(good) // 2)
+    train, heldout = good[: len(good) - n_heldout], good[len(good) - n_heldout :]
+    return {
+        "sft": [{"prompt": r["prompt"], "completion": r["chosen"]} for r in train],
+        "train": train,
+        "heldout": heldout,
+        "eval": [{"prompt": r["prompt"], "reference": r["chosen"]} for r in heldout],
+        "report": {"all": report.as_dict()},
+    }
+
+
+def _hub_rows(data_cfg: Any) -> list:
+    try:
+        from datasets import load_dataset
+
+        return list(load_dataset(data_cfg.hub_id, split="train"))
+    except Exception as exc:  # no network, no such dataset, no access
         raise ConfigError(
-            f"data={cfg.data.name}: only the embedded task can be trained in this version; "
-            "hub datasets need the reward-model or LLM judges"
-        )
-    return embedded.generate(cfg.data.embedded)
+            f"data={data_cfg.name}: cannot load {data_cfg.hub_id!r} from the hub: {str(exc).splitlines()[0]} "
+            f"Download it elsewhere (datasets.load_dataset(...).save_to_disk(DIR)), copy it here and run with "
+            f"data.path=DIR."
+        ) from None
 
 
 def device_kwargs(cfg: Any) -> dict:
@@ -138,7 +178,7 @@ def prepare_resume(run_dir: Path, checkpoint: Path | None) -> None:
     them (deterministically), so a resumed run ends with exactly the rows of an uninterrupted one.
     Without a checkpoint the run starts over and earlier rows are set aside, not mixed in.
     """
-    rows = rundir.read_metrics(run_dir)
+    rows = rundir.read_metrics(run_dir, problems=[])  # unreadable lines are dropped with the rewrite
     if checkpoint is None:
         if (run_dir / rundir.METRICS).exists():
             os.replace(run_dir / rundir.METRICS, run_dir / f"{rundir.METRICS}.previous")
@@ -172,12 +212,14 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     from alignsweep.trainer import DAATrainer
 
     torch.manual_seed(job.seed)
-    task = load_task(cfg)
     dev = device_kwargs(cfg)
     main = rank() == 0
     if main:
         rundir.write_status(run_dir, phase="sft")
     base, tokenizer = base_model_and_tokenizer(cfg)
+    task = load_task(cfg, tokenizer)
+    if main:
+        rundir.write_status(run_dir, data=task["report"])
     sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, dev)
     del base
     policy, tokenizer = models.load_saved(sft_dir, cfg.model.dtype)
@@ -191,7 +233,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     evaluator = None if not main else Evaluator(
         ref_model=ref,
         tokenizer=tokenizer,
-        judge=build_judge(cfg.judge),
+        judge=build_judge(cfg.judge, data_name=cfg.data.name, cache_root=cfg.paths.cache_dir),
         eval_rows=task["eval"][:n_eval],
         heldout_rows=task["heldout"],
         loss_name=job.algo,
@@ -200,6 +242,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         temperature=cfg.eval.temperature,
         batch_size=cfg.eval.batch_size,
         seed=job.seed,
+        kl_estimator=cfg.eval.kl_estimator,
     )
     args = DPOConfig(
         output_dir=str(run_dir / "trainer"),
@@ -318,7 +361,7 @@ class CheckpointCallback(TrainerCallback):
         self.ckpts: list[int] = []
         self.total = 0
         self.last_step = 0
-        self.evaluated: set[int] = {row["step"] for row in rundir.read_metrics(run_dir)}
+        self.evaluated: set[int] = {row["step"] for row in rundir.read_metrics(run_dir, problems=[])}
         self.stop_reason = "end_of_training"
         self.diverged_at: int | None = None
         self._loss_mark = 0

@@ -22,18 +22,27 @@ def sft_cache(tmp_path_factory) -> Path:
 def cli(tmp_path, sft_cache):
     """Run `python -m alignsweep ...` in a scratch directory; returns the CompletedProcess."""
 
-    def run(*args: str, module: str = "alignsweep", check: bool = True, env: dict | None = None, timeout: int = 600):
+    def command(*args: str, module: str = "alignsweep", env: dict | None = None) -> tuple[list[str], dict]:
         cmd = [sys.executable, "-m", module, *args]
-        if module == "alignsweep":
+        if module == "alignsweep" and not any(a.startswith("paths.cache_dir=") for a in args):
             cmd.append(f"paths.cache_dir={sft_cache}")
         full_env = dict(os.environ, TQDM_DISABLE="1")
         for var in ("WANDB_API_KEY", "WANDB_MODE"):  # no key: alignsweep must choose offline by itself
             full_env.pop(var, None)
         full_env.update(env or {})
+        return cmd, full_env
+
+    def run(*args: str, module: str = "alignsweep", check: bool = True, env: dict | None = None, timeout: int = 600):
+        cmd, full_env = command(*args, module=module, env=env)
         proc = subprocess.run(cmd, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
         return proc
 
+    def popen(*args: str, env: dict | None = None) -> subprocess.Popen:
+        cmd, full_env = command(*args, env=env)
+        return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
     run.cwd = tmp_path
+    run.popen = popen
     return run

@@ -1,0 +1,189 @@
+"""Preference pairs from outside the embedded task: reading, checking and cleaning them.
+
+A data set is rows with a prompt, a chosen and a rejected response (column names in
+`data.prompt_column` etc.). It comes from a local file or folder (`data.path`: JSON lines, JSON,
+CSV, Parquet, or a `datasets.save_to_disk` folder) or from the hub (`data.hub_id`).
+
+Bad rows are not trained on and not hidden: empty responses, chosen identical to rejected,
+non-text values and pairs longer than `data.max_length` tokens are counted, dropped and reported
+in the run's status; when more than `data.max_bad_fraction` of the rows are bad the run stops with
+a message instead of training on the remainder. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from alignsweep.plan import ConfigError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+class DataError(ConfigError):
+    """The data cannot be trained on as given (named file, named problem)."""
+
+
+@dataclass
+class CleanReport:
+    total: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        return [path]  # a datasets.save_to_disk folder
+    found = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES)
+    if not found:
+        raise DataError(f"data.path: {path} holds no {', '.join(SUFFIXES)} files and is not a datasets folder")
+    return found
+
+
+def columns_of(path: Path) -> list[str]:
+    """Column names of a data file, read cheaply (first record / header / schema)."""
+    if path.is_dir():
+        info = path / "dataset_info.json"
+        if not info.exists():  # a DatasetDict: look at its train split
+            info = path / "train" / "dataset_info.json"
+        return list(json.loads(info.read_text()).get("features", {}))
+    if path.suffix == ".jsonl":
+        with open(path, errors="replace") as fh:
+            for line in fh:
+                if line.strip():
+                    record = json.loads(line)
+                    return list(record) if isinstance(record, dict) else []
+        return []
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        data = data.get("train", data) if isinstance(data, dict) else data
+        return list(data[0]) if isinstance(data, list) and data and isinstance(data[0], dict) else []
+    if path.suffix == ".csv":
+        with open(path, newline="", errors="replace") as fh:
+            return next(csv.reader(fh), [])
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    raise DataError(f"data.path: {path}: unsupported file type (expected one of {', '.join(SUFFIXES)})")
+
+
+def check_local(path: str, columns: tuple[str, str, str]) -> None:
+    """Fail early, naming the file and what is missing, if `path` cannot be preference data."""
+    root = Path(path)
+    if not root.exists():
+        raise ConfigError(f"data.path: {path} does not exist")
+    for file in _files(root):
+        try:
+            found = columns_of(file)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"data.path: {file} cannot be read: {exc}") from None
+        missing = [c for c in columns if c not in found]
+        if missing:
+            raise DataError(
+                f"data.path: {file} has no column(s) {', '.join(missing)} (found: {', '.join(found) or 'none'}); "
+                "set data.prompt_column / data.chosen_column / data.rejected_column to the names it uses"
+            )
+
+
+def read_local(path: str) -> list[dict]:
+    """Every record of the local data (all files, in name order)."""
+    rows: list[dict] = []
+    for file in _files(Path(path)):
+        rows.extend(_read(file))
+    return rows
+
+
+def _read(file: Path) -> Iterable[dict]:
+    if file.is_dir():
+        from datasets import load_from_disk
+
+        data = load_from_disk(str(file))
+        data = data["train"] if hasattr(data, "keys") and "train" in data else data
+        return list(data)
+    if file.suffix == ".jsonl":
+        out = []
+        with open(file, errors="replace") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    out.append({"__unreadable__": f"{file}:{number}"})
+        return out
+    if file.suffix == ".json":
+        data = json.loads(file.read_text())
+        return data.get("train", []) if isinstance(data, dict) else data
+    if file.suffix == ".csv":
+        with open(file, newline="", errors="replace") as fh:
+            return list(csv.DictReader(fh))
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(file).to_pylist()
+    raise DataError(f"data.path: {file}: unsupported file type")
+
+
+def clean_pairs(
+    rows: Iterable[Any],
+    columns: tuple[str, str, str] = ("prompt", "chosen", "rejected"),
+    length: Optional[Callable[[str, str], int]] = None,
+    max_length: Optional[int] = None,
+) -> tuple[list[dict], CleanReport]:
+    """Good rows as {prompt, chosen, rejected} dicts, and what was dropped and why.
+
+    A row is good when it is a mapping whose three columns hold text, both responses are
+    non-empty (not only whitespace), they differ, and (given `length`) both prompt+response
+    fit in `max_length` tokens.
+    """
+    p_col, c_col, r_col = columns
+    good: list[dict] = []
+    report = CleanReport()
+    for row in rows:
+        report.total += 1
+        if not isinstance(row, dict) or "__unreadable__" in row:
+            report.drop("unreadable")
+            continue
+        values = [row.get(p_col), row.get(c_col), row.get(r_col)]
+        if not all(isinstance(v, str) for v in values):
+            report.drop("non_text")
+            continue
+        prompt, chosen, rejected = values
+        if not chosen.strip() or not rejected.strip():
+            report.drop("empty_response")
+            continue
+        if chosen == rejected:
+            report.drop("identical")
+            continue
+        if length is not None and max_length is not None:
+            if max(length(prompt, chosen), length(prompt, rejected)) > max_length:
+                report.drop("too_long")
+                continue
+        good.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    report.kept = len(good)
+    return good, report
+
+
+def require_enough(report: CleanReport, max_bad_fraction: float, where: str) -> None:
+    """Stop rather than train on the remainder of mostly bad data."""
+    if report.total == 0:
+        raise DataError(f"{where}: no rows")
+    bad = report.total - report.kept
+    if bad / report.total > max_bad_fraction:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.dropped.items()))
+        raise DataError(
+            f"{where}: {bad} of {report.total} rows are unusable ({reasons}), more than "
+            f"data.max_bad_fraction={max_bad_fraction:g}; fix the data or raise the threshold"
+        )

@@ -1,0 +1,133 @@
+"""Judges decide whether a policy sample beats the reference response for the same prompt.
+
+`compare(prompts, samples, references)` returns one outcome per comparison: 1.0 (sample wins),
+0.0 (reference wins), 0.5 (tie), or NaN when the judge gave no usable verdict (an LLM answer with
+no readable verdict). The evaluation leaves NaN outcomes out of the win rate and reports their
+number as `unparseable`; nothing is guessed. `evaluate(...)` returns the same outcomes with
+judge-specific metrics for the checkpoint's metric row (`JudgeResult`).
+
+The judges (`conf/judge/`):
+
+- `gold` (`GoldJudge`): the embedded task's programmatic reward; metric `gold_reward`.
+- `reward_model` (`RewardModelJudge`): any Hugging Face sequence-classification reward model
+  (`judge.model`: hub id or local folder), batched; metrics `rm_reward`, `rm_reward_reference`.
+- `llm` (`LLMJudge`): a pairwise judge over an OpenAI-compatible chat-completions API
+  (`judge.base_url`, `judge.model`, key from the environment variable `judge.api_key_env`), with
+  randomised presentation order, verdict parsing, retries, a concurrency limit and an on-disk
+  cache; metrics `judge_requests`, `judge_retries`, `judge_cache_hits`, `judge_first_preferred`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from alignsweep.judges.base import Judge, JudgeError, JudgeResult
+from alignsweep.judges.gold import GoldJudge
+from alignsweep.plan import ConfigError
+
+JUDGES = ("gold", "reward_model", "llm")
+
+__all__ = ["Judge", "JudgeError", "JudgeResult", "GoldJudge", "JUDGES", "build_judge", "llm_cache_dir"]
+
+
+def llm_cache_dir(judge_cfg: Any, cache_root: Optional[str]) -> Optional[str]:
+    """Where the llm judge caches its answers: `judge.cache_dir`, else CACHE_ROOT/judge/llm
+    (`paths.cache_dir`); None when `judge.cache` is false."""
+    if not judge_cfg.get("cache", True):
+        return None
+    if judge_cfg.get("cache_dir"):
+        return os.path.expanduser(str(judge_cfg.cache_dir))
+    if cache_root:
+        return os.path.join(os.path.expanduser(str(cache_root)), "judge", "llm")
+    return None
+
+
+def build_judge(judge_cfg: Any, *, data_name: Optional[str] = None, cache_root: Optional[str] = None) -> Judge:
+    """The judge a `judge` config describes. `data_name` picks the llm prompt when
+    `judge.prompt=auto`; `cache_root` (`paths.cache_dir`) holds the llm cache by default.
+
+    The llm judge's API key is read here, from the environment variable `judge.api_key_env`: a
+    missing key fails the job at set-up (ConfigError naming the key), before anything trains.
+    """
+    name = judge_cfg.name
+    if name == "gold":
+        return GoldJudge()
+    if name == "reward_model":
+        from alignsweep.judges.reward_model import RewardModelJudge
+
+        if not judge_cfg.get("model"):
+            raise ConfigError("judge.model: the reward_model judge needs a hub id or a local folder")
+        return RewardModelJudge(
+            str(judge_cfg.model),
+            batch_size=judge_cfg.get("batch_size", 64),
+            dtype=judge_cfg.get("dtype", "float32"),
+            max_length=judge_cfg.get("max_length", 2048),
+        )
+    if name == "llm":
+        from alignsweep.judges import prompts
+        from alignsweep.judges.llm import DEFAULT_MODEL, LLMJudge, api_key_from_env
+
+        check_llm(judge_cfg)
+        return LLMJudge(
+            base_url=str(judge_cfg.base_url),
+            model=str(judge_cfg.get("model") or DEFAULT_MODEL),
+            api_key=api_key_from_env(judge_cfg.get("api_key_env")),
+            prompt=prompts.choose(judge_cfg.get("prompt", "auto"), data_name),
+            order=judge_cfg.get("order", "random"),
+            seed=judge_cfg.get("seed", 0),
+            temperature=judge_cfg.get("temperature", 0.0),
+            max_tokens=judge_cfg.get("max_tokens", 256),
+            concurrency=judge_cfg.get("concurrency", 8),
+            max_retries=judge_cfg.get("max_retries", 6),
+            backoff_s=judge_cfg.get("backoff_s", 1.0),
+            max_backoff_s=judge_cfg.get("max_backoff_s", 60.0),
+            timeout_s=judge_cfg.get("timeout_s", 120.0),
+            cache_dir=llm_cache_dir(judge_cfg, cache_root),
+        )
+    raise ConfigError(f"judge.name: {name!r} is not available; expected one of: {', '.join(JUDGES)}")
+
+
+def check_judge(judge_cfg: Any, *, embedded: bool, data_name: Optional[str] = None) -> None:
+    """Cheap checks of a judge config (no imports of torch or HTTP clients, no environment):
+    run by `alignsweep.plan.resolve_job`, so a dry run catches them. The llm API key is not
+    checked here (a dry run on a laptop needs none); the worker checks it when it builds the judge."""
+    name = judge_cfg.name
+    if name not in JUDGES:
+        raise ConfigError(f"judge.name: {name!r} is not available; expected one of: {', '.join(JUDGES)}")
+    if name == "gold" and not embedded:
+        raise ConfigError(
+            f"judge: `gold` needs the embedded task's programmatic reward, but data={data_name}; "
+            "choose judge=reward_model or judge=llm"
+        )
+    if name == "reward_model":
+        model = judge_cfg.get("model")
+        if not model:
+            raise ConfigError("judge.model: the reward_model judge needs a hub id or a local folder (judge.model=...)")
+        if str(model).startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(str(model))):
+            raise ConfigError(f"judge.model: {model} does not exist; point it at a local reward-model folder")
+        if judge_cfg.get("batch_size", 1) < 1:
+            raise ConfigError(f"judge.batch_size: must be >= 1, got {judge_cfg.batch_size!r}")
+    if name == "llm":
+        check_llm(judge_cfg)
+
+
+def check_llm(judge_cfg: Any) -> None:
+    from alignsweep.judges.prompts import TEMPLATES
+
+    base_url = judge_cfg.get("base_url")
+    if not base_url or not str(base_url).startswith(("http://", "https://")):
+        raise ConfigError(
+            f"judge.base_url: the llm judge needs the http(s) root of an OpenAI-compatible API "
+            f"(e.g. https://api.openai.com/v1), got {base_url!r}"
+        )
+    prompt = judge_cfg.get("prompt", "auto")
+    if prompt != "auto" and prompt not in TEMPLATES:
+        raise ConfigError(f"judge.prompt: expected auto, {', '.join(TEMPLATES)}, got {prompt!r}")
+    if judge_cfg.get("order", "random") not in ("random", "both"):
+        raise ConfigError(f"judge.order: expected random or both, got {judge_cfg.order!r}")
+    for key, low in (("concurrency", 1), ("max_retries", 0), ("max_tokens", 1)):
+        if judge_cfg.get(key, low) < low:
+            raise ConfigError(f"judge.{key}: must be >= {low}, got {judge_cfg.get(key)!r}")
+    if judge_cfg.get("backoff_s", 0) < 0 or judge_cfg.get("timeout_s", 1) <= 0:
+        raise ConfigError("judge.backoff_s / judge.timeout_s: must be >= 0 / > 0")

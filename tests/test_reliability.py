@@ -1,0 +1,256 @@
+"""Bad input is refused before anything runs; bad data, crashes, full disks and concurrent jobs
+lose nothing; secrets are never written."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alignsweep import rundir
+from alignsweep.data import pairs
+
+
+# --- refused before anything runs (exit code 2, the key named, no traceback) ------------------
+
+
+@pytest.mark.parametrize("group,bad", [("algo", "ppo"), ("model", "gpt5"), ("data", "imdb"), ("judge", "oracle")])
+def test_unknown_option_of_a_group(cli, group, bad):
+    for args in ([f"{group}={bad}", "dry_run=true"], ["-m", f"{group}={bad}", "dry_run=true"]):
+        proc = cli(*args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert f"Could not find '{group}/{bad}'" in proc.stderr and f"Available options in '{group}'" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_data_file_without_the_needed_columns(cli, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"question": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    proc = cli("data=tldr", f"data.path={data}", "judge=llm", "dry_run=true", check=False)
+    assert proc.returncode == 2
+    assert f"data.path: {data} has no column(s) prompt (found: question, chosen, rejected)" in proc.stderr
+    proc = cli("data=tldr", "data.path=/no/such/data", "judge=llm", "dry_run=true", check=False)
+    assert proc.returncode == 2 and "data.path: /no/such/data does not exist" in proc.stderr
+    ok = cli("data=tldr", f"data.path={data}", "judge=llm", "data.prompt_column=question", "dry_run=true")
+    assert "data=tldr" in ok.stdout
+
+
+def test_tokenizer_that_cannot_pad(cli, tmp_path):
+    from alignsweep import models
+    from alignsweep.data import embedded
+
+    folder = tmp_path / "model"
+    tok = models.build_word_tokenizer(embedded.vocabulary(5, 2).tokens)
+    tok.save_pretrained(folder)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            for key in ("pad_token", "eos_token"):
+                data.pop(key, None)
+            path.write_text(json.dumps(data))
+    proc = cli("model=pythia_1b", f"model.path={folder}", "dry_run=true", check=False)
+    assert proc.returncode == 2
+    assert "has neither a pad_token nor an eos_token" in proc.stderr and str(folder) in proc.stderr
+
+
+def test_unwritable_output_directory(cli, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args in (["paths.output_dir=" + str(blocker / "out")], ["-m", f"hydra.sweep.dir={blocker}/sweep"]):
+        proc = cli(*args, "dry_run=true", check=False)
+        assert proc.returncode == 2 and f"{blocker} is a file, not a directory" in proc.stderr
+
+
+# --- bad data rows ------------------------------------------------------------------------
+
+
+def _word_tokenizer():
+    from alignsweep import models
+    from alignsweep.data import embedded
+
+    return models.build_word_tokenizer(embedded.vocabulary(24, 6).tokens)
+
+
+def test_bad_rows_are_counted_dropped_and_mostly_bad_data_stops_the_run(tmp_path):
+    from alignsweep.worker import load_task
+
+    good = [{"prompt": "summarize: apple river =>", "chosen": f" apple river{' very' * (i % 3)}",
+             "rejected": " tiger"} for i in range(30)]
+    bad = [
+        {"prompt": "summarize: apple =>", "chosen": "  ", "rejected": " apple"},  # empty
+        {"prompt": "summarize: apple =>", "chosen": " apple", "rejected": " apple"},  # identical
+        {"prompt": "summarize: apple =>", "chosen": 3, "rejected": " apple"},  # not text
+        {"prompt": "summarize: apple =>", "chosen": " apple" * 80, "rejected": " river"},  # too long
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in good + bad) + "{broken json\n")
+    cfg = SimpleNamespace(data=SimpleNamespace(
+        embedded=None, path=str(path), hub_id=None, name="local", prompt_column="prompt", chosen_column="chosen",
+        rejected_column="rejected", max_length=40, heldout_size=8, max_bad_fraction=0.5))
+    task = load_task(cfg, _word_tokenizer())
+    assert task["report"]["all"] == {
+        "total": 35, "kept": 30,
+        "dropped": {"empty_response": 1, "identical": 1, "non_text": 1, "too_long": 1, "unreadable": 1},
+    }
+    assert len(task["train"]) == 22 and len(task["heldout"]) == 8 and len(task["eval"]) == 8
+    path.write_text("".join(json.dumps(r) + "\n" for r in good[:3] + bad * 2))
+    with pytest.raises(pairs.DataError, match=r"8 of 11 rows are unusable .*data.max_bad_fraction=0.5"):
+        load_task(cfg, _word_tokenizer())
+
+
+text = st.text(max_size=30)
+value = st.one_of(text, st.integers(), st.none(), st.floats(allow_nan=True), st.lists(text, max_size=2))
+row = st.one_of(
+    st.fixed_dictionaries({"prompt": value, "chosen": value, "rejected": value}),
+    st.dictionaries(st.text(max_size=8), value, max_size=4),
+    value,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(row, max_size=20))
+def test_cleaning_never_crashes_and_never_drops_a_good_row(rows):
+    kept, report = pairs.clean_pairs(rows)
+    expected = [
+        {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+        for r in rows
+        if isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected"))
+        and r["chosen"].strip() and r["rejected"].strip() and r["chosen"] != r["rejected"]
+    ]
+    assert kept == expected
+    assert report.total == len(rows) and report.kept + sum(report.dropped.values()) == len(rows)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(max_size=300), good_rows=st.lists(st.integers(0, 1000), max_size=5))
+def test_metrics_reader_survives_any_bytes_and_keeps_every_good_line(tmp_path_factory, garbage, good_rows):
+    run = tmp_path_factory.mktemp("run")
+    lines = [json.dumps({"step": s, "win_rate": 0.5}).encode() + b"\n" for s in good_rows]
+    junk = garbage.replace(b"\n", b" ") + b"\n"
+    (run / rundir.METRICS).write_bytes(b"".join(lines[:2]) + junk + b"".join(lines[2:]))
+    problems: list[str] = []
+    rows = rundir.read_metrics(run, problems)
+    good = [r["step"] for r in rows if r == {"step": r["step"], "win_rate": 0.5}]
+    assert good[:2] == good_rows[:2] and good[-len(good_rows[2:]) or len(good):] == good_rows[2:]
+    assert len(rows) + len(problems) <= len(good_rows) + 1
+
+
+# --- full disks, crashed builders, concurrent jobs ----------------------------------------
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 64 KiB filesystem (tmpfs), to fill up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)])
+
+
+def test_a_full_disk_leaves_nothing_half_written(tiny_fs):
+    rundir.write_status(tiny_fs, state="running", step=1)
+    rundir.append_metrics(tiny_fs, {"step": 0, "win_rate": 0.5})
+    with pytest.raises(OSError, match=f"cannot write {tiny_fs / rundir.STATUS}"):
+        rundir.write_status(tiny_fs, state="running", blob="x" * 200_000)
+    with pytest.raises(OSError, match=f"cannot write {tiny_fs / rundir.METRICS}"):
+        for step in range(1, 10_000):
+            rundir.append_metrics(tiny_fs, {"step": step, "pad": "y" * 500})
+    assert rundir.read_status(tiny_fs)["step"] == 1  # the previous status is intact
+    assert sorted(p.name for p in tiny_fs.iterdir()) == [rundir.METRICS, rundir.STATUS]  # no temp files
+    rows = rundir.read_metrics(tiny_fs)  # every complete line, the cut-off one skipped
+    assert rows[0] == {"step": 0, "win_rate": 0.5} and [r["step"] for r in rows] == list(range(len(rows)))
+
+
+def test_sft_is_built_once_by_concurrent_jobs_and_a_crashed_build_is_not_used(cli, tmp_path):
+    cache = tmp_path / "cache"
+    sft_root = cache / "sft"
+    sft_root.mkdir(parents=True)
+    args = ["logger=none", f"paths.cache_dir={cache}", "sft.epochs=1", "data.embedded.n_train=256"]
+    # a builder that crashed earlier left a partial folder behind
+    from alignsweep.sft import sft_key
+    from tests.test_config import compose_cfg
+
+    key = sft_key(compose_cfg(*args[1:]))
+    (sft_root / f"{key}.partial").mkdir()
+    (sft_root / f"{key}.partial" / "model.safetensors").write_text("half-written")
+    procs = [cli.popen(*args, f"hydra.run.dir=run{i}") for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sum(o.count("building the SFT model") for o in outputs) == 1
+    assert sorted(p.name for p in sft_root.iterdir() if not p.name.endswith(".lock")) == [key]
+    assert (sft_root / key / "DONE").exists()
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_the_run_as_diverged(cli):
+    proc = cli("logger=none", "train.lr=1e12", "hydra.run.dir=run", check=False)
+    assert proc.returncode == 1
+    status = rundir.read_status(cli.cwd / "run")
+    assert status["state"] == "diverged" and status["stop_reason"] == "non_finite_loss"
+    assert 0 < status["step"] < status["total_steps"]
+    table = cli(str(cli.cwd / "run"), module="alignsweep.collect")
+    assert "diverged" in (cli.cwd / "run" / "results.csv").read_text()
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_api_keys_never_reach_any_file_a_run_writes(cli):
+    secret = "sk-alignsweep-test-" + "9f3a7c1e5b" * 3
+    cli("-m", "algo=dpo", "logger=wandb", "logger.mode=offline", "hydra.sweep.dir=sweep",
+        env={"WANDB_API_KEY": secret, "OPENAI_API_KEY": secret})
+    written = [p for p in (cli.cwd / "sweep").rglob("*") if p.is_file()]
+    assert len(written) > 10
+    leaks = [str(p) for p in written if secret.encode() in p.read_bytes()]
+    assert not leaks, f"the API key was written to {leaks}"
+
+
+# --- chaos ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_chaos_killed_jobs_resubmitted_end_as_an_undisturbed_sweep(cli):
+    sweep_args = ["-m", "algo=dpo,ipo", "logger=none", "data.embedded.n_train=2048"]
+    cli(*sweep_args, "hydra.sweep.dir=calm")
+    storm = cli.cwd / "storm"
+    rng = random.Random(20261122)
+    kills = []
+    for attempt in range(8):
+        proc = cli.popen(*sweep_args, "hydra.sweep.dir=storm")
+        if attempt < 3:
+            time.sleep(rng.uniform(4, 14))
+            runs = [d for d in storm.glob("*") if (d / rundir.CONFIG).exists()]
+            running = [(d, s) for d in runs if (s := rundir.read_status(d)) and s.get("state") == "running"]
+            if running:
+                victim, status = rng.choice(running)
+                sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+                try:
+                    os.kill(status["pid"], sig)
+                    kills.append((victim.name, sig.name, status.get("phase"), status.get("step")))
+                except ProcessLookupError:
+                    pass
+        proc.communicate(timeout=600)
+        states = {d.name: (rundir.read_status(d) or {}).get("state") for d in storm.glob("*")
+                  if (d / rundir.CONFIG).exists()}
+        if states and all(s == "completed" for s in states.values()):
+            break
+    assert kills, "the chaos test killed nothing"
+    assert all(s == "completed" for s in states.values()), (states, kills)
+    for run in ("0", "1"):
+        calm, stormy = rundir.read_metrics(cli.cwd / "calm" / run), rundir.read_metrics(storm / run)
+        assert stormy == calm, f"run {run} differs after kills {kills}"
