@@ -30,14 +30,23 @@ def started() -> bool:
     return _started
 
 
-def resolved_config(cfg: DictConfig) -> str:
-    """The job's config as YAML with every interpolation resolved (Hydra's own node dropped)."""
+def resolved_container(cfg: DictConfig) -> dict:
+    """The job's config as plain data, every interpolation resolved (Hydra's own node dropped)."""
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)
     container = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
     # Absolute paths: the worker may run elsewhere (another directory, a cluster node).
     container["paths"] = {k: os.path.abspath(v) for k, v in container["paths"].items()}
-    return OmegaConf.to_yaml(container)
+    return container
+
+
+def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
+    """config.yaml for people and the worker, config.json (the same) for fast collection."""
+    import json
+
+    container = resolved_container(cfg)
+    rundir.atomic_write_text(run_dir / rundir.CONFIG, OmegaConf.to_yaml(container))
+    rundir.atomic_write_text(run_dir / rundir.CONFIG_JSON, json.dumps(container, sort_keys=True))
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
@@ -50,7 +59,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
 
         run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write_text(run_dir / rundir.CONFIG, resolved_config(cfg))
+    write_run_config(run_dir, cfg)
     from alignsweep import worker
 
     status = worker.run(worker.load_config(run_dir / rundir.CONFIG), run_dir)

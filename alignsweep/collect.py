@@ -11,6 +11,7 @@ reported by name, never silently dropped. Needs no cluster: a copied sweep direc
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,19 +42,36 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _read_run(run_dir: Path) -> tuple[dict, dict]:
-    """The job's identity and its flattened config."""
-    from omegaconf import OmegaConf
+    """The job's identity and its flattened config.
 
-    from alignsweep.plan import resolve_job
-    from alignsweep.schema import load_run_config
+    Read as plain data (config.json, or the YAML when that is missing or older): the config was
+    validated when the job was launched, and a sweep of thousands of runs must collect in seconds.
+    """
+    fast = run_dir / rundir.CONFIG_JSON
+    if fast.exists() and fast.stat().st_mtime >= (run_dir / rundir.CONFIG).stat().st_mtime:
+        cfg = json.loads(fast.read_text())
+    else:  # older runs, or a config.yaml edited by hand
+        import yaml
 
-    cfg = load_run_config(run_dir / rundir.CONFIG)
-    job = resolve_job(cfg)
+        cfg = yaml.load((run_dir / rundir.CONFIG).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("algo"), dict):
+        raise ValueError("not a run config (no algo section)")
+    algo = cfg["algo"]
+
+    def pick(key: str) -> Any:
+        return cfg.get(key) if cfg.get(key) is not None else algo.get(key)
+
     values = {
-        "algo": job.algo, "model": job.model, "data": job.data, "beta": job.beta, "alpha": job.alpha,
-        "gamma": job.gamma, "kl_budget": job.kl_budget, "seed": job.seed,
+        "algo": algo.get("name"), "model": (cfg.get("model") or {}).get("name"),
+        "data": (cfg.get("data") or {}).get("name"), "beta": pick("beta"),
+        "alpha": pick("alpha") if algo.get("alpha") is not None else None,
+        "gamma": pick("gamma") if algo.get("gamma") is not None else None,
+        "kl_budget": cfg.get("kl_budget"), "seed": cfg.get("seed", 0),
     }
-    return values, _flatten(OmegaConf.to_container(cfg, resolve=True))
+    for key in ("beta", "alpha", "gamma", "kl_budget"):
+        if values[key] is not None:
+            values[key] = float(values[key])
+    return values, _flatten(cfg)
 
 
 def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:

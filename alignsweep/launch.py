@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, open_dict
 
 from alignsweep import rundir
-from alignsweep.app import resolved_config
+from alignsweep.app import write_run_config
 from alignsweep.plan import ConfigError, Job, resolve_job
 
 MANIFEST = "manifest.json"
@@ -126,7 +126,7 @@ def prepare_jobs(
                 continue
             job.run_dir.mkdir(parents=True, exist_ok=True)
             HydraConfig.instance().set_config(job.config)
-            rundir.atomic_write_text(job.run_dir / rundir.CONFIG, resolved_config(job.config))
+            write_run_config(job.run_dir, job.config)
             if rundir.read_status(job.run_dir) is None:
                 rundir.write_status(job.run_dir, state="pending", phase="queued")
     return jobs

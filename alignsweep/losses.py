@@ -92,6 +92,8 @@ def alphapo_reward(beta: float, alpha: float, logps: Tensor, lengths: Tensor) ->
     m = logps / lengths
     if alpha == 0:
         return beta * m
+    if abs(alpha) < 1e-6:  # beta/alpha would overflow for subnormal alpha: second-order series instead
+        return beta * m * (1 - alpha * m / 2)
     return -(beta / alpha) * _expm1_safe(-alpha * m)
 
 

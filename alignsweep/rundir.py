@@ -22,6 +22,7 @@ from typing import Any, Iterator
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
+CONFIG_JSON = "config.json"  # the same config, for fast reading
 LOG = "worker.log"
 FINAL_STATES = ("completed", "failed", "diverged")
 

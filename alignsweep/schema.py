@@ -152,11 +152,13 @@ class TrainConfig:
     kl_check_prompts: int = 32  # prompts per running KL estimate
     save_final_model: bool = False  # write the final policy to RUN_DIR/model
     resumable: bool = True  # save a trainer checkpoint (model, optimizer, scheduler) at each evaluation
+    share_ref_logps: bool = True  # reference log-probs of the pairs computed once per sweep, not per job
 
 
 
 @dataclass
 class EvalConfig:
+    enabled: bool = True  # false: train only (benchmarks of training speed); no metric rows are written
     prompts: Optional[int] = None  # evaluation prompts; null = all the data provides (paper: 256)
     temperature: float = 1.0  # sampling temperature (paper: 1.0)
     batch_size: int = 256  # prompts per generation and scoring batch

@@ -35,11 +35,57 @@ class EpochSeededSampler(torch.utils.data.Sampler):
 
 
 class DAATrainer(DPOTrainer):
-    def __init__(self, *args: Any, loss_name: str, loss_params: dict[str, Any], **kwargs: Any):
+    """`ref_cache_dir`: with `precompute_ref_log_probs=True`, the reference log-probs of the
+    training pairs are stored there, keyed by a hash of the reference weights and the tokenised
+    pairs, so every job of a sweep that trains on the same data from the same reference reads
+    them instead of running the reference model (TRL's own precompute repeats it per job)."""
+
+    def __init__(
+        self, *args: Any, loss_name: str, loss_params: dict[str, Any], ref_cache_dir: str | None = None,
+        **kwargs: Any,
+    ):
         self.loss_name = loss_name
         self.loss_params = dict(loss_params)
+        self.ref_cache_dir = ref_cache_dir
+        self.ref_cache_hit: bool | None = None  # None: no shared cache used
         self.step_losses: list[float] = []  # per micro-batch training loss, read by the evaluation callback
         super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+        if self.ref_cache_dir is None:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        import os
+        from pathlib import Path
+
+        import hashlib
+        from array import array
+
+        from filelock import FileLock
+
+        digest = hashlib.sha256(f"{self._precompute_model_hash}|{self.args.max_length}|{self.args.truncation_mode}".encode())
+        for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            for ids in dataset[column]:
+                digest.update(array("q", ids).tobytes())
+                digest.update(b"|")
+        key = digest.hexdigest()[:20]
+        folder = Path(self.ref_cache_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{key}.pt"
+        with FileLock(str(folder / f"{key}.lock")):
+            self.ref_cache_hit = path.exists()
+            if self.ref_cache_hit:
+                saved = torch.load(path)
+            else:
+                computed = super()._precompute_ref_logps(dataset, name, batch_size)
+                saved = {c: torch.tensor(computed[c]) for c in ("ref_chosen_logps", "ref_rejected_logps")}
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                torch.save(saved, tmp)
+                os.replace(tmp, path)
+        for column, values in saved.items():
+            if column in dataset.column_names:
+                dataset = dataset.remove_columns(column)
+            dataset = dataset.add_column(column, values.tolist())
+        return dataset
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Load a checkpoint's weights through `from_pretrained`, strictly.

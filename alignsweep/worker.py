@@ -222,6 +222,8 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         rundir.write_status(run_dir, data=task["report"])
     sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, dev)
     del base
+    if main:
+        rundir.write_status(run_dir, sft_model=str(sft_dir))
     policy, tokenizer = models.load_saved(sft_dir, cfg.model.dtype)
     ref, _ = models.load_saved(sft_dir, cfg.model.dtype)
     ref.eval().requires_grad_(False)
@@ -230,7 +232,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
 
     params = loss_params(cfg, job)
     n_eval = cfg.eval.prompts or len(task["eval"])
-    evaluator = None if not main else Evaluator(
+    evaluator = None if not (main and cfg.eval.enabled) else Evaluator(
         ref_model=ref,
         tokenizer=tokenizer,
         judge=build_judge(cfg.judge, data_name=cfg.data.name, cache_root=cfg.paths.cache_dir),
@@ -244,6 +246,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         seed=job.seed,
         kl_estimator=cfg.eval.kl_estimator,
     )
+    share_ref = bool(cfg.train.share_ref_logps) and not job.reference_free
     args = DPOConfig(
         output_dir=str(run_dir / "trainer"),
         per_device_train_batch_size=cfg.model.per_device_batch,
@@ -257,7 +260,8 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         max_grad_norm=cfg.train.max_grad_norm,
         max_length=cfg.data.max_length,
         beta=job.beta,
-        precompute_ref_log_probs=False,
+        # reference log-probs of the training pairs: computed once per sweep and shared (train.share_ref_logps)
+        precompute_ref_log_probs=share_ref,
         save_strategy="no",  # the callback saves at the evaluation checkpoints (train.resumable)
         save_total_limit=1,
         logging_steps=10,
@@ -267,6 +271,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         **dev,
     )
     trainer = DAATrainer(
+        ref_cache_dir=str(Path(cfg.paths.cache_dir) / "ref_logps") if share_ref else None,
         model=policy,
         ref_model=ref,
         args=args,
@@ -275,6 +280,8 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         loss_name=job.algo,
         loss_params=params,
     )
+    if main and trainer.ref_cache_hit is not None:
+        rundir.write_status(run_dir, ref_logps="read from the sweep's cache" if trainer.ref_cache_hit else "computed")
     callback = CheckpointCallback(trainer, evaluator, cfg, job, run_dir, tracker)
     trainer.add_callback(callback)
     if main:
@@ -380,7 +387,7 @@ class CheckpointCallback(TrainerCallback):
         """Evaluate the policy at `step` (rank 0; the other ranks only keep count)."""
         train_loss = self._train_loss()  # collective: every rank takes part
         self.evaluated.add(step)
-        if not self.main:
+        if not self.main or not self.cfg.eval.enabled:
             return None
         self._status(phase="eval", step=step)
         row = self.evaluator.evaluate(self.trainer.model, step)

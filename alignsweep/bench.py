@@ -1,0 +1,257 @@
+"""`python -m alignsweep.bench [--quick]` (`make bench`): what a sweep costs beyond its training.
+
+Measured side by side in one run, on this machine (they are shared and noisy: read the ratios):
+1. sharing: a sweep of reference-based jobs with the reference log-probs shared through the
+   sweep's cache vs recomputed in every job; wall time of the whole sweep, metrics compared.
+2. overhead: one DAA job through alignsweep (evaluation off) vs a plain TRL script doing the same
+   training (same SFT model, data, batch, steps), whole-process wall time, alternated.
+3. dry run of the 63-job paper grid: wall time, and whether torch was imported.
+4. collecting a sweep of 10,000 checkpoint rows.
+Writes bench/results.json and the section between the markers in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+PLAIN_TRL = '''
+import sys, torch
+from types import SimpleNamespace
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+from alignsweep.data import embedded
+from alignsweep.data.pairs import clean_pairs
+sft_dir, threads = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(threads)
+task = SimpleNamespace(seed=0, n_words=24, n_fillers=6, min_topics=3, max_topics=6, n_sft=2000, n_train=1024,
+                       n_heldout=256, n_eval=256, length_bias=1.2, label_noise=0.1, label_temperature=0.1)
+tok = AutoTokenizer.from_pretrained(sft_dir)
+length = lambda p, r: len(tok(p + r, add_special_tokens=False)["input_ids"]) + 1
+rows, _ = clean_pairs(embedded.generate(task)["train"], length=length, max_length=40)
+policy = AutoModelForCausalLM.from_pretrained(sft_dir)
+ref = AutoModelForCausalLM.from_pretrained(sft_dir)
+args = DPOConfig(output_dir=sys.argv[3], per_device_train_batch_size=32, learning_rate=5e-4, num_train_epochs=1,
+                 optim="adamw_torch", lr_scheduler_type="constant_with_warmup", max_grad_norm=10.0, max_length=40,
+                 beta=0.1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, bf16=False, seed=0,
+                 logging_steps=10)
+DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows),
+           processing_class=tok).train()
+'''
+
+
+def _env() -> dict:
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1", ALIGNSWEEP_THREADS="1")
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def _timed(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def _alignsweep(*args: str) -> list[str]:
+    return [sys.executable, "-m", "alignsweep", *args]
+
+
+def bench_sharing(work: Path, cache: Path, quick: bool) -> dict:
+    from alignsweep import rundir
+
+    grid = ["algo=dpo,ipo,slic", "beta=0.1,1.0"] if not quick else ["algo=dpo,ipo", "beta=0.1"]
+    times: dict[str, list[float]] = {"shared": [], "per_job": []}
+    sweeps = {}
+    for repeat in range(1 if quick else 2):
+        order = ["per_job", "shared"] if repeat % 2 == 0 else ["shared", "per_job"]
+        for mode in order:
+            shutil.rmtree(cache / "ref_logps", ignore_errors=True)
+            sweep = work / f"sharing-{mode}-{repeat}"
+            times[mode].append(_timed(_alignsweep(
+                "-m", *grid, "logger=none", f"train.share_ref_logps={mode == 'shared'}",
+                f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}", "hydra.launcher.collect=false",
+            ), work))
+            sweeps[mode] = sweep
+    diff = 0.0
+    runs = sorted(p.name for p in sweeps["shared"].iterdir() if (p / rundir.CONFIG).exists())
+    for run in runs:
+        for a, b in zip(rundir.read_metrics(sweeps["shared"] / run), rundir.read_metrics(sweeps["per_job"] / run)):
+            diff = max([diff] + [abs(a[k] - b[k]) for k in a if isinstance(a[k], float) and isinstance(b.get(k), float)])
+    jobs = len(runs)
+    return {
+        "jobs": jobs,
+        "shared_s": times["shared"],
+        "per_job_s": times["per_job"],
+        "speedup": statistics.median(times["per_job"]) / statistics.median(times["shared"]),
+        "max_metric_difference": diff,
+    }
+
+
+def bench_overhead(work: Path, cache: Path, quick: bool) -> dict:
+    from alignsweep import rundir
+
+    script = work / "plain_trl.py"
+    script.write_text(PLAIN_TRL)
+    ours, plain, sft_dir = [], [], None
+    for repeat in range(1 if quick else 3):
+        for which in (("ours", "plain") if repeat % 2 == 0 else ("plain", "ours")):
+            if which == "ours":
+                run = work / f"overhead-{repeat}"
+                ours.append(_timed(_alignsweep(
+                    "logger=none", "eval.enabled=false", "train.resumable=false", "train.share_ref_logps=false",
+                    f"hydra.run.dir={run}", f"paths.cache_dir={cache}",
+                ), work))
+                sft_dir = rundir.read_status(run)["sft_model"]  # the same SFT model for the plain script
+            else:
+                plain.append(_timed([sys.executable, str(script), sft_dir, "1", str(work / f"plain-{repeat}")], work))
+    return {"alignsweep_s": ours, "plain_trl_s": plain, "ratio": statistics.median(ours) / statistics.median(plain)}
+
+
+def bench_dry_run(work: Path, quick: bool) -> dict:
+    times = []
+    for _ in range(1 if quick else 3):
+        times.append(_timed(_alignsweep("experiment=overopt_tldr", "dry_run=true",
+                                        f"hydra.sweep.dir={work / 'dry'}"), work))
+    probe = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "alignsweep", "experiment=overopt_tldr", "dry_run=true",
+         f"hydra.sweep.dir={work / 'dry'}"],
+        cwd=work, env=_env(), capture_output=True, text=True,
+    )
+    torch_imported = any(line.rstrip().endswith("| torch") for line in probe.stderr.splitlines())
+    jobs = sum(line.startswith("#") for line in probe.stdout.splitlines())
+    return {"jobs": jobs, "seconds": times, "median_s": statistics.median(times), "torch_imported": torch_imported}
+
+
+def bench_collect(work: Path, rows: int) -> dict:
+    import yaml
+
+    from alignsweep import rundir
+    from alignsweep.collect import collect
+
+    sweep = work / "big-sweep"
+    base = _default_run_config(work)
+    per_run = 6
+    for i in range(rows // per_run + (rows % per_run > 0)):
+        run = sweep / str(i)
+        run.mkdir(parents=True)
+        config = dict(base, beta=0.01 * (1 + i % 50))
+        (run / rundir.CONFIG).write_text(yaml.safe_dump(config))
+        (run / rundir.CONFIG_JSON).write_text(json.dumps(config))  # as launchers write them
+        n = min(per_run, rows - i * per_run)
+        (run / rundir.METRICS).write_text("".join(
+            json.dumps({"step": s * 6, "kl": 0.1 * s, "sqrt_kl": (0.1 * s) ** 0.5, "win_rate": 0.5, "win_rate_se": 0.03,
+                        "sqrt_kl_se": 0.01, "progress": s / 5}) + "\n" for s in range(n)))
+        rundir.write_status(run, state="completed")
+    start = time.perf_counter()
+    table = collect(sweep, quiet=True)
+    elapsed = time.perf_counter() - start
+    return {"rows": len(table), "runs": table["run"].nunique(), "seconds": elapsed}
+
+
+def _default_run_config(work: Path) -> dict:
+    import yaml
+
+    out = subprocess.run(_alignsweep("--cfg", "job", "--resolve", f"paths.output_dir={work}",
+                                     f"paths.cache_dir={work}"), cwd=work, env=_env(), capture_output=True, text=True)
+    return yaml.safe_load(out.stdout)
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def render(results: dict) -> str:
+    s, o, d, c = results["sharing"], results["overhead"], results["dry_run"], results["collect"]
+    lines = [
+        MARK_BEGIN,
+        f"Measured {results['date']} on {results['machine']['platform']}, {results['machine']['cpus']} CPUs, "
+        f"torch {results['machine']['torch']}, GPU: {results['machine']['gpu'] or 'none'}"
+        + (" (reduced size: --quick)" if results["quick"] else "") + ".",
+        "",
+        "| what | measured | target |",
+        "|---|---|---|",
+        f"| {s['jobs']}-job sweep, reference log-probs shared vs per job | "
+        f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['per_job_s']):.1f} s: "
+        f"**{s['speedup']:.2f}x**; metrics differ by at most {s['max_metric_difference']:.1e} | >= 1.25x, <= 1e-5 |",
+        f"| one job (evaluation off) vs plain TRL script | {statistics.median(o['alignsweep_s']):.1f} s vs "
+        f"{statistics.median(o['plain_trl_s']):.1f} s: **{o['ratio']:.2f}x** | <= 1.05x |",
+        f"| dry run of the {d['jobs']}-job paper grid | **{d['median_s']:.2f} s**, torch imported: "
+        f"{'yes' if d['torch_imported'] else 'no'} | < 3 s, no torch |",
+        f"| collect {c['rows']} checkpoint rows ({c['runs']} runs) | **{c['seconds']:.2f} s** | < 2 s |",
+        "",
+        "Every repeat is in `bench/results.json`. Reproduce with `make bench`.",
+        MARK_END,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced sizes (what CI runs)")
+    parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json")
+    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="file whose bench section to update")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="alignsweep-bench-"))
+    cache = Path(os.environ.get("ALIGNSWEEP_BENCH_CACHE", ROOT / ".cache" / "alignsweep"))
+    try:
+        print("[bench] dry run ...", flush=True)
+        dry = bench_dry_run(work, args.quick)
+        print("[bench] collect ...", flush=True)
+        col = bench_collect(work, 600 if args.quick else 10_000)
+        print("[bench] sweep with and without shared reference log-probs ...", flush=True)
+        sharing = bench_sharing(work, cache, args.quick)
+        print("[bench] one job vs plain TRL ...", flush=True)
+        overhead = bench_overhead(work, cache, args.quick)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "quick": args.quick,
+        "sharing": sharing,
+        "overhead": overhead,
+        "dry_run": dry,
+        "collect": col,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    section = render(results)
+    md = Path(args.markdown)
+    text = md.read_text() if md.exists() else "# Benchmarks\n\n" + MARK_BEGIN + "\n" + MARK_END + "\n"
+    if MARK_BEGIN in text and MARK_END in text:
+        text = text[: text.index(MARK_BEGIN)] + section + text[text.index(MARK_END) + len(MARK_END):]
+    else:
+        text += "\n" + section + "\n"
+    md.write_text(text)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
