@@ -67,3 +67,11 @@ def test_paper_presets_dry_run_with_the_right_number_of_jobs(cli):
     assert sum("model=mistral_7b" in l and "beta=2.5" in l and "gamma=0.25" in l for l in jobs) == 5
     assert sum("model=llama3_8b" in l and "beta=10" in l and "gamma=3" in l for l in jobs) == 5
     assert sum("alpha=0 " in l for l in jobs) == 2  # SimPO, exactly
+
+
+def test_make_run_sweep_is_fifteen_jobs(cli):
+    """`make run` runs experiment=demo: five algorithms x three betas on the embedded task."""
+    out = cli("experiment=demo", "dry_run=true").stdout
+    jobs = [l for l in out.splitlines() if l.startswith("#")]
+    assert len(jobs) == 15 and all("model=embedded_tiny" in l and "data=embedded" in l for l in jobs)
+    assert {re.search(r"algo=(\w+)", l).group(1) for l in jobs} == {"dpo", "ipo", "slic", "simpo", "alphapo"}
