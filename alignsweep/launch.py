@@ -173,3 +173,37 @@ def write_manifest(
             entry["submitted"] = time.time()
     rundir.atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
     return path
+
+
+class SweepLauncher:
+    """What alignsweep's Hydra launchers share: setup, dry runs and the JobReturns Hydra expects.
+    (Mixed into each launcher class, which Hydra requires to live under `hydra_plugins`.)"""
+
+    config: Any = None
+    hydra_context: Any = None
+    task_function: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    @staticmethod
+    def dry_run(jobs: Sequence[PreparedJob]) -> list:
+        for job in jobs:
+            print(f"#{job.num} {job.job.describe()}", flush=True)
+        return [job_return(job, "dry-run") for job in jobs]
+
+
+def job_return(job: PreparedJob, value: Any) -> Any:
+    """Hydra's record of a launched job (the work itself is reported by its run directory)."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    ret = JobReturn()
+    ret.overrides = list(job.overrides)
+    ret.working_dir = str(job.run_dir)
+    ret.cfg = job.config
+    ret.hydra_cfg = None
+    ret.status = JobStatus.COMPLETED
+    ret.return_value = value
+    return ret

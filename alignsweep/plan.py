@@ -62,6 +62,20 @@ def _get(cfg: Any, dotted: str) -> Any:
     return node
 
 
+def _optional_value(cfg: Any, key: str, who_has_it: str) -> Optional[float]:
+    """The top-level `key` (alpha, gamma) or the algorithm's default for it; refused when the
+    algorithm has no such parameter (its default is null)."""
+    given, default = cfg[key], cfg.algo[key]
+    if default is None:
+        if given is not None:
+            raise ConfigError(
+                f"{key}: algo={cfg.algo.name} has no {key} parameter ({who_has_it}), got {key}={given!r}; "
+                f"remove `{key}=` from this job"
+            )
+        return None
+    return default if given is None else given
+
+
 def resolve_job(cfg: Any) -> Job:
     """Resolve `beta`/`alpha`/`gamma` against the algorithm's defaults and check every value.
 
@@ -78,25 +92,8 @@ def resolve_job(cfg: Any) -> Job:
     if beta is None or not beta > 0:
         raise ConfigError(f"beta: must be > 0, got {beta!r} (algo={name})")
 
-    alpha = cfg.alpha
-    if algo.alpha is None:
-        if alpha is not None:
-            raise ConfigError(
-                f"alpha: algo={name} has no alpha parameter (only alphapo does), got alpha={alpha!r}; "
-                "remove `alpha=` from this job or choose algo=alphapo"
-            )
-    elif alpha is None:
-        alpha = algo.alpha
-
-    gamma = cfg.gamma
-    if algo.gamma is None:
-        if gamma is not None:
-            raise ConfigError(
-                f"gamma: algo={name} has no gamma parameter (simpo and alphapo do), got gamma={gamma!r}; "
-                "remove `gamma=` from this job"
-            )
-    elif gamma is None:
-        gamma = algo.gamma
+    alpha = _optional_value(cfg, "alpha", "only alphapo does")
+    gamma = _optional_value(cfg, "gamma", "simpo and alphapo do")
     if gamma is not None and gamma < 0:
         raise ConfigError(f"gamma: must be >= 0, got {gamma!r}")
 

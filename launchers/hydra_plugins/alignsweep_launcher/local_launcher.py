@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hydra.core.utils import JobReturn, JobStatus, setup_globals
+from hydra.core.utils import JobReturn, setup_globals
 from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+
+from alignsweep.launch import SweepLauncher, job_return
 
 log = logging.getLogger(__name__)
 
 
-class LocalProcessLauncher(Launcher):
+class LocalProcessLauncher(SweepLauncher, Launcher):
     def __init__(
         self,
         max_parallel: Optional[int] = None,
@@ -40,14 +40,6 @@ class LocalProcessLauncher(Launcher):
         self.threads_per_job = threads_per_job or max(1, cores // self.max_parallel)
         self.progress_every_s = progress_every_s
         self.collect = collect
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
-        self.task_function: Optional[TaskFunction] = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
-        self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from alignsweep.launch import prepare_jobs
@@ -56,7 +48,7 @@ class LocalProcessLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         jobs = prepare_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
         if self.config.dry_run:
-            return [self._dry_run(job) for job in jobs]
+            return self.dry_run(jobs)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         print(
             f"[alignsweep] {len(jobs)} jobs, {self.max_parallel} at a time, {self.threads_per_job} thread(s) each; "
@@ -72,10 +64,6 @@ class LocalProcessLauncher(Launcher):
 
             collect_and_report(sweep_dir)
         return returns
-
-    def _dry_run(self, job: Any) -> JobReturn:
-        print(f"#{job.num} {job.job.describe()}", flush=True)
-        return self._job_return(job, 0)
 
     def _run_all(self, jobs: list) -> list[JobReturn]:
         from alignsweep import rundir
@@ -118,18 +106,7 @@ class LocalProcessLauncher(Launcher):
                 proc.terminate()
             raise
         printer.summary()
-        return [self._job_return(job, codes.get(job.num, 1)) for job in jobs]
-
-    @staticmethod
-    def _job_return(job: Any, code: int) -> JobReturn:
-        ret = JobReturn()
-        ret.overrides = list(job.overrides)
-        ret.working_dir = str(job.run_dir)
-        ret.cfg = job.config
-        ret.hydra_cfg = None
-        ret.status = JobStatus.COMPLETED
-        ret.return_value = code
-        return ret
+        return [job_return(job, codes.get(job.num, 1)) for job in jobs]
 
 
 __all__ = ["LocalProcessLauncher"]

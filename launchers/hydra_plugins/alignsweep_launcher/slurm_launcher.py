@@ -21,15 +21,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hydra.core.utils import JobReturn, JobStatus, setup_globals
+from hydra.core.utils import JobReturn, setup_globals
 from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from alignsweep.launch import SweepLauncher, job_return
 
 log = logging.getLogger(__name__)
 
 
-class SlurmArrayLauncher(Launcher):
+class SlurmArrayLauncher(SweepLauncher, Launcher):
     def __init__(
         self,
         partition: Optional[str] = None,
@@ -55,12 +56,6 @@ class SlurmArrayLauncher(Launcher):
         self.signal_delay_s = signal_delay_s
         self.wait = wait
         self.poll_s = poll_s
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from alignsweep import cluster
@@ -70,9 +65,7 @@ class SlurmArrayLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         jobs = prepare_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
         if self.config.dry_run:
-            for job in jobs:
-                print(f"#{job.num} {job.job.describe()}", flush=True)
-            return [_job_return(job, "dry-run") for job in jobs]
+            return self.dry_run(jobs)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         active = cluster.active_job_ids(sweep_dir)
         todo, skipped = [], []
@@ -133,7 +126,7 @@ class SlurmArrayLauncher(Launcher):
             from alignsweep.collect import collect_and_report
 
             collect_and_report(sweep_dir)
-        return [_job_return(job, submitted.get(job.num, {}).get("job_id", "skipped")) for job in jobs]
+        return [job_return(job, submitted.get(job.num, {}).get("job_id", "skipped")) for job in jobs]
 
     def _executor(self, sweep_dir: Path, res: dict, n_jobs: int) -> Any:
         import submitit
@@ -168,14 +161,3 @@ class SlurmArrayLauncher(Launcher):
             params["slurm_setup"] = self.setup_lines
         executor.update_parameters(**params)
         return executor
-
-
-def _job_return(job: Any, value: Any) -> JobReturn:
-    ret = JobReturn()
-    ret.overrides = list(job.overrides)
-    ret.working_dir = str(job.run_dir)
-    ret.cfg = job.config
-    ret.hydra_cfg = None
-    ret.status = JobStatus.COMPLETED
-    ret.return_value = value
-    return ret
