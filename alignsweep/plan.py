@@ -101,6 +101,8 @@ def resolve_job(cfg: Any) -> Job:
         raise ConfigError(f"kl_budget: must be > 0 nats or null, got {cfg.kl_budget!r}")
     if cfg.train.checkpoints < 1:
         raise ConfigError(f"train.checkpoints: must be >= 1, got {cfg.train.checkpoints!r}")
+    if cfg.eval.kl_estimator not in ("mc", "exact_token"):
+        raise ConfigError(f"eval.kl_estimator: expected mc or exact_token, got {cfg.eval.kl_estimator!r}")
     if cfg.eval.prompts is not None and cfg.eval.prompts < 1:
         raise ConfigError(f"eval.prompts: must be >= 1 or null, got {cfg.eval.prompts!r}")
     embedded = cfg.data.embedded

