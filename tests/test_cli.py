@@ -75,3 +75,11 @@ def test_make_run_sweep_is_fifteen_jobs(cli):
     jobs = [l for l in out.splitlines() if l.startswith("#")]
     assert len(jobs) == 15 and all("model=embedded_tiny" in l and "data=embedded" in l for l in jobs)
     assert {re.search(r"algo=(\w+)", l).group(1) for l in jobs} == {"dpo", "ipo", "slic", "simpo", "alphapo"}
+
+
+def test_a_model_the_hub_cannot_give_stops_the_job_with_a_way_out(cli):
+    proc = cli("model=pythia_1b", "logger=none", check=False, env={"HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 2
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: model=pythia_1b: cannot load 'EleutherAI/pythia-1b-deduped'")
+    assert "model.path=DIR" in message and "Traceback" not in proc.stderr
