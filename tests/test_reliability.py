@@ -233,15 +233,21 @@ def test_chaos_killed_jobs_resubmitted_end_as_an_undisturbed_sweep(cli):
     for attempt in range(8):
         proc = cli.popen(*sweep_args, "hydra.sweep.dir=storm")
         if attempt < 3:
-            time.sleep(rng.uniform(4, 14))
-            runs = [d for d in storm.glob("*") if (d / rundir.CONFIG).exists()]
-            running = [(d, s) for d in runs if (s := rundir.read_status(d)) and s.get("state") == "running"]
-            if running:
-                victim, status = rng.choice(running)
+            # wait for a job to be training, then kill it a random moment later (mid-step, mid-eval, ...)
+            deadline, victim = time.time() + 300, None
+            while victim is None and time.time() < deadline and proc.poll() is None:
+                runs = [d for d in storm.glob("*") if (d / rundir.CONFIG).exists()]
+                training = [(d, s) for d in runs if (s := rundir.read_status(d))
+                            and s.get("state") == "running" and s.get("phase") in ("train", "eval")]
+                victim = rng.choice(training) if training else None
+                time.sleep(0.2)
+            if victim is not None:
+                time.sleep(rng.uniform(0.0, 3.0))
+                run, status = victim
                 sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
                 try:
                     os.kill(status["pid"], sig)
-                    kills.append((victim.name, sig.name, status.get("phase"), status.get("step")))
+                    kills.append((run.name, sig.name, status.get("phase"), status.get("step")))
                 except ProcessLookupError:
                     pass
         proc.communicate(timeout=600)
