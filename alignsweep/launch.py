@@ -188,6 +188,15 @@ class SweepLauncher:
         self.hydra_context = hydra_context
         self.task_function = task_function
 
+    def prepare(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, Path]:
+        """Every job composed and validated (see `prepare_jobs`), and the sweep directory."""
+        from hydra.core.utils import setup_globals
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        jobs = prepare_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+        return jobs, Path(str(self.config.hydra.sweep.dir)).absolute()
+
     @staticmethod
     def dry_run(jobs: Sequence[PreparedJob]) -> list:
         for job in jobs:

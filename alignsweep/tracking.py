@@ -31,27 +31,33 @@ class NullTracker:
         pass
 
 
+def _wandb_init(logger_cfg: Any, directory: Path, identity: str, **kwargs: Any) -> Any:
+    """A wandb run written under `directory`, its staging files too (not the home directory).
+
+    Its id is a hash of `identity`, so a resumed job (or a re-collected sweep) continues its run
+    instead of starting another.
+    """
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
+        os.environ.setdefault(var, str(Path(directory) / "wandb" / sub))
+    return wandb.init(
+        id=hashlib.sha1(identity.encode()).hexdigest()[:12],
+        resume="allow",
+        project=logger_cfg.project,
+        entity=logger_cfg.entity,
+        dir=str(directory),
+        mode=wandb_mode(logger_cfg.mode),
+        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        **kwargs,
+    )
+
+
 class WandbTracker:
     def __init__(self, logger_cfg: Any, run_dir: Path, *, group: str, job_type: str, name: str, config: dict):
-        import wandb
-
-        mode = wandb_mode(logger_cfg.mode)
-        os.environ.setdefault("WANDB_SILENT", "true")
-        for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
-            os.environ.setdefault(var, str(Path(run_dir) / "wandb" / sub))
-        run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
-        self.run = wandb.init(
-            id=run_id,  # stable: a resumed job continues its wandb run instead of starting another
-            resume="allow",
-            project=logger_cfg.project,
-            entity=logger_cfg.entity,
-            dir=str(run_dir),
-            group=group,
-            job_type=job_type,
-            name=name,
-            config=config,
-            mode=mode,
-            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        self.run = _wandb_init(
+            logger_cfg, run_dir, str(Path(run_dir).resolve()), group=group, job_type=job_type, name=name, config=config
         )
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
@@ -80,21 +86,9 @@ def log_sweep_summary(logger_cfg: Any, sweep_dir: Path, table: Any, fits: Any, f
     import wandb
 
     sweep_dir = Path(sweep_dir)
-    mode = wandb_mode(logger_cfg.mode)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
-        os.environ.setdefault(var, str(sweep_dir / "wandb" / sub))
-    run = wandb.init(
-        id=hashlib.sha1(f"{sweep_dir.resolve()}:summary".encode()).hexdigest()[:12],
-        resume="allow",
-        project=logger_cfg.project,
-        entity=logger_cfg.entity,
-        dir=str(sweep_dir),
-        group=sweep_dir.name,
-        job_type="summary",
-        name=f"{sweep_dir.name}-summary",
-        mode=mode,
-        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+    run = _wandb_init(
+        logger_cfg, sweep_dir, f"{sweep_dir.resolve()}:summary",
+        group=sweep_dir.name, job_type="summary", name=f"{sweep_dir.name}-summary",
     )
     payload: dict[str, Any] = {"results": wandb.Table(dataframe=_wandb_safe(table))}
     if fits is not None and not fits.empty:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
 
 from alignsweep.plan import ConfigError, checkpoint_steps, resolve_job
 from alignsweep.schema import register

@@ -8,9 +8,7 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -202,7 +200,7 @@ def test_non_finite_loss_stops_the_run_as_diverged(cli):
     status = rundir.read_status(cli.cwd / "run")
     assert status["state"] == "diverged" and status["stop_reason"] == "non_finite_loss"
     assert 0 < status["step"] < status["total_steps"]
-    table = cli(str(cli.cwd / "run"), module="alignsweep.collect")
+    cli(str(cli.cwd / "run"), module="alignsweep.collect")
     assert "diverged" in (cli.cwd / "run" / "results.csv").read_text()
 
 

@@ -16,10 +16,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hydra.core.utils import JobReturn, setup_globals
+from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 
 from alignsweep.launch import SweepLauncher, job_return
@@ -42,14 +41,9 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
         self.collect = collect
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from alignsweep.launch import prepare_jobs
-
-        setup_globals()
-        assert self.config is not None and self.hydra_context is not None
-        jobs = prepare_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+        jobs, sweep_dir = self.prepare(job_overrides, initial_job_idx)
         if self.config.dry_run:
             return self.dry_run(jobs)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         print(
             f"[alignsweep] {len(jobs)} jobs, {self.max_parallel} at a time, {self.threads_per_job} thread(s) each; "
             f"sweep directory: {sweep_dir}",

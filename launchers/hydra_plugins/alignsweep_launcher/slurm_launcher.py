@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hydra.core.utils import JobReturn, setup_globals
+from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
@@ -59,14 +59,11 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from alignsweep import cluster
-        from alignsweep.launch import prepare_jobs, tier_of, write_manifest
+        from alignsweep.launch import tier_of, write_manifest
 
-        setup_globals()
-        assert self.config is not None and self.hydra_context is not None
-        jobs = prepare_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+        jobs, sweep_dir = self.prepare(job_overrides, initial_job_idx)
         if self.config.dry_run:
             return self.dry_run(jobs)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         active = cluster.active_job_ids(sweep_dir)
         todo, skipped = [], []
         for job in jobs:
