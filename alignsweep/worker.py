@@ -9,7 +9,6 @@ Run a prepared run directory with `python -m alignsweep.worker RUN_DIR` (what th
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainerCallback
 
 from alignsweep import rundir
-from alignsweep.plan import ConfigError, checkpoint_steps, resolve_job
+from alignsweep.distributed import rank, write_rank_record
+from alignsweep.plan import ConfigError, resolve_job
 
 log = logging.getLogger("alignsweep.worker")
 
@@ -106,11 +105,6 @@ def base_model_and_tokenizer(cfg: Any):
         return (lambda: models.build_tiny_model(cfg.model.arch, tokenizer, cfg.sft.seed)), tokenizer
     model, tokenizer = models.load_pretrained(cfg.model)
     return model, tokenizer
-
-
-def rank() -> int:
-    """This process's rank in a distributed job (0 when alone)."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -282,181 +276,20 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     )
     if main and trainer.ref_cache_hit is not None:
         rundir.write_status(run_dir, ref_logps="read from the sweep's cache" if trainer.ref_cache_hit else "computed")
+    from alignsweep.checkpoint_callback import CheckpointCallback
+
     callback = CheckpointCallback(trainer, evaluator, cfg, job, run_dir, tracker)
     trainer.add_callback(callback)
     if main:
         rundir.write_status(run_dir, phase="train")
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _write_rank_record(run_dir, trainer)
+        write_rank_record(run_dir, trainer)
     if callback.diverged_at is not None:
         return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": "non_finite_loss"}
     if cfg.train.save_final_model:
         trainer.save_model(str(run_dir / "model"))
     return {"state": "completed", "phase": "done", "step": callback.last_step, "stop_reason": callback.stop_reason}
-
-
-def _write_rank_record(run_dir: Path, trainer: Any) -> None:
-    """Each rank of a distributed job notes what it trained and a checksum of its final weights
-    (RUN_DIR/ranks/RANK.json): equal checksums show the gradients were synchronised."""
-    import json
-
-    import torch
-
-    with torch.no_grad():
-        checksum = float(sum(p.double().sum() for p in trainer.model.parameters()))
-    record = {
-        "rank": rank(),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "steps": trainer.state.global_step,
-        "micro_batches": len(trainer.step_losses),
-        "param_checksum": checksum,
-    }
-    (run_dir / "ranks").mkdir(exist_ok=True)
-    rundir.atomic_write_text(run_dir / "ranks" / f"{rank()}.json", json.dumps(record))
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _agree(flag: bool) -> bool:
-    """Rank 0's decision, on every rank (stopping must be unanimous or the others hang)."""
-    if not _distributed():
-        return flag
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([1 if flag else 0])
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
-def _any(flag: bool) -> bool:
-    if not _distributed():
-        return flag
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([1 if flag else 0])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def _global_mean(values: list[float]) -> float | None:
-    """Mean over all ranks' values (each rank sees its own share of the batch)."""
-    total, count = sum(values), len(values)
-    if _distributed():
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([total, float(count)], dtype=torch.float64)
-        dist.all_reduce(t)
-        total, count = t.tolist()
-    return total / count if count else None
-
-
-class CheckpointCallback(TrainerCallback):
-    """Evaluates at step 0 and at the checkpoint steps, watches the KL budget, records progress."""
-
-    def __init__(self, trainer: Any, evaluator: Any, cfg: Any, job: Any, run_dir: Path, tracker: Any):
-        self.trainer, self.evaluator, self.cfg, self.job = trainer, evaluator, cfg, job
-        self.run_dir, self.tracker = run_dir, tracker
-        self.main = rank() == 0
-        self.ckpts: list[int] = []
-        self.total = 0
-        self.last_step = 0
-        self.evaluated: set[int] = {row["step"] for row in rundir.read_metrics(run_dir, problems=[])}
-        self.stop_reason = "end_of_training"
-        self.diverged_at: int | None = None
-        self._loss_mark = 0
-        self._last_progress = 0.0
-
-    def _status(self, **fields: Any) -> None:
-        if self.main:
-            rundir.write_status(self.run_dir, **fields)
-
-    def _train_loss(self) -> float | None:
-        losses = self.trainer.step_losses[self._loss_mark :]
-        self._loss_mark = len(self.trainer.step_losses)
-        return _global_mean(losses)
-
-    def _evaluate(self, step: int, reason: str | None = None) -> dict | None:
-        """Evaluate the policy at `step` (rank 0; the other ranks only keep count)."""
-        train_loss = self._train_loss()  # collective: every rank takes part
-        self.evaluated.add(step)
-        if not self.main or not self.cfg.eval.enabled:
-            return None
-        self._status(phase="eval", step=step)
-        row = self.evaluator.evaluate(self.trainer.model, step)
-        row.update(
-            {
-                "step": step,
-                "epoch": step / self.total * float(self.cfg.train.epochs) if self.total else 0.0,
-                "progress": step / self.total if self.total else 0.0,
-                "checkpoint": len(self.evaluated) - 1,
-                "train_loss": train_loss,
-                "algo": self.job.algo,
-                "beta": self.job.beta,
-                "alpha": self.job.alpha,
-                "gamma": self.job.gamma,
-                "model": self.job.model,
-            }
-        )
-        if reason:
-            row["stop_reason"] = reason
-        rundir.append_metrics(self.run_dir, row)
-        self.tracker.log(row, step=step)
-        self._status(phase="train", step=step, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"])
-        return row
-
-    def _over_budget(self, row: dict | None) -> bool:
-        return self.job.kl_budget is not None and row is not None and row["kl"] > self.job.kl_budget
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.total = state.max_steps
-        self.ckpts = checkpoint_steps(self.total, self.cfg.train.checkpoints)
-        self._status(total_steps=self.total, checkpoint_steps=self.ckpts, checkpoints_done=len(self.evaluated))
-        if 0 not in self.evaluated:
-            row = self._evaluate(0)
-            if _agree(self._over_budget(row)):
-                self._stop(0, control)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        step = self.last_step = state.global_step
-        recent = self.trainer.step_losses[-1:] or [0.0]
-        if _any(not math.isfinite(recent[-1])):
-            self.diverged_at = step
-            self.stop_reason = "non_finite_loss"
-            control.should_training_stop = True
-            return
-        if step in self.ckpts and step not in self.evaluated:
-            stop = _agree(self._over_budget(self._evaluate(step)))
-            control.should_save = bool(self.cfg.train.resumable) and step < self.total and not stop
-            if stop:
-                self._stop(step, control)
-        elif self.job.kl_budget is not None and step % self.cfg.train.kl_check_every == 0:
-            over = False
-            if self.main:
-                est = self.evaluator.kl(
-                    self.trainer.model, n_prompts=self.cfg.train.kl_check_prompts, seed=10_000 + step
-                )
-                over = est["kl"] > self.job.kl_budget
-            if _agree(over):
-                self._evaluate(step, reason="kl_budget")
-                self._stop(step, control)
-        now = time.time()
-        if now - self._last_progress > 1.0:
-            self._last_progress = now
-            self._status(step=step)
-
-    def _stop(self, step: int, control: Any) -> None:
-        self.stop_reason = "kl_budget"
-        self.last_step = step
-        control.should_training_stop = True
-        self._status(stop_reason="kl_budget", stopped_at=step)
 
 
 def load_config(path: Path) -> DictConfig:

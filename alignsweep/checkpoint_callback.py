@@ -1,0 +1,117 @@
+"""Evaluation during training: step 0, the evenly spaced checkpoints and the end, the running KL
+check of `kl_budget`, divergence, progress in the run's status, and trainer checkpoints for resuming.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from alignsweep import rundir
+from alignsweep.distributed import agree, any_rank, global_mean, rank
+from alignsweep.plan import checkpoint_steps
+
+
+class CheckpointCallback(TrainerCallback):
+    """Evaluates at step 0 and at the checkpoint steps, watches the KL budget, records progress."""
+
+    def __init__(self, trainer: Any, evaluator: Any, cfg: Any, job: Any, run_dir: Path, tracker: Any):
+        self.trainer, self.evaluator, self.cfg, self.job = trainer, evaluator, cfg, job
+        self.run_dir, self.tracker = run_dir, tracker
+        self.main = rank() == 0
+        self.ckpts: list[int] = []
+        self.total = 0
+        self.last_step = 0
+        self.evaluated: set[int] = {row["step"] for row in rundir.read_metrics(run_dir, problems=[])}
+        self.stop_reason = "end_of_training"
+        self.diverged_at: int | None = None
+        self._loss_mark = 0
+        self._last_progress = 0.0
+
+    def _status(self, **fields: Any) -> None:
+        if self.main:
+            rundir.write_status(self.run_dir, **fields)
+
+    def _train_loss(self) -> float | None:
+        losses = self.trainer.step_losses[self._loss_mark :]
+        self._loss_mark = len(self.trainer.step_losses)
+        return global_mean(losses)
+
+    def _evaluate(self, step: int, reason: str | None = None) -> dict | None:
+        """Evaluate the policy at `step` (rank 0; the other ranks only keep count)."""
+        train_loss = self._train_loss()  # collective: every rank takes part
+        self.evaluated.add(step)
+        if not self.main or not self.cfg.eval.enabled:
+            return None
+        self._status(phase="eval", step=step)
+        row = self.evaluator.evaluate(self.trainer.model, step)
+        row.update(
+            {
+                "step": step,
+                "epoch": step / self.total * float(self.cfg.train.epochs) if self.total else 0.0,
+                "progress": step / self.total if self.total else 0.0,
+                "checkpoint": len(self.evaluated) - 1,
+                "train_loss": train_loss,
+                "algo": self.job.algo,
+                "beta": self.job.beta,
+                "alpha": self.job.alpha,
+                "gamma": self.job.gamma,
+                "model": self.job.model,
+            }
+        )
+        if reason:
+            row["stop_reason"] = reason
+        rundir.append_metrics(self.run_dir, row)
+        self.tracker.log(row, step=step)
+        self._status(phase="train", step=step, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"])
+        return row
+
+    def _over_budget(self, row: dict | None) -> bool:
+        return self.job.kl_budget is not None and row is not None and row["kl"] > self.job.kl_budget
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.total = state.max_steps
+        self.ckpts = checkpoint_steps(self.total, self.cfg.train.checkpoints)
+        self._status(total_steps=self.total, checkpoint_steps=self.ckpts, checkpoints_done=len(self.evaluated))
+        if 0 not in self.evaluated:
+            row = self._evaluate(0)
+            if agree(self._over_budget(row)):
+                self._stop(0, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = self.last_step = state.global_step
+        recent = self.trainer.step_losses[-1:] or [0.0]
+        if any_rank(not math.isfinite(recent[-1])):
+            self.diverged_at = step
+            self.stop_reason = "non_finite_loss"
+            control.should_training_stop = True
+            return
+        if step in self.ckpts and step not in self.evaluated:
+            stop = agree(self._over_budget(self._evaluate(step)))
+            control.should_save = bool(self.cfg.train.resumable) and step < self.total and not stop
+            if stop:
+                self._stop(step, control)
+        elif self.job.kl_budget is not None and step % self.cfg.train.kl_check_every == 0:
+            over = False
+            if self.main:
+                est = self.evaluator.kl(
+                    self.trainer.model, n_prompts=self.cfg.train.kl_check_prompts, seed=10_000 + step
+                )
+                over = est["kl"] > self.job.kl_budget
+            if agree(over):
+                self._evaluate(step, reason="kl_budget")
+                self._stop(step, control)
+        now = time.time()
+        if now - self._last_progress > 1.0:
+            self._last_progress = now
+            self._status(step=step)
+
+    def _stop(self, step: int, control: Any) -> None:
+        self.stop_reason = "kl_budget"
+        self.last_step = step
+        control.should_training_stop = True
+        self._status(stop_reason="kl_budget", stopped_at=step)
