@@ -41,6 +41,13 @@ def _evaluated(table):
     return table.dropna(subset=["step", "win_rate", "sqrt_kl"])
 
 
+def _legend(ax: Any, fontsize: int) -> None:
+    """A legend with one entry per label (a label repeats when several runs share a beta)."""
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=fontsize)
+
+
 def _finals(rows):
     return rows.loc[rows.groupby("run")["step"].idxmax()]
 
@@ -72,9 +79,7 @@ def plot_winrate_vs_kl(table, path: Path) -> Path:
         ax.set_title(algo.upper())
         ax.set_xlabel("sqrt(KL(pi || pi_ref))")
         ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=7)
+        _legend(ax, 7)
     axes[0][0].set_ylabel("win rate vs reference")
     fig.suptitle("Win rate against sqrt(KL); star = final checkpoint", fontsize=10)
     fig.tight_layout()
@@ -176,9 +181,7 @@ def figure_dynamics(table, path: Path) -> list[Path]:
             axes[1][col].plot(run["progress"], run["sqrt_kl"], marker="o", markersize=3, color=colors[beta])
         axes[0][col].set_title(algo.upper(), fontsize=10)
         axes[1][col].set_xlabel("fraction of the epoch")
-        handles, labels = axes[0][col].get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        axes[0][col].legend(unique.values(), unique.keys(), fontsize=7)
+        _legend(axes[0][col], 7)
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("win rate")
@@ -206,9 +209,7 @@ def figure_likelihood(table, path: Path) -> list[Path]:
         ax.set_title(algo.upper(), fontsize=10)
         ax.set_xlabel("fraction of the epoch")
         ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=6)
+        _legend(ax, 6)
     axes[0][0].set_ylabel("mean log-likelihood (held-out pairs)")
     fig.suptitle("Likelihood displacement: chosen (solid) and rejected (dashed)", fontsize=11)
     fig.tight_layout()
