@@ -57,12 +57,11 @@ def model_source(model_cfg: Any) -> str:
     return model_cfg.path or model_cfg.hub_id
 
 
-def load_pretrained(model_cfg: Any) -> tuple[Any, Any]:
-    """Model and tokenizer from `model.path` (preferred) or `model.hub_id`."""
+def _loading(model_cfg: Any, load: Any) -> Any:
+    """`load(source)`, with a missing or unreachable checkpoint reported as what to do about it."""
     source = model_source(model_cfg)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[model_cfg.dtype])
+        return load(source)
     except (OSError, ValueError) as exc:
         where = "local folder" if model_cfg.path else "Hugging Face hub id"
         raise ModelNotFound(
@@ -71,8 +70,18 @@ def load_pretrained(model_cfg: Any) -> tuple[Any, Any]:
             f"`huggingface-cli download {model_cfg.hub_id or source} --local-dir DIR`), copy it here and "
             f"run with `model.path=DIR`."
         ) from None
-    ensure_pad_token(tokenizer, source)
-    return model, tokenizer
+
+
+def load_pretrained_tokenizer(model_cfg: Any) -> Any:
+    """The tokenizer of `model.path` (preferred) or `model.hub_id`, able to pad."""
+    tokenizer = _loading(model_cfg, AutoTokenizer.from_pretrained)
+    ensure_pad_token(tokenizer, model_source(model_cfg))
+    return tokenizer
+
+
+def load_pretrained_model(model_cfg: Any) -> Any:
+    """The weights of `model.path` (preferred) or `model.hub_id`, in `model.dtype`."""
+    return _loading(model_cfg, lambda source: AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[model_cfg.dtype]))
 
 
 def ensure_pad_token(tokenizer: Any, source: str) -> None:

@@ -39,8 +39,9 @@ def sft_key(cfg: Any) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_sft(cfg: Any, task: dict, base_model: Any, tokenizer: Any, device_kwargs: dict) -> Path:
-    """Path of the cached SFT model, building it first if no job has yet."""
+def ensure_sft(cfg: Any, task: dict, build_base_model: Any, tokenizer: Any, device_kwargs: dict) -> Path:
+    """Path of the cached SFT model, building it first if no job has yet (`build_base_model()` is
+    called only then, so a cache hit never loads the base weights)."""
     root = Path(cfg.paths.cache_dir) / "sft"
     root.mkdir(parents=True, exist_ok=True)
     key = sft_key(cfg)
@@ -51,7 +52,7 @@ def ensure_sft(cfg: Any, task: dict, base_model: Any, tokenizer: Any, device_kwa
         tmp = root / f"{key}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("building the SFT model %s", key)
-        model = base_model() if callable(base_model) else base_model
+        model = build_base_model()
         if cfg.sft.enabled:
             _train(cfg, task["sft"], model, tokenizer, tmp / "trainer", device_kwargs)
         model.save_pretrained(tmp)

@@ -95,7 +95,8 @@ def device_kwargs(cfg: Any) -> dict:
 
 
 def base_model_and_tokenizer(cfg: Any):
-    """The model SFT starts from and its tokenizer (built locally for the embedded tiny model)."""
+    """A factory of the model SFT starts from, and its tokenizer (built locally for the embedded
+    tiny model). The model is only built or loaded when the SFT cache does not have it yet."""
     from alignsweep import models
     from alignsweep.data import embedded
 
@@ -103,8 +104,7 @@ def base_model_and_tokenizer(cfg: Any):
         vocab = embedded.vocabulary(cfg.data.embedded.n_words, cfg.data.embedded.n_fillers)
         tokenizer = models.build_word_tokenizer(vocab.tokens)
         return (lambda: models.build_tiny_model(cfg.model.arch, tokenizer, cfg.sft.seed)), tokenizer
-    model, tokenizer = models.load_pretrained(cfg.model)
-    return model, tokenizer
+    return (lambda: models.load_pretrained_model(cfg.model)), models.load_pretrained_tokenizer(cfg.model)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
