@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast bench cluster-up cluster-down clean
+.PHONY: help install run test test-fast bench bench-gpu findings cluster-up cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -44,6 +44,12 @@ test-fast: $(STAMP) ## run the fast tier (no end-to-end training)
 
 bench: $(STAMP) ## measure sweep overheads side by side; writes bench/results.json and BENCHMARKS.md
 	$(PY) -m alignsweep.bench
+
+bench-gpu: $(STAMP) ## DPO step throughput and MFU on one GPU (Pythia-2.8B architecture) vs plain TRL
+	$(PY) -m alignsweep.bench_gpu
+
+findings: $(STAMP) ## run the four embedded-scale findings and draw docs/figures/findings/ (about 30 min)
+	$(PY) -m alignsweep.findings
 
 cluster-up: ## start a single-node SLURM cluster on localhost (Debian packages, root)
 	bash launchers/slurm/start_cluster.sh

@@ -1,0 +1,302 @@
+"""`python -m alignsweep.findings [NAME ...]` (`make findings`): the papers' findings at embedded scale.
+
+Each finding is an experiment config (`conf/experiment/NAME.yaml`). For each one named (all by
+default) this runs the sweep with the local launcher, `python -m alignsweep -m experiment=NAME`
+(completed jobs of an earlier run of the same sweep directory are skipped, so an interrupted run
+resumes), collects it, and draws its figures into `docs/figures/findings/` together with a
+`NAME.json` of the headline numbers that `docs/findings.md` quotes. Nothing is drawn by hand.
+
+    python -m alignsweep.findings                       # all four, sweeps under outputs/findings/
+    python -m alignsweep.findings overopt_embedded      # one
+    python -m alignsweep.findings --no-run tree_mdp     # redraw from an existing sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from alignsweep.plots import _colors, _evaluated, _legend, _plt, _save, figure_length, figure_overoptimization
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _num(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else round(x, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. over-optimization
+
+
+def overopt_numbers(table, fitted) -> dict:
+    """Per (algorithm, model): the SFT win rate, the best checkpoint, the checkpoint of largest KL,
+    how much was lost from the best to it, and the fitted peak."""
+    rows = _evaluated(table)
+    out = []
+    for (algo, model), group in rows.groupby(["algo", "model"]):
+        base = group[group["step"] == 0]["win_rate"].mean()
+        best = group.loc[group["win_rate"].idxmax()]
+        far = group.loc[group["sqrt_kl"].idxmax()]
+        entry = {
+            "algo": algo, "model": model, "sft_win_rate": _num(base),
+            "best_win_rate": _num(best["win_rate"]), "best_at_sqrt_kl": _num(best["sqrt_kl"]),
+            "best_beta": _num(best["beta"]), "best_progress": _num(best["progress"]),
+            "max_sqrt_kl": _num(far["sqrt_kl"]), "win_rate_at_max_kl": _num(far["win_rate"]),
+            "drop_best_to_max_kl": _num(best["win_rate"] - far["win_rate"]),
+        }
+        if fitted is not None and not fitted.empty:
+            sel = fitted[(fitted["algo"] == algo) & (fitted["model"] == model) & (fitted["form"] == "log")
+                         & (fitted["checkpoints"] == "all")]
+            if not sel.empty:
+                fit = sel.iloc[0]
+                entry.update({"fit_log_alpha": _num(fit["alpha"]), "fit_log_beta": _num(fit["beta"]),
+                              "fit_peak_sqrt_kl": _num(fit["d_peak"]), "fit_peak_win_rate": _num(fit["peak"]),
+                              "fit_rmse": _num(fit["rmse"])})
+        out.append(entry)
+    return {"groups": out}
+
+
+def draw_overopt(table, fitted, out: Path) -> list[Path]:
+    files = figure_overoptimization(table, out / "overopt_embedded_fig1", fits=fitted, form="log")
+    files += _winrate_by_group(table, out / "overopt_embedded_dynamics", by="beta", panel="algo", row="model")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. length exploitation
+
+
+def length_numbers(table, fitted) -> dict:
+    rows = _evaluated(table).dropna(subset=["length_r2", "kl"])
+    rows = rows[rows["step"] > 0]
+    out = []
+    for (algo, model), group in rows.groupby(["algo", "model"]):
+        corr = np.corrcoef(group["kl"], group["length_r2"])[0, 1] if len(group) > 2 else float("nan")
+        median = group["kl"].median()
+        out.append({
+            "algo": algo, "model": model, "checkpoints": int(len(group)),
+            "mean_r2": _num(group["length_r2"].mean()),
+            "mean_r2_below_median_kl": _num(group[group["kl"] <= median]["length_r2"].mean()),
+            "mean_r2_above_median_kl": _num(group[group["kl"] > median]["length_r2"].mean()),
+            "corr_kl_r2": _num(corr),
+            "best_win_rate": _num(group["win_rate"].max()),
+            "mean_response_length_at_max_kl": _num(group.loc[group["kl"].idxmax(), "response_length"]),
+        })
+    return {"groups": out}
+
+
+def draw_length(table, fitted, out: Path) -> list[Path]:
+    files = figure_length(table, out / "length_embedded_r2")
+    files += figure_frontier(table, out / "length_embedded_frontier")
+    return files
+
+
+def figure_frontier(table, path: Path) -> list[Path]:
+    """Win rate against sqrt(KL) with one colour per algorithm (every checkpoint), one panel per
+    model: the KL/win-rate frontier of DPO against R-DPO (the paper's length figure, left)."""
+    plt = _plt()
+    rows = _evaluated(table)
+    models = sorted(rows["model"].unique())
+    algos = sorted(rows["algo"].unique())
+    colors = _colors(algos)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for algo in algos:
+            pts = rows[(rows["model"] == model) & (rows["algo"] == algo)]
+            ax.errorbar(pts["sqrt_kl"], pts["win_rate"], yerr=pts["win_rate_se"], fmt="o", markersize=4, capsize=2,
+                        color=colors[algo], alpha=0.8, label=algo.upper())
+            if len(pts) > 2:  # the running best: the frontier
+                order = pts.sort_values("sqrt_kl")
+                ax.plot(order["sqrt_kl"], order["win_rate"].cummax(), color=colors[algo], linewidth=1, alpha=0.6)
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("sqrt(KL(pi || pi_ref))")
+        ax.grid(alpha=0.3)
+        _legend(ax, 8)
+    axes[0][0].set_ylabel("win rate vs reference")
+    fig.suptitle("KL / win-rate frontier (line: best so far at that KL)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. the Tree MDP (alignsweep.tree_mdp draws its own figure)
+
+
+def tree_numbers(table, fitted) -> dict:
+    rows = table.dropna(subset=["step"])
+    out = []
+    for (algo, beta), group in rows.groupby(["algo", "beta"]):
+        group = group.sort_values("step")
+        first, last = group.iloc[0], group.iloc[-1]
+        entry = {"algo": algo, "beta": _num(beta), "steps": int(last["step"])}
+        for key in ("id_mass", "ood_mass", "chosen_logratio", "rejected_logratio", "kl", "kl_ref_pi"):
+            if key in group:
+                entry[f"{key}_start"], entry[f"{key}_end"] = _num(first[key]), _num(last[key])
+        out.append(entry)
+    return {"groups": out}
+
+
+def draw_tree(table, fitted, out: Path) -> list[Path]:
+    from alignsweep import tree_mdp
+
+    return tree_mdp.plot_tree_mdp(table, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. reward shape (AlphaPO)
+
+
+def alpha_numbers(table, fitted) -> dict:
+    rows = _evaluated(table)
+    out = []
+    for alpha, group in rows.groupby(rows["alpha"].fillna(0.0)):
+        for beta, sub in group.groupby("beta"):
+            sub = sub.sort_values("step")
+            first, last = sub.iloc[0], sub.iloc[-1]
+            best = sub.loc[sub["win_rate"].idxmax()]
+            out.append({
+                "alpha": _num(alpha), "beta": _num(beta),
+                "chosen_logp_change": _num(last["chosen_logp"] - first["chosen_logp"]),
+                "rejected_logp_change": _num(last["rejected_logp"] - first["rejected_logp"]),
+                "final_sqrt_kl": _num(last["sqrt_kl"]), "final_win_rate": _num(last["win_rate"]),
+                "best_win_rate": _num(best["win_rate"]), "best_progress": _num(best["progress"]),
+                "final_response_length": _num(last["response_length"]),
+            })
+    return {"groups": out}
+
+
+def draw_alpha(table, fitted, out: Path) -> list[Path]:
+    """Per alpha: held-out chosen/rejected log-likelihood, sqrt(KL) and win rate over training."""
+    plt = _plt()
+    rows = _evaluated(table).copy()
+    rows["alpha"] = rows["alpha"].fillna(0.0)
+    alphas = sorted(rows["alpha"].unique())
+    colors = _colors(alphas)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), squeeze=False)
+    ax_c, ax_r, ax_k, ax_w = axes[0]
+    for alpha in alphas:
+        for _, run in rows[rows["alpha"] == alpha].groupby("run"):
+            run = run.sort_values("step")
+            label = f"alpha={alpha:g}" + (" (SimPO)" if alpha == 0 else "")
+            ax_c.plot(run["progress"], run["chosen_logp"], marker="o", markersize=3, color=colors[alpha], label=label)
+            ax_r.plot(run["progress"], run["rejected_logp"], marker="o", markersize=3, color=colors[alpha])
+            ax_k.plot(run["progress"], run["sqrt_kl"], marker="o", markersize=3, color=colors[alpha])
+            ax_w.errorbar(run["sqrt_kl"], run["win_rate"], yerr=run["win_rate_se"], marker="o", markersize=3,
+                          capsize=2, color=colors[alpha])
+    for ax, title, xlabel in (
+        (ax_c, "chosen log-likelihood (held out)", "fraction of the epoch"),
+        (ax_r, "rejected log-likelihood (held out)", "fraction of the epoch"),
+        (ax_k, "sqrt(KL(pi || pi_ref))", "fraction of the epoch"),
+        (ax_w, "win rate vs reference", "sqrt(KL(pi || pi_ref))"),
+    ):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    _legend(ax_c, 7)
+    fig.suptitle("Reward shape: AlphaPO over alpha (alpha = 0 is SimPO)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out / "alphapo_shape")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _winrate_by_group(table, path: Path, by: str, panel: str, row: str) -> list[Path]:
+    """Win rate against training progress: a panel per (row value, panel value), a line per `by`."""
+    plt = _plt()
+    rows = _evaluated(table)
+    panels, row_values = sorted(rows[panel].unique()), sorted(rows[row].unique())
+    fig, axes = plt.subplots(len(row_values), len(panels), figsize=(3.6 * len(panels), 2.8 * len(row_values)),
+                             sharex=True, sharey=True, squeeze=False)
+    colors = _colors(sorted(rows[by].unique()))
+    for i, rv in enumerate(row_values):
+        for j, pv in enumerate(panels):
+            ax = axes[i][j]
+            sub = rows[(rows[row] == rv) & (rows[panel] == pv)]
+            for (value, _run), run in sub.groupby([by, "run"]):
+                run = run.sort_values("step")
+                ax.errorbar(run["progress"], run["win_rate"], yerr=run["win_rate_se"], marker="o", markersize=3,
+                            capsize=2, color=colors[value], label=f"{by}={value:g}")
+            ax.set_title(f"{str(pv).upper()} / {rv}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == len(row_values) - 1:
+                ax.set_xlabel("fraction of the epoch")
+            if j == 0:
+                ax.set_ylabel("win rate")
+    _legend(axes[0][-1], 7)
+    fig.suptitle("Win rate over one epoch", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+FINDINGS: dict[str, tuple[Callable, Callable]] = {
+    "overopt_embedded": (draw_overopt, overopt_numbers),
+    "length_embedded": (draw_length, length_numbers),
+    "tree_mdp": (draw_tree, tree_numbers),
+    "alphapo_shape": (draw_alpha, alpha_numbers),
+}
+
+
+def run_sweep(name: str, sweep_dir: Path, overrides: list[str]) -> None:
+    cmd = [sys.executable, "-m", "alignsweep", "-m", f"experiment={name}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    print(f"[findings] {' '.join(cmd[1:])}", flush=True)
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise SystemExit(f"[findings] experiment={name} exited {proc.returncode}; its sweep: {sweep_dir}")
+
+
+def draw(name: str, sweep_dir: Path, out: Path) -> dict:
+    """Collect `sweep_dir` and draw finding `name` into `out`; returns the headline numbers."""
+    from alignsweep.collect import collect, fits, run_dirs
+
+    if not sweep_dir.is_dir() or not run_dirs(sweep_dir):
+        raise SystemExit(f"[findings] {sweep_dir} holds no runs: run experiment={name} first")
+    table = collect(sweep_dir, quiet=True)
+    if table.empty or "step" not in table.columns or table["step"].isna().all():
+        raise SystemExit(f"[findings] {sweep_dir} has no evaluated checkpoints: run experiment={name} first")
+    fitted = fits(table) if "win_rate" in table.columns else None
+    painter, numbers = FINDINGS[name]
+    out.mkdir(parents=True, exist_ok=True)
+    files = painter(table, fitted, out)
+    result = {"experiment": name, "sweep": sweep_dir.name, "runs": int(table["run"].nunique()),
+              "figures": sorted(p.name for p in files), **numbers(table, fitted)}
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"findings to produce (default: all): {', '.join(FINDINGS)}")
+    parser.add_argument("--sweeps", default="outputs/findings", help="folder of the sweeps (one per finding)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "figures" / "findings"), help="figures and numbers")
+    parser.add_argument("--no-run", action="store_true", help="only collect and draw existing sweeps")
+    parser.add_argument("--override", action="append", default=[], help="extra override for every sweep")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in FINDINGS]
+    if unknown:
+        print(f"error: unknown finding(s) {', '.join(unknown)}; expected some of: {', '.join(FINDINGS)}",
+              file=sys.stderr)
+        return 2
+    for name in args.names or list(FINDINGS):
+        sweep_dir = Path(args.sweeps).resolve() / name
+        if not args.no_run:
+            run_sweep(name, sweep_dir, args.override)
+        result = draw(name, sweep_dir, Path(args.out))
+        print(f"[findings] {name}: {', '.join(result['figures'])} and {name}.json in {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

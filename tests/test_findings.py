@@ -1,0 +1,82 @@
+"""The findings target: each experiment config composes to the jobs its docs promise, and
+`alignsweep.findings` runs a (reduced) experiment end to end and draws its figures and numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# the reduced sizes the end-to-end checks train with (the real experiments train 128 steps)
+SMALL = ["data.embedded.n_train=256", "data.embedded.n_heldout=64", "eval.prompts=48", "logger=none",
+         "train.warmup_steps=0"]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "jobs", "expected"),
+    [
+        ("overopt_embedded", 18, {"algo=dpo", "algo=ipo", "algo=slic", "model=embedded_small"}),
+        ("length_embedded", 12, {"algo=rdpo", "model=embedded_small"}),
+        ("alphapo_shape", 6, {"algo=alphapo", "alpha=-1", "alpha=0 ", "alpha=0.25"}),
+    ],
+)
+def test_experiment_grids(cli, experiment, jobs, expected):
+    out = cli(f"experiment={experiment}", "dry_run=true").stdout
+    lines = [line for line in out.splitlines() if line.startswith("#")]
+    assert len(lines) == jobs
+    for fragment in expected:
+        assert any(fragment in line for line in lines), fragment
+
+
+def test_length_experiment_sweeps_the_rdpo_length_term_from_plain_dpo(cli, tmp_path):
+    out = cli("--cfg", "hydra", "experiment=length_embedded", f"paths.cache_dir={tmp_path}").stdout
+    assert "algo.length_coef: 0.0,0.5,2.0" in out
+
+
+@pytest.mark.slow
+def test_findings_runs_an_experiment_and_draws_it(cli, tmp_path):
+    out = tmp_path / "figures"
+    args = ["overopt_embedded", "--sweeps", str(tmp_path / "sweeps"), "--out", str(out)]
+    for o in SMALL + ["algo=dpo,ipo", "beta=0.5", "model=embedded_tiny"]:
+        args += ["--override", o]
+    cli(*args, module="alignsweep.findings", env={"ALIGNSWEEP_THREADS": "1"})
+    numbers = json.loads((out / "overopt_embedded.json").read_text())
+    assert numbers["runs"] == 2
+    groups = {(g["algo"], g["model"]) for g in numbers["groups"]}
+    assert groups == {("dpo", "embedded_tiny"), ("ipo", "embedded_tiny")}
+    for g in numbers["groups"]:
+        assert 0 <= g["sft_win_rate"] <= 1 and g["best_win_rate"] >= g["sft_win_rate"]
+        assert g["max_sqrt_kl"] > 0
+    for name in numbers["figures"]:
+        assert (out / name).stat().st_size > 1000
+    assert {"overopt_embedded_fig1.png", "overopt_embedded_dynamics.png"} <= set(numbers["figures"])
+    # redrawing an existing sweep needs no training and gives the same numbers
+    again = tmp_path / "again"
+    cli("overopt_embedded", "--no-run", "--sweeps", str(tmp_path / "sweeps"), "--out", str(again),
+        module="alignsweep.findings")
+    assert json.loads((again / "overopt_embedded.json").read_text())["groups"] == numbers["groups"]
+
+
+@pytest.mark.slow
+def test_alpha_shape_finding_on_a_reduced_grid(cli, tmp_path):
+    out = tmp_path / "figures"
+    args = ["alphapo_shape", "--sweeps", str(tmp_path / "sweeps"), "--out", str(out)]
+    for o in SMALL + ["alpha=-0.5,0.0,0.5"]:
+        args += ["--override", o]
+    cli(*args, module="alignsweep.findings", env={"ALIGNSWEEP_THREADS": "1"})
+    numbers = json.loads((out / "alphapo_shape.json").read_text())
+    assert sorted(g["alpha"] for g in numbers["groups"]) == [-0.5, 0.0, 0.5]
+    assert (out / "alphapo_shape.png").exists() and (out / "alphapo_shape.svg").exists()
+
+
+def test_unknown_finding_is_refused(cli):
+    proc = cli("overopt_everything", module="alignsweep.findings", check=False)
+    assert proc.returncode == 2
+    assert "unknown finding(s) overopt_everything" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_redrawing_a_sweep_that_was_never_run_says_so(cli, tmp_path):
+    proc = cli("alphapo_shape", "--no-run", "--sweeps", str(tmp_path), "--out", str(tmp_path / "f"),
+               module="alignsweep.findings", check=False)
+    assert proc.returncode != 0
+    assert "run experiment=alphapo_shape first" in proc.stderr and "Traceback" not in proc.stderr
