@@ -28,3 +28,32 @@ def test_bench_quick_runs_and_writes_its_results(tmp_path, sft_cache):
     assert results["overhead"]["alignsweep_s"] and results["overhead"]["plain_trl_s"]
     text = markdown.read_text()
     assert "intro" in text and "after" in text and "old" not in text and "dry run of the 63-job paper grid" in text
+
+
+def test_gpu_benchmark_script_runs_on_the_tiny_architecture(tmp_path):
+    """CI has no GPU: `--tiny` trains the embedded architecture through both trainers, so the
+    script that a GPU machine runs (`make bench-gpu`) is known to work."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignsweep.bench_gpu", "--tiny", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "gpu_results_tiny.json").read_text())
+    assert [v["variant"] for v in results["variants"]] == ["trl", "alignsweep"]
+    for v in results["variants"]:
+        assert len(v["step_s"]) == 2 and v["tokens_per_s"] > 0 and v["tokens_per_step"] == 32 * 2 * 40
+
+
+def test_gpu_benchmark_without_a_gpu_says_so():
+    proc = subprocess.run([sys.executable, "-m", "alignsweep.bench_gpu"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_flops_count():
+    from alignsweep.bench_gpu import model_flops_per_token, peak_flops
+
+    # PaLM's count: 6N + 12 L H S for the policy, 2N + 4 L H S for the reference's forward pass
+    assert model_flops_per_token(100, 2, 8, 10, reference=False) == 6 * 100 + 12 * 2 * 8 * 10
+    assert model_flops_per_token(100, 2, 8, 10, reference=True) == 8 * 100 + 16 * 2 * 8 * 10
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12 and peak_flops("NVIDIA H100 PCIe") == 756.0e12
+    assert peak_flops("Some Other Card") is None
