@@ -91,8 +91,8 @@ class TreeMDPConfig:
 
     depth: int = 3  # actions per trajectory; actions**depth leaves (trajectories)
     actions: int = 3  # actions per state, each leading deterministically to a child (paper: 3)
-    leaves: Optional[list[int]] = None  # leaf indices the data covers; null = `n_leaves` drawn by `seed`
-    n_leaves: int = 6  # leaves the data covers when `leaves` is null
+    leaves: Optional[list[int]] = None  # leaf indices the pairs are drawn among; null = `n_leaves` drawn by `seed`
+    n_leaves: int = 6  # how many leaves when `leaves` is null; those some pair uses are in distribution
     pairs: int = 10  # preference pairs, drawn uniformly among distinct covered leaves
     label_temperature: float = 0.0  # 0: the higher gold reward is chosen; > 0: Bradley-Terry at this temperature
     reference: str = "uniform"  # uniform | random (softmax of seeded normal logits)

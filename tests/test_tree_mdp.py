@@ -45,6 +45,15 @@ def test_leaves_are_action_sequences_and_states_are_prefixes():
     assert sorted(prefixes) == list(range(13)) and all(len(p) == 1 for p in prefixes.values())
 
 
+def test_pairs_use_only_the_given_leaves_and_the_higher_gold_reward_is_chosen():
+    tree = T.build_tree(3, 3)
+    data = T.make_data(tree, tree_cfg(leaves=[0, 13, 26], pairs=20))
+    assert set(data.in_distribution) <= {0, 13, 26} and len(data.chosen) == 20
+    assert (data.reward[data.chosen] > data.reward[data.rejected]).all()
+    noisy = T.make_data(tree, tree_cfg(leaves=[0, 13, 26], pairs=200, label_temperature=1.0))
+    assert 0.5 < (noisy.reward[noisy.chosen] > noisy.reward[noisy.rejected]).mean() < 1.0  # Bradley-Terry
+
+
 @pytest.mark.parametrize("depth,actions", [(1, 3), (3, 3), (4, 2), (2, 5)])
 def test_trajectory_probabilities_sum_to_one(depth, actions):
     tree = T.build_tree(depth, actions)
@@ -137,10 +146,10 @@ def test_dpo_on_the_tabular_tree_moves_mass_into_the_data_not_out_of_it():
     the paper's OOD finding for mass, the same for the chosen log-ratio.
 
     6 of 27 trajectories are in the data (uniform reference: ID mass 6/27). The tabular policy
-    piles the mass onto the best covered trajectory, which is in distribution, so ID mass rises to
-    about 0.98; the chosen log-ratio rises first, then falls below zero as the other chosen
-    trajectories (all rejected in some pair too) lose mass, and it ends between the rejected
-    log-ratio and zero."""
+    piles the mass onto the covered trajectory with the best gold reward (chosen in all 3 of its
+    pairs), which is in distribution, so ID mass rises to about 0.98; the chosen log-ratio rises
+    first, then falls below zero as the other chosen trajectories lose mass to that one, and it
+    ends between the rejected log-ratio and zero."""
     cfg = tree_cfg()
     tree = T.build_tree(cfg.depth, cfg.actions)
     data = T.make_data(tree, cfg)
