@@ -7,6 +7,7 @@ validation of every job before it starts any, take seconds. A mistake in the con
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
@@ -120,11 +121,15 @@ def resolve_job(cfg: Any) -> Job:
                 f"eval.prompts: {cfg.eval.prompts} evaluation prompts asked for, but data.heldout_size is "
                 f"{cfg.data.heldout_size} (the evaluation prompts are the held-out pairs' prompts)"
             )
-    from alignsweep.judges import check_judge  # gold needs the embedded task; llm needs base_url, ...
-
-    check_judge(cfg.judge, embedded=embedded is not None, data_name=cfg.data.name)
     model = cfg.model
-    if model.arch is None and model.hub_id is None and model.path is None:
+    tree, tabular = getattr(cfg.data, "tree", None), getattr(model, "tabular", False)
+    if tree is not None or tabular:
+        check_tree_job(cfg, tree)
+    else:
+        from alignsweep.judges import check_judge  # gold needs the embedded task; llm needs base_url, ...
+
+        check_judge(cfg.judge, embedded=embedded is not None, data_name=cfg.data.name)
+    if not tabular and model.arch is None and model.hub_id is None and model.path is None:
         raise ConfigError(f"model: {model.name} names no checkpoint; set model.path or model.hub_id")
     if model.path is not None and not os.path.exists(model.path):
         raise ConfigError(
@@ -154,6 +159,56 @@ def resolve_job(cfg: Any) -> Job:
         reference_free=bool(algo.reference_free),
         resources=resources,
     )
+
+
+def check_tree_job(cfg: Any, tree: Any) -> None:
+    """The Tree MDP toy (data=tree_mdp) is trained only by the tabular policy (model=tabular), and
+    the tabular policy has nothing else to train on; its gold reward is the only judge."""
+    if tree is None:
+        raise ConfigError(
+            f"model: model={cfg.model.name} is a tabular policy (model.tabular=true), which only data=tree_mdp "
+            f"can train, got data={cfg.data.name}; use data=tree_mdp or another model"
+        )
+    if not cfg.model.tabular:
+        raise ConfigError(
+            f"data: data={cfg.data.name} (the Tree MDP toy) is trained by model=tabular, got model={cfg.model.name}"
+        )
+    if cfg.judge.name != "gold":
+        raise ConfigError(f"judge: data={cfg.data.name} is judged exactly by its own gold reward; use judge=gold")
+    if cfg.model.dtype not in ("float64", "float32"):
+        raise ConfigError(f"model.dtype: the tabular policy computes in float64 or float32, got {cfg.model.dtype!r}")
+    checks = [
+        ("depth", tree.depth >= 1, ">= 1"),
+        ("actions", tree.actions >= 2, ">= 2"),
+        ("pairs", tree.pairs >= 1, ">= 1"),
+        ("steps", tree.steps >= 1, ">= 1"),
+        ("log_every", tree.log_every >= 1, ">= 1"),
+        ("lr", tree.lr > 0, "> 0"),
+        ("label_temperature", tree.label_temperature >= 0, ">= 0"),
+        ("reference_scale", tree.reference_scale >= 0, ">= 0"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"data.tree.{key}: must be {what}, got {getattr(tree, key)!r}")
+    if tree.depth * math.log(tree.actions) > math.log(1_000_000):
+        raise ConfigError(
+            f"data.tree: actions**depth = {tree.actions}**{tree.depth} trajectories is too many to enumerate "
+            "(at most 1,000,000)"
+        )
+    n_leaves = tree.actions**tree.depth
+    if tree.leaves is not None:
+        leaves = list(tree.leaves)
+        bad = [leaf for leaf in leaves if not 0 <= leaf < n_leaves]
+        if bad or len(set(leaves)) != len(leaves) or len(leaves) < 2:
+            raise ConfigError(
+                f"data.tree.leaves: expected at least two distinct leaf indices in [0, {n_leaves}), got {leaves}"
+            )
+    elif not 2 <= tree.n_leaves <= n_leaves:
+        raise ConfigError(f"data.tree.n_leaves: must be in [2, {n_leaves}] (actions**depth), got {tree.n_leaves}")
+    if tree.reference not in ("uniform", "random"):
+        raise ConfigError(f"data.tree.reference: expected uniform or random, got {tree.reference!r}")
+    if tree.optimizer not in ("adam", "sgd"):
+        raise ConfigError(f"data.tree.optimizer: expected adam or sgd, got {tree.optimizer!r}")
 
 
 def check_tokenizer_can_pad(folder: str) -> None:

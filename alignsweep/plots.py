@@ -6,6 +6,7 @@
 2. `figure_length`: R^2 of the implicit reward regressed on response length against KL, per model.
 3. `figure_dynamics`: win rate and sqrt(KL) against training progress, one line per beta.
 4. `figure_likelihood`: chosen and rejected log-likelihood of held-out pairs against progress.
+5. `plot_tree_mdp`: the Tree MDP toy's in- vs out-of-distribution mass and log-ratios (data=tree_mdp).
 `plot_winrate_vs_kl` is the quick per-beta view `make run` prints.
 """
 
@@ -216,12 +217,54 @@ def figure_likelihood(table, path: Path) -> list[Path]:
     return _save(fig, path)
 
 
+def plot_tree_mdp(table, out_dir: Path) -> list[Path]:
+    """The Tree MDP toy (data=tree_mdp), one column per algorithm, one colour per beta. Top: exact
+    probability mass on in-distribution (solid) and out-of-distribution (dashed) trajectories
+    against the training step. Bottom: the mean log-ratio log pi/pi_ref of the data's chosen
+    (solid) and rejected (dashed) trajectories, and -KL(pi_ref || pi) (dotted), which the chosen
+    log-ratio would equal if the chosen trajectories were drawn from pi_ref."""
+    plt = _plt()
+    rows = table.dropna(subset=["step", "id_mass"])
+    algos = sorted(rows["algo"].unique())
+    fig, axes = plt.subplots(2, len(algos), figsize=(3.8 * len(algos), 6.6), sharex=True, squeeze=False)
+    for col, algo in enumerate(algos):
+        sub = rows[rows["algo"] == algo]
+        colors = _colors(sorted(sub["beta"].unique()))
+        top, bottom = axes[0][col], axes[1][col]
+        for (beta, _run), run in sub.groupby(["beta", "run"]):
+            run = run.sort_values("step")
+            color = colors[beta]
+            top.plot(run["step"], run["id_mass"], color=color, label=f"beta={beta:g}")
+            top.plot(run["step"], run["ood_mass"], color=color, linestyle="--")
+            bottom.plot(run["step"], run["chosen_logratio"], color=color, label=f"beta={beta:g}")
+            bottom.plot(run["step"], run["rejected_logratio"], color=color, linestyle="--")
+            bottom.plot(run["step"], -run["kl_ref_pi"], color=color, linestyle=":", linewidth=2)
+        top.set_title(algo.upper(), fontsize=10)
+        top.set_ylim(-0.02, 1.02)
+        bottom.set_yscale("symlog", linthresh=1.0)  # rejected log-ratios run to -30 while chosen ones stay near 0
+        bottom.set_xlabel("optimizer step (full batch)")
+        _legend(top, 7)
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("probability mass (exact)")
+    axes[1][0].set_ylabel("mean log pi/pi_ref (symlog)")
+    fig.suptitle("Tree MDP, exact. Top: mass on in-distribution (solid) and out-of-distribution (dashed) "
+                 "trajectories.\nBottom: mean log pi/pi_ref of chosen (solid) and rejected (dashed) trajectories; "
+                 "-KL(pi_ref || pi) dotted", fontsize=10)
+    fig.tight_layout()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(fig, out_dir / "tree_mdp_ood_mass")
+
+
 FIGURES = {
     "fig1_overoptimization": figure_overoptimization,
     "fig2_length": figure_length,
     "fig3_dynamics": figure_dynamics,
     "fig4_likelihood": figure_likelihood,
 }
+
+NEEDS = {"fig2_length": ("length_r2",), "fig4_likelihood": ("chosen_logp", "rejected_logp")}  # columns a figure reads
 
 
 def draw_all(table, out_dir: Path, fits=None) -> dict[str, list[Path]]:
@@ -230,8 +273,12 @@ def draw_all(table, out_dir: Path, fits=None) -> dict[str, list[Path]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = {}
     for name, draw in FIGURES.items():
+        if not set(NEEDS.get(name, ())) <= set(table.columns):
+            continue  # e.g. no response lengths in the Tree MDP toy, whose trajectories are all equally long
         if name == "fig1_overoptimization":
             drawn[name] = draw(table, out_dir / name, fits=fits)
         else:
             drawn[name] = draw(table, out_dir / name)
+    if "id_mass" in table.columns:
+        drawn["tree_mdp_ood_mass"] = plot_tree_mdp(table, out_dir)
     return drawn

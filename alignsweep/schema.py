@@ -55,6 +55,7 @@ class ModelConfig:
     hub_id: Optional[str] = None  # Hugging Face hub id of the base checkpoint
     path: Optional[str] = None  # local copy of the checkpoint; wins over hub_id
     arch: Optional[TinyArchConfig] = None  # set only for models built from scratch (embedded)
+    tabular: bool = False  # a tabular softmax policy, one logit vector per state (data=tree_mdp only)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     per_device_batch: int = 8  # pairs per device per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -81,6 +82,29 @@ class EmbeddedTaskConfig:
 
 
 @dataclass
+class TreeMDPConfig:
+    """The Tree MDP toy of Rafailov et al. 2024 (`alignsweep.tree_mdp`), trained with `model=tabular`.
+
+    Every quantity is computed exactly by enumerating the actions**depth trajectories; nothing is
+    sampled except the dataset itself (from `seed`).
+    """
+
+    depth: int = 3  # actions per trajectory; actions**depth leaves (trajectories)
+    actions: int = 3  # actions per state, each leading deterministically to a child (paper: 3)
+    leaves: Optional[list[int]] = None  # leaf indices the pairs are drawn among; null = `n_leaves` drawn by `seed`
+    n_leaves: int = 6  # how many leaves when `leaves` is null; those some pair uses are in distribution
+    pairs: int = 10  # preference pairs, drawn uniformly among distinct covered leaves
+    label_temperature: float = 0.0  # 0: the higher gold reward is chosen; > 0: Bradley-Terry at this temperature
+    reference: str = "uniform"  # uniform | random (softmax of seeded normal logits)
+    reference_scale: float = 1.0  # std of the reference's logits (reference=random)
+    seed: int = 0  # gold reward (normal per leaf), covered leaves, pairs, labels, random reference
+    optimizer: str = "adam"  # adam | sgd: full-batch steps on the policy's logits
+    lr: float = 0.05
+    steps: int = 300  # optimizer steps (each on every pair)
+    log_every: int = 10  # steps between metric rows (plus step 0 and the last step)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     hub_id: Optional[str] = None  # preference pairs on the hub
@@ -94,6 +118,7 @@ class DataConfig:
     heldout_size: int = 256  # pairs held out (their prompts and chosen responses are the evaluation set)
     max_bad_fraction: float = 0.5  # stop, rather than train on the rest, when more rows than this are bad
     embedded: Optional[EmbeddedTaskConfig] = None
+    tree: Optional[TreeMDPConfig] = None  # data=tree_mdp: the toy Tree MDP (needs model=tabular)
 
 
 @dataclass

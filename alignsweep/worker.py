@@ -134,7 +134,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     tracker = None
     try:
         tracker = _build_tracker(cfg, run_dir, job) if main else _null_tracker()
-        status = _train_and_evaluate(cfg, job, run_dir, tracker, resume_from)
+        train_and_evaluate = _train_and_evaluate
+        if cfg.data.tree is not None:  # the Tree MDP toy: a tabular policy, no TRL (alignsweep/tree_mdp.py)
+            from alignsweep.tree_mdp import train_and_evaluate
+        status = train_and_evaluate(cfg, job, run_dir, tracker, resume_from)
         if main:
             status = rundir.write_status(run_dir, wall_s=time.time() - start, **status)
         tracker.finish(0)
