@@ -131,7 +131,7 @@ def figure_frontier(table, path: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. the Tree MDP (alignsweep.tree_mdp draws its own figure)
+# 3. the Tree MDP (alignsweep.plots.plot_tree_mdp draws it)
 
 
 def tree_numbers(table, fitted) -> dict:
@@ -149,9 +149,9 @@ def tree_numbers(table, fitted) -> dict:
 
 
 def draw_tree(table, fitted, out: Path) -> list[Path]:
-    from alignsweep import tree_mdp
+    from alignsweep.plots import plot_tree_mdp
 
-    return tree_mdp.plot_tree_mdp(table, out)
+    return plot_tree_mdp(table, out)
 
 
 # ----------------------------------------------------------------------------------------------
