@@ -16,7 +16,7 @@ SMALL = ["data.embedded.n_train=256", "data.embedded.n_heldout=64", "eval.prompt
     ("experiment", "jobs", "expected"),
     [
         ("overopt_embedded", 18, {"algo=dpo", "algo=ipo", "algo=slic", "model=embedded_small"}),
-        ("length_embedded", 12, {"algo=rdpo", "model=embedded_small"}),
+        ("length_embedded", 8, {"algo=rdpo", "model=embedded_small"}),
         ("alphapo_shape", 6, {"algo=alphapo", "alpha=-1", "alpha=0 ", "alpha=0.25"}),
     ],
 )
@@ -30,7 +30,7 @@ def test_experiment_grids(cli, experiment, jobs, expected):
 
 def test_length_experiment_sweeps_the_rdpo_length_term_from_plain_dpo(cli, tmp_path):
     out = cli("--cfg", "hydra", "experiment=length_embedded", f"paths.cache_dir={tmp_path}").stdout
-    assert "algo.length_coef: 0.0,0.5,2.0" in out
+    assert "algo.length_coef: 0.0,2.0" in out
 
 
 @pytest.mark.slow
