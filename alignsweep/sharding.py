@@ -79,6 +79,7 @@ def layer_classes(cfg: Any) -> list[str]:
         config = AutoConfig.from_pretrained(cfg.model.path or cfg.model.hub_id)
         return list(AutoModelForCausalLM._model_mapping[type(config)]._no_split_modules or [])
     except Exception:  # unreadable here: accelerate falls back to the loaded model's own list
+        log.warning("cannot read the layer classes of %s; FSDP wraps the model's _no_split_modules", cfg.model.name)
         return []
 
 
@@ -94,12 +95,9 @@ def fsdp_config(layers: list[str], gradient_checkpointing: bool) -> dict:
         "activation_checkpointing": bool(gradient_checkpointing),
         "cpu_ram_efficient_loading": False,
     }
-    if layers:
-        config["auto_wrap_policy"] = "TRANSFORMER_BASED_WRAP"
+    config["auto_wrap_policy"] = "TRANSFORMER_BASED_WRAP"
+    if layers:  # else accelerate takes the loaded model's own `_no_split_modules`
         config["transformer_layer_cls_to_wrap"] = layers
-    else:  # no layer class known: wrap by size (about one 7B decoder layer)
-        config["auto_wrap_policy"] = "SIZE_BASED_WRAP"
-        config["min_num_params"] = 100_000_000
     return config
 
 
@@ -188,12 +186,15 @@ def enable_fsdp_on_cpu(trainer: Any) -> None:
     state is switched to FSDP with the same plugin. Does nothing on GPUs, where accelerate's own
     path applies.
     """
+    from accelerate import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     state = trainer.accelerator.state
-    # (checked on each trainer: every new Accelerator copies MULTI_CPU back from PartialState)
     if not trainer.args.fsdp or state.distributed_type != DistributedType.MULTI_CPU:
         return
+    # AcceleratorState copies PartialState's shared fields whenever it is constructed again
+    # (accelerate's utilities do so): both must say FSDP, or a later trainer gets DDP.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     state.distributed_type = DistributedType.FSDP
     state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
     trainer.is_fsdp_enabled = True
