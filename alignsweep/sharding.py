@@ -14,8 +14,7 @@
 - `deepspeed_zero3`: DeepSpeed ZeRO stage 3 (TRL/transformers' DeepSpeed integration) with the
   config `zero3_config` writes into the run directory, evaluated in lockstep like FSDP. It needs
   the `deepspeed` package; without it the job stops with a ConfigError. Never run here: DeepSpeed
-  is not installed on the development machine (and its CPU path needs oneCCL), so treat it as
-  untested.
+  is not installed in the development environment, so treat it as untested.
 
 A sharding strategy needs several processes. A job that asks for one with a single process
 (nodes x tasks_per_node = 1, e.g. `model=mistral_7b` on the local launcher) is degraded to
