@@ -54,6 +54,9 @@ def write_rank_record(run_dir: Path, trainer: Any) -> None:
     rundir.atomic_write_text(run_dir / "ranks" / f"{rank()}.json", json.dumps(record))
 
 
+COLLECTIVE_TIMEOUT_S = 2 * 3600
+
+
 def init_process_group() -> None:
     """Join the job's process group early (from the torch.distributed environment: RANK,
     WORLD_SIZE, MASTER_ADDR/PORT), before any trainer exists: the shared SFT model and reference
@@ -67,11 +70,15 @@ def init_process_group() -> None:
 
     if dist.is_initialized():
         return
+    from datetime import timedelta
+
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         backend = "cuda:nccl,cpu:gloo"
-    dist.init_process_group(backend=backend)
+    # Generous: while rank 0 alone judges (an LLM judge can take many minutes) or builds a
+    # cache, the other ranks wait in their next collective (NCCL's default would be 10 minutes).
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
 
 
 @contextmanager
