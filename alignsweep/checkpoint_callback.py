@@ -42,13 +42,16 @@ class CheckpointCallback(TrainerCallback):
         return global_mean(losses)
 
     def _evaluate(self, step: int, reason: str | None = None) -> dict | None:
-        """Evaluate the policy at `step` (rank 0; the other ranks only keep count)."""
+        """Evaluate the policy at `step` (rank 0; the other ranks only keep count, or, with a
+        sharded model, take part in the forward passes and get None)."""
         train_loss = self._train_loss()  # collective: every rank takes part
         self.evaluated.add(step)
-        if not self.main or not self.cfg.eval.enabled:
+        if self.evaluator is None or not self.cfg.eval.enabled:
             return None
         self._status(phase="eval", step=step)
         row = self.evaluator.evaluate(self.trainer.model, step)
+        if row is None:
+            return None
         row.update(
             {
                 "step": step,
@@ -97,7 +100,7 @@ class CheckpointCallback(TrainerCallback):
                 self._stop(step, control)
         elif self.job.kl_budget is not None and step % self.cfg.train.kl_check_every == 0:
             over = False
-            if self.main:
+            if self.evaluator is not None:  # rank 0, or every rank when the model is sharded
                 est = self.evaluator.kl(
                     self.trainer.model, n_prompts=self.cfg.train.kl_check_prompts, seed=10_000 + step
                 )

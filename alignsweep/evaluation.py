@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -94,9 +94,11 @@ def sample(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    sync: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> list[list[int]]:
     """One response per prompt, from the untruncated distribution at `temperature`; each ends with
-    EOS unless it ran out of tokens."""
+    EOS unless it ran out of tokens. `sync` (sharded evaluation) replaces each step's tokens by
+    rank 0's, so that every rank takes the same path."""
     device = next(model.parameters()).device
     batch = make_batch(prompt_ids, [[] for _ in prompt_ids], pad_id)
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -113,6 +115,8 @@ def sample(
         past = result.past_key_values
         probs = torch.softmax(result.logits[:, -1].float() / temperature, dim=-1).cpu()
         nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if sync is not None:
+            nxt = sync(nxt)
         for i, tok in enumerate(nxt.tolist()):
             if not done[i]:
                 out[i].append(tok)
@@ -201,7 +205,12 @@ class Evaluator:
         batch_size: int,
         seed: int,
         kl_estimator: str = "mc",
+        lockstep: bool = False,
     ):
+        """`lockstep=True`: the models are sharded (FSDP) and every rank of the job runs this
+        evaluator on the same prompts at the same time (every forward pass is a collective);
+        sampled tokens are rank 0's on every rank. Ranks given `judge=None` only take part in the
+        forward passes: `evaluate` returns None there."""
         if kl_estimator not in KL_ESTIMATORS:
             from alignsweep.plan import ConfigError
 
@@ -216,6 +225,11 @@ class Evaluator:
         self.temperature = temperature
         self.batch_size = batch_size
         self.seed = seed
+        self.sync = None
+        if lockstep:
+            from alignsweep.distributed import broadcast_tokens
+
+            self.sync = broadcast_tokens
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.prompts = [r["prompt"] for r in eval_rows]
         self.references = [r["reference"] for r in eval_rows]
@@ -255,6 +269,7 @@ class Evaluator:
                 max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature,
                 seed=seed * 1000 + i,
+                sync=self.sync,
             )
         return out
 
@@ -278,7 +293,7 @@ class Evaluator:
         est["kl"], est["kl_se"] = est[f"kl_{self.kl_estimator}"], est[f"kl_{self.kl_estimator}_se"]
         return est
 
-    def evaluate(self, policy: Any, step: int) -> dict:
+    def evaluate(self, policy: Any, step: int) -> dict | None:
         was_training = policy.training
         policy.eval()
         try:
@@ -287,8 +302,11 @@ class Evaluator:
             if was_training:
                 policy.train()
 
-    def _evaluate(self, policy: Any, step: int) -> dict:
+    def _evaluate(self, policy: Any, step: int) -> dict | None:
         est = self.kl(policy, seed=self.seed + step)
+        heldout = self._heldout_metrics(policy) if self.heldout_ref is not None else {}
+        if self.judge is None:  # a rank that only takes part in the forward passes
+            return None
         responses = est["responses"]
         texts = [self.tokenizer.decode([t for t in r if t != self.eos_id]) for r in responses]
         texts = [" " + t.strip() for t in texts]
@@ -324,8 +342,7 @@ class Evaluator:
         slope, r2 = _regression([float(x) for x in lengths], implicit)
         row.update({"length_slope": slope, "length_r2": r2})
         row.update(judge_metrics)
-        if self.heldout_ref is not None:
-            row.update(self._heldout_metrics(policy))
+        row.update(heldout)
         return row
 
     def _heldout_metrics(self, policy: Any) -> dict:

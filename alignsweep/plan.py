@@ -47,9 +47,17 @@ class Job:
             f"kl_budget={_fmt(self.kl_budget)}",
             f"seed={self.seed}",
             f"| gpus={res['gpus']} nodes={res['nodes']} tasks={res['tasks_per_node']} cpus={res['cpus']} "
-            f"mem={res['mem_gb']}G time={res['time_min']}min strategy={res['strategy']}",
+            f"mem={res['mem_gb']}G time={res['time_min']}min strategy={_strategy(res)}",
         ]
         return " ".join(parts)
+
+
+def _strategy(res: Mapping[str, Any]) -> str:
+    """The strategy, and what it degrades to when the job has a single process (alignsweep.sharding)."""
+    from alignsweep.sharding import planned
+
+    runs = planned(res["strategy"], res["nodes"] * res["tasks_per_node"])
+    return res["strategy"] if runs == res["strategy"] else f"{res['strategy']}->{runs}(1 process)"
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -147,6 +155,9 @@ def resolve_job(cfg: Any) -> Job:
             raise ConfigError(f"model.resources.{key}: must be >= 1, got {resources[key]!r} (model={model.name})")
     if resources["gpus"] < 0:
         raise ConfigError(f"model.resources.gpus: must be >= 0, got {resources['gpus']!r}")
+    from alignsweep.sharding import check_strategy
+
+    check_strategy(resources["strategy"], model.name)
     return Job(
         algo=name,
         model=model.name,

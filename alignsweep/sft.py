@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -42,28 +41,37 @@ def sft_key(cfg: Any) -> str:
 def ensure_sft(cfg: Any, task: dict, build_base_model: Any, tokenizer: Any, device_kwargs: dict) -> Path:
     """Path of the cached SFT model, building it first if no job has yet (`build_base_model()` is
     called only then, so a cache hit never loads the base weights)."""
+    from alignsweep.distributed import agree, barrier, rank, rank_zero_lock
+
     root = Path(cfg.paths.cache_dir) / "sft"
     root.mkdir(parents=True, exist_ok=True)
     key = sft_key(cfg)
     final = root / key
-    with FileLock(str(root / f"{key}.lock")):
-        if (final / "DONE").exists():
+    # In a multi-process job every rank trains the SFT model together (its trainer's collectives
+    # need them all), so rank 0 alone takes the lock and tells the others whether it is cached.
+    with rank_zero_lock(root / f"{key}.lock"):
+        if agree((final / "DONE").exists()):
             return final
+        main = rank() == 0
         tmp = root / f"{key}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         log.info("building the SFT model %s", key)
         model = build_base_model()
+        state = None  # None: the model's own weights; under sharding, the gathered ones on rank 0
         if cfg.sft.enabled:
-            _train(cfg, task["sft"], model, tokenizer, tmp / "trainer", device_kwargs)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "DONE").write_text(json.dumps({"key": key}))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+            state = _train(cfg, task["sft"], model, tokenizer, root / f"{key}.trainer", device_kwargs)
+        if main:
+            model.save_pretrained(tmp, state_dict=state)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "DONE").write_text(json.dumps({"key": key}))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        barrier()
     return final
 
 
-def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_kwargs: dict) -> None:
+def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_kwargs: dict) -> dict | None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -83,6 +91,16 @@ def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_k
         completion_only_loss=True,
         **device_kwargs,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    from alignsweep.sharding import CPUFSDPMixin
+
+    trainer_class = type("SFTTrainer", (CPUFSDPMixin, SFTTrainer), {})
+    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
+    state = None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        from alignsweep.sharding import full_state_dict
+
+        state = full_state_dict(trainer)  # collective: the shards gathered on rank 0
+    trainer.accelerator.wait_for_everyone()
     shutil.rmtree(out, ignore_errors=True)
+    return state

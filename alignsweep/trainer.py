@@ -14,6 +14,7 @@ import torch
 from trl import DPOTrainer
 
 from alignsweep.losses import REFERENCE_FREE, daa_loss
+from alignsweep.sharding import CPUFSDPMixin
 
 
 class EpochSeededSampler(torch.utils.data.Sampler):
@@ -34,7 +35,7 @@ class EpochSeededSampler(torch.utils.data.Sampler):
         return self.size
 
 
-class DAATrainer(DPOTrainer):
+class DAATrainer(CPUFSDPMixin, DPOTrainer):
     """`ref_cache_dir`: with `precompute_ref_log_probs=True`, the reference log-probs of the
     training pairs are stored there, keyed by a hash of the reference weights and the tokenised
     pairs, so every job of a sweep that trains on the same data from the same reference reads
@@ -60,32 +61,48 @@ class DAATrainer(DPOTrainer):
         import hashlib
         from array import array
 
-        from filelock import FileLock
+        from alignsweep.distributed import agree, from_rank_zero, rank, rank_zero_lock
 
         digest = hashlib.sha256(f"{self._precompute_model_hash}|{self.args.max_length}|{self.args.truncation_mode}".encode())
         for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
             for ids in dataset[column]:
                 digest.update(array("q", ids).tobytes())
                 digest.update(b"|")
-        key = digest.hexdigest()[:20]
+        key = from_rank_zero(digest.hexdigest()[:20])
         folder = Path(self.ref_cache_dir)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{key}.pt"
-        with FileLock(str(folder / f"{key}.lock")):
-            self.ref_cache_hit = path.exists()
+        # multi-process: rank 0 alone locks and decides; on a miss all ranks compute (collectives)
+        with rank_zero_lock(folder / f"{key}.lock"):
+            self.ref_cache_hit = agree(path.exists())
             if self.ref_cache_hit:
                 saved = torch.load(path)
             else:
-                computed = super()._precompute_ref_logps(dataset, name, batch_size)
-                saved = {c: torch.tensor(computed[c]) for c in ("ref_chosen_logps", "ref_rejected_logps")}
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                torch.save(saved, tmp)
-                os.replace(tmp, path)
+                saved = self._reference_logps(dataset, batch_size)
+                if rank() == 0:
+                    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                    torch.save(saved, tmp)
+                    os.replace(tmp, path)
         for column, values in saved.items():
             if column in dataset.column_names:
                 dataset = dataset.remove_columns(column)
             dataset = dataset.add_column(column, values.tolist())
         return dataset
+
+    def _reference_logps(self, dataset: Any, batch_size: int) -> dict[str, torch.Tensor]:
+        """TRL's precompute loop (each rank scores its share of the batches, gathered in order),
+        kept in memory: TRL passes the result between ranks through a datasets cache file, which
+        for an in-memory dataset lies in a temporary folder of each process's own."""
+        loader = self.accelerator.prepare(
+            torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
+        )
+        chosen, rejected = [], []
+        for batch in loader:
+            c, r = self.compute_ref_log_probs(self.ref_model or self.model, batch)
+            c, r = self.accelerator.gather_for_metrics((c, r))
+            chosen.append(c.cpu())
+            rejected.append(r.cpu())
+        return {"ref_chosen_logps": torch.cat(chosen), "ref_rejected_logps": torch.cat(rejected)}
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Load a checkpoint's weights through `from_pretrained`, strictly.

@@ -110,8 +110,8 @@ def base_model_and_tokenizer(cfg: Any):
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate one job; returns its final status.
 
-    In a distributed job every rank trains; only rank 0 evaluates and writes the run directory's
-    status, metrics and wandb run.
+    In a distributed job every rank trains; only rank 0 writes the run directory's status, metrics
+    and wandb run, and evaluates (with a sharded model every rank takes part: alignsweep.sharding).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,21 +203,30 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     from datasets import Dataset
     from trl import DPOConfig
 
-    from alignsweep import models, sft
+    from alignsweep import models, sft, sharding
+    from alignsweep.distributed import init_process_group
     from alignsweep.evaluation import Evaluator
     from alignsweep.judges import build_judge
     from alignsweep.trainer import DAATrainer
 
     torch.manual_seed(job.seed)
+    init_process_group()
     dev = device_kwargs(cfg)
     main = rank() == 0
+    # model.resources.strategy: sharded (fsdp) models are evaluated by all ranks in lockstep
+    strategy, asked = sharding.effective(cfg.model.resources.strategy), cfg.model.resources.strategy
+    shard = sharding.training_kwargs(cfg, run_dir)
+    lockstep = sharding.lockstep_evaluation(asked)
     if main:
-        rundir.write_status(run_dir, phase="sft")
+        if strategy != asked:
+            log.warning("model.resources.strategy=%s needs several processes; this job has one: %s", asked, strategy)
+        note = strategy if strategy == asked else f"{strategy} ({asked} asked, but the job has 1 process)"
+        rundir.write_status(run_dir, phase="sft", strategy=note)
     base, tokenizer = base_model_and_tokenizer(cfg)
     task = load_task(cfg, tokenizer)
     if main:
         rundir.write_status(run_dir, data=task["report"])
-    sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, dev)
+    sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, {**dev, **shard})
     del base
     if main:
         rundir.write_status(run_dir, sft_model=str(sft_dir))
@@ -229,10 +238,10 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
 
     params = loss_params(cfg, job)
     n_eval = cfg.eval.prompts or len(task["eval"])
-    evaluator = None if not (main and cfg.eval.enabled) else Evaluator(
+    evaluator = None if not ((main or lockstep) and cfg.eval.enabled) else Evaluator(
         ref_model=ref,
         tokenizer=tokenizer,
-        judge=build_judge(cfg.judge, data_name=cfg.data.name, cache_root=cfg.paths.cache_dir),
+        judge=build_judge(cfg.judge, data_name=cfg.data.name, cache_root=cfg.paths.cache_dir) if main else None,
         eval_rows=task["eval"][:n_eval],
         heldout_rows=task["heldout"],
         loss_name=job.algo,
@@ -242,13 +251,14 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         batch_size=cfg.eval.batch_size,
         seed=job.seed,
         kl_estimator=cfg.eval.kl_estimator,
+        lockstep=lockstep,
     )
     share_ref = bool(cfg.train.share_ref_logps) and not job.reference_free
     args = DPOConfig(
         output_dir=str(run_dir / "trainer"),
         per_device_train_batch_size=cfg.model.per_device_batch,
         gradient_accumulation_steps=cfg.model.grad_accum,
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        gradient_checkpointing=cfg.model.gradient_checkpointing and not shard,  # fsdp: its own
         learning_rate=cfg.train.lr,
         num_train_epochs=cfg.train.epochs,
         optim=cfg.train.optimizer,
@@ -266,6 +276,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         disable_tqdm=True,
         seed=job.seed,
         **dev,
+        **shard,
     )
     trainer = DAATrainer(
         ref_cache_dir=str(Path(cfg.paths.cache_dir) / "ref_logps") if share_ref else None,
@@ -291,7 +302,10 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     if callback.diverged_at is not None:
         return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": "non_finite_loss"}
     if cfg.train.save_final_model:
-        trainer.save_model(str(run_dir / "model"))
+        if shard:
+            sharding.save_full_model(trainer, run_dir / "model")  # gathered from the shards
+        else:
+            trainer.save_model(str(run_dir / "model"))
     return {"state": "completed", "phase": "done", "step": callback.last_step, "stop_reason": callback.stop_reason}
 
 

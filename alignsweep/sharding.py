@@ -1,0 +1,208 @@
+"""How the processes of one job share the model: `model.resources.strategy`.
+
+- `single`: every process holds the whole model; with several processes the gradients are
+  all-reduced (DDP). Evaluation runs on rank 0 alone.
+- `fsdp`: PyTorch FSDP2 (`fully_shard`, through accelerate): parameters, gradients and optimizer
+  state are sharded over the processes, one FSDP unit per transformer layer (the model's own
+  `_no_split_modules`: GPTNeoXLayer, MistralDecoderLayer, LlamaDecoderLayer), full sharding
+  (parameters re-sharded after each forward), FSDP's own activation checkpointing when
+  `model.gradient_checkpointing`, sharded checkpoints (each rank writes its shard, see
+  `fsdp_config`). The reference model is sharded too (TRL's `prepare_fsdp`). Every forward pass of
+  a sharded model is a collective, so evaluation runs on every rank in lockstep: the same prompts
+  in the same batches, rank 0's sampled tokens broadcast to all, rank 0 alone judging and writing
+  (`lockstep_evaluation`).
+- `deepspeed_zero3`: DeepSpeed ZeRO stage 3 (TRL/transformers' DeepSpeed integration) with the
+  config `zero3_config` writes into the run directory, evaluated in lockstep like FSDP. It needs
+  the `deepspeed` package; without it the job stops with a ConfigError. Never run here: DeepSpeed
+  is not installed in the development environment, so treat it as untested.
+
+A sharding strategy needs several processes. A job that asks for one with a single process
+(nodes x tasks_per_node = 1, e.g. `model=mistral_7b` on the local launcher) is degraded to
+`single`: the dry-run line shows `strategy=fsdp->single`, and the worker logs it and records it
+in `status.json` (`strategy`). The worker decides from the processes it actually has
+(`WORLD_SIZE`), so `torchrun --nproc_per_node N -m alignsweep.worker RUN_DIR` shards too.
+
+Imports torch lazily; `planned` is used by the dry run and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from alignsweep.plan import ConfigError
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("single", "fsdp", "deepspeed_zero3")
+SHARDED = ("fsdp", "deepspeed_zero3")
+
+
+def check_strategy(strategy: str, model_name: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"model.resources.strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r} (model={model_name})"
+        )
+
+
+def planned(strategy: str, processes: int) -> str:
+    """The strategy a job of `processes` processes runs with (a sharding strategy needs two or more)."""
+    return strategy if processes > 1 else "single"
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def effective(strategy: str) -> str:
+    """The strategy this process's job runs with, from the processes it actually has."""
+    return planned(strategy, world_size())
+
+
+def lockstep_evaluation(strategy: str) -> bool:
+    """True when every rank must take part in evaluation forward passes (the model is sharded)."""
+    return effective(strategy) in SHARDED
+
+
+def layer_classes(cfg: Any) -> list[str]:
+    """The model's transformer layer class names (its `_no_split_modules`: GPTNeoXLayer for
+    Pythia, MistralDecoderLayer, LlamaDecoderLayer), read from its config without its weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoXForCausalLM
+
+    if cfg.model.arch is not None:  # built from scratch: GPT-NeoX
+        return list(GPTNeoXForCausalLM._no_split_modules)
+    try:
+        config = AutoConfig.from_pretrained(cfg.model.path or cfg.model.hub_id)
+        return list(AutoModelForCausalLM._model_mapping[type(config)]._no_split_modules or [])
+    except Exception:  # unreadable here: accelerate falls back to the loaded model's own list
+        log.warning("cannot read the layer classes of %s; FSDP wraps the model's _no_split_modules", cfg.model.name)
+        return []
+
+
+def fsdp_config(layers: list[str], gradient_checkpointing: bool) -> dict:
+    """transformers' `fsdp_config` for FSDP2 full sharding, one unit per transformer layer."""
+    config: dict[str, Any] = {
+        "version": 2,
+        "reshard_after_forward": True,  # full_shard (ZeRO-3-like), not shard_grad_op
+        # SHARDED_STATE_DICT: each rank writes its own shard of model and optimizer at a checkpoint
+        # (torch.distributed.checkpoint) and reads it back on resume; no rank ever holds the whole
+        # 7B state. The final model (train.save_final_model) is gathered separately (save_full_model).
+        "state_dict_type": "SHARDED_STATE_DICT",
+        "activation_checkpointing": bool(gradient_checkpointing),
+        "cpu_ram_efficient_loading": False,
+    }
+    config["auto_wrap_policy"] = "TRANSFORMER_BASED_WRAP"
+    if layers:  # else accelerate takes the loaded model's own `_no_split_modules`
+        config["transformer_layer_cls_to_wrap"] = layers
+    return config
+
+
+def zero3_config(cfg: Any) -> dict:
+    """A DeepSpeed ZeRO-3 config whose batch sizes and precision come from the trainer ("auto")."""
+    return {
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+    }
+
+
+def training_kwargs(cfg: Any, run_dir: Path) -> dict:
+    """The TrainingArguments (DPOConfig, SFTConfig) entries of the job's strategy (empty for
+    `single`). Under FSDP, activation checkpointing is FSDP's own (`fsdp_config`): the caller
+    leaves the Trainer's `gradient_checkpointing` off, which would all-gather twice."""
+    strategy = effective(cfg.model.resources.strategy)
+    if strategy == "single":
+        return {}
+    if strategy == "fsdp":
+        # FSDP's own activation checkpointing replaces the Trainer's (which would all-gather twice)
+        return {"fsdp": True, "fsdp_config": fsdp_config(layer_classes(cfg), cfg.model.gradient_checkpointing)}
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "model.resources.strategy=deepspeed_zero3 needs the `deepspeed` package, which is not installed "
+            "here (pip install deepspeed, on the GPU nodes); or use model.resources.strategy=fsdp"
+        ) from None
+    path = Path(run_dir) / "deepspeed_zero3.json"
+    if int(os.environ.get("RANK", "0")) == 0:
+        from alignsweep import rundir
+
+        rundir.atomic_write_text(path, json.dumps(zero3_config(cfg), indent=1))
+    return {"deepspeed": str(path)}
+
+
+def full_state_dict(trainer: Any) -> dict | None:
+    """The policy's whole state dict on rank 0 (None elsewhere): gathered from the shards under
+    FSDP (a collective: every rank must call it), the model's own otherwise."""
+    main = trainer.accelerator.is_main_process
+    if trainer.is_fsdp_enabled:
+        # FSDP2: parameters are DTensor shards. Gathered one tensor at a time and copied to host
+        # memory on rank 0 only (accelerate's get_state_dict hands back, on CPU, tensors that
+        # alias buffers FSDP frees again).
+        state = {}
+        for name, tensor in trainer.model.state_dict().items():
+            full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+            if main:
+                state[name] = full.detach().to("cpu", copy=True)
+        return state if main else None
+    if trainer.is_deepspeed_enabled:
+        state = trainer.accelerator.get_state_dict(trainer.model)
+        return state if main else None
+    return trainer.accelerator.unwrap_model(trainer.model).state_dict()
+
+
+def save_full_model(trainer: Any, folder: Path) -> None:
+    """The final policy as an ordinary Hugging Face checkpoint (every rank must call this)."""
+    state = full_state_dict(trainer)
+    if state is not None:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(str(folder), state_dict=state)
+        trainer.processing_class.save_pretrained(str(folder))
+    trainer.accelerator.wait_for_everyone()
+
+
+def enable_fsdp_on_cpu(trainer: Any) -> None:
+    """Let FSDP run on CPU processes (gloo), as in this project's tests.
+
+    accelerate enables its FSDP plugin only for accelerator devices: for CPU processes it falls
+    back to DDP silently, replicating the model. PyTorch's FSDP2 itself runs on a CPU device mesh,
+    so when the trainer asked for FSDP and got plain multi-CPU data parallelism, its accelerator
+    state is switched to FSDP with the same plugin. Does nothing on GPUs, where accelerate's own
+    path applies.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if not trainer.args.fsdp or state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    # AcceleratorState copies PartialState's shared fields whenever it is constructed again
+    # (accelerate's utilities do so): both must say FSDP, or a later trainer gets DDP.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    trainer.is_fsdp_enabled = True
+
+
+class CPUFSDPMixin:
+    """Mixed into a Trainer class (before it): `enable_fsdp_on_cpu` right after its accelerator is
+    created, before anything reads `is_fsdp_enabled`."""
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()  # type: ignore[misc]
+        enable_fsdp_on_cpu(self)
