@@ -14,8 +14,9 @@ work starts, divided by an estimate of what one sequence needs, derived from the
 On CUDA the free memory is `torch.cuda.mem_get_info()` plus what PyTorch's caching allocator holds
 unused, times `CUDA_FRACTION`; on CPU it is the smallest of MemAvailable (/proc/meminfo, or psutil),
 the job's cgroup memory limit less its usage, and the address-space limit (RLIMIT_AS) less the
-process's size, times `CPU_FRACTION`, and the size is capped at `CPU_CAP` (larger CPU batches are
-no faster). An integer `eval.batch_size` is used as given, as a maximum.
+process's size, times `CPU_FRACTION`, and the size is capped at `CPU_CAP` (256, the former fixed
+default: on the embedded task a CPU evaluation was still a little faster at 256 than at 64) or at
+`CUDA_CAP`. An integer `eval.batch_size` is used as given, as a maximum.
 
 Whatever the starting size, a batch that fails with an allocation failure (CUDA's
 OutOfMemoryError, a MemoryError, or the CPU allocator's "can't allocate memory") is retried at

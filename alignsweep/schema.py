@@ -162,7 +162,7 @@ class EvalConfig:
     prompts: Optional[int] = None  # evaluation prompts; null = all the data provides (paper: 256)
     temperature: float = 1.0  # sampling temperature (paper: 1.0)
     # Prompts per generation and scoring batch: `auto` sizes each batch to the memory free on the
-    # device (CUDA: mem_get_info; CPU: MemAvailable, cgroup and RLIMIT_AS limits; at most 64 on
+    # device (CUDA: mem_get_info; CPU: MemAvailable, cgroup and RLIMIT_AS limits; at most 256 on
     # CPU); an integer is a maximum. Either way a batch that runs out of memory is retried at half
     # its size, which is kept for the rest of the run. Results do not depend on it (sampling is
     # seeded per prompt); the sizes used are in status.json (`eval_batch`).
