@@ -70,7 +70,10 @@ class CheckpointCallback(TrainerCallback):
             row["stop_reason"] = reason
         rundir.append_metrics(self.run_dir, row)
         self.tracker.log(row, step=step)
-        self._status(phase="train", step=step, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"])
+        self._status(
+            phase="train", step=step, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"],
+            eval_batch=self.evaluator.batch_info(),
+        )
         return row
 
     def _over_budget(self, row: dict | None) -> bool:

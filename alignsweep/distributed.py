@@ -152,6 +152,18 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def global_min(value: int) -> int:
+    """The smallest of the ranks' values (e.g. a batch size every rank can afford)."""
+    if not distributed():
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def global_mean(values: list[float]) -> float | None:
     """Mean over all ranks' values (each rank sees its own share of the batch)."""
     total, count = sum(values), len(values)

@@ -30,21 +30,32 @@ Definitions (the paper's protocol):
 - on the held-out preference pairs: mean summed log-likelihood of chosen and rejected responses
   (likelihood displacement) and the accuracy of the algorithm's implicit reward.
 
-Generation and scoring run `batch_size` prompts at a time; the reference model, the tokenised
-prompts and the reference's log-probabilities of the held-out pairs are prepared once per run.
+Sampling is seeded per prompt: prompt i of an evaluation draws from its own generator, seeded by
+`prompt_seed(seed, i)`, so the samples (and every metric) are the same whatever the batch size,
+and the same when a batch is retried smaller after running out of memory. Generation and scoring
+run in batches sized by `eval.batch_size` (`auto`: to the device's free memory; see
+`alignsweep.eval_batching`); the reference model, the tokenised prompts and the reference's
+log-probabilities of the held-out pairs are prepared once per run. With `eval.sampler=vllm` the
+samples come from vLLM (`alignsweep.sampling_vllm`) and everything else, the log-probabilities of
+both models included, from the same transformers code: the metric definitions do not change.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from alignsweep.eval_batching import BatchSizer, generation_bytes, scoring_bytes
 from alignsweep.losses import daa_loss
 
 KL_ESTIMATORS = ("mc", "exact_token")
+log = logging.getLogger("alignsweep.evaluation")
 
 
 @dataclass
@@ -79,9 +90,24 @@ def sequence_logps(model: Any, batch: Batch) -> torch.Tensor:
     ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
     position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False).logits
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logps = torch.log_softmax(logits[:, :-1], dim=-1, dtype=torch.float32)
+    del logits
     token_logps = logps.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return (token_logps * batch.response_mask[:, 1:].to(device)).sum(dim=1).cpu()
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """The seed of prompt `index`'s draws in the evaluation seeded `seed` (63 bits): a prompt's
+    sample depends on its index, never on the batch it is generated in."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @torch.no_grad()
@@ -94,27 +120,41 @@ def sample(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    first_index: int = 0,
     sync: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> list[list[int]]:
     """One response per prompt, from the untruncated distribution at `temperature`; each ends with
-    EOS unless it ran out of tokens. `sync` (sharded evaluation) replaces each step's tokens by
-    rank 0's, so that every rank takes the same path."""
+    EOS unless it ran out of tokens.
+
+    Row i draws its tokens from its own generator seeded `prompt_seed(seed, first_index + i)`, by
+    inverting the cumulative distribution (float64) at one uniform draw per token, so its sample
+    does not depend on the other rows of the batch. `sync` (sharded evaluation) replaces each
+    step's tokens by rank 0's, so that every rank takes the same path."""
     device = next(model.parameters()).device
     batch = make_batch(prompt_ids, [[] for _ in prompt_ids], pad_id)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    generators = [
+        torch.Generator(device="cpu").manual_seed(prompt_seed(seed, first_index + i)) for i in range(len(prompt_ids))
+    ]
     ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
     out = [[] for _ in prompt_ids]
     done = torch.zeros(len(prompt_ids), dtype=torch.bool)
     past = None
     position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
     step_ids = ids
+    last_only = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
     for _ in range(max_new_tokens):
         result = model(
-            input_ids=step_ids, attention_mask=attn, position_ids=position_ids, past_key_values=past, use_cache=True
+            input_ids=step_ids, attention_mask=attn, position_ids=position_ids, past_key_values=past, use_cache=True,
+            **last_only,
         )
         past = result.past_key_values
-        probs = torch.softmax(result.logits[:, -1].float() / temperature, dim=-1).cpu()
-        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        cdf = torch.softmax(result.logits[:, -1].double() / temperature, dim=-1).cumsum_(dim=-1)
+        del result
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(device)
+        # the first token whose cumulative probability exceeds u * total: token k with probability p_k
+        nxt = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+        nxt = nxt.clamp_(max=cdf.shape[1] - 1).cpu()
+        del cdf
         if sync is not None:
             nxt = sync(nxt)
         for i, tok in enumerate(nxt.tolist()):
@@ -145,7 +185,7 @@ def sequence_stats(policy: Any, ref: Any, batch: Batch) -> tuple[torch.Tensor, t
         ids, attn = batch.input_ids[:, : hi + 1].to(device), batch.attention_mask[:, : hi + 1].to(device)
         position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
         logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False).logits
-        return torch.log_softmax(logits[:, lo:hi].float(), dim=-1)
+        return torch.log_softmax(logits[:, lo:hi], dim=-1, dtype=torch.float32)
 
     lp = log_probs(policy)
     lq = log_probs(ref).to(lp.device)
@@ -153,8 +193,13 @@ def sequence_stats(policy: Any, ref: Any, batch: Batch) -> tuple[torch.Tensor, t
     m = mask[:, lo:hi].to(lp.device, lp.dtype)
     pol = (lp.gather(-1, targets).squeeze(-1) * m).sum(dim=1)
     refl = (lq.gather(-1, targets).squeeze(-1) * m).sum(dim=1)
+    # sum_v p_v (log p_v - log q_v), a token of probability 0 contributing 0; in place, so the
+    # batch holds four vocabulary-sized float32 tensors per scored position, not seven
     p = lp.exp()
-    token_kl = torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(dim=-1)
+    kl_terms = lp.sub_(lq)
+    del lq
+    kl_terms.mul_(p).masked_fill_(p == 0, 0.0)
+    token_kl = kl_terms.sum(dim=-1)
     return pol.cpu(), refl.cpu(), (token_kl * m).sum(dim=1).cpu()
 
 
@@ -181,14 +226,17 @@ def _regression(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     return sxy / sxx, sxy * sxy / (sxx * syy)
 
 
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
 
 
 class Evaluator:
     """Evaluates checkpoints of one run; the reference model, tokenised prompts and the reference's
-    log-probs of the held-out pairs are prepared once and reused at every checkpoint."""
+    log-probs of the held-out pairs are prepared once and reused at every checkpoint.
+
+    `batch_size`: `"auto"` or a maximum number of prompts per batch (`alignsweep.eval_batching`);
+    `sampler`: None to sample with `sample()` here, or an object with the `generate()` of
+    `alignsweep.sampling_vllm.VLLMSampler` to take the samples from elsewhere (scoring stays here)."""
 
     def __init__(
         self,
@@ -202,10 +250,11 @@ class Evaluator:
         loss_params: dict,
         max_new_tokens: int,
         temperature: float,
-        batch_size: int,
+        batch_size: int | str = "auto",
         seed: int,
         kl_estimator: str = "mc",
         lockstep: bool = False,
+        sampler: Any = None,
     ):
         """`lockstep=True`: the models are sharded (FSDP) and every rank of the job runs this
         evaluator on the same prompts at the same time (every forward pass is a collective);
@@ -223,7 +272,8 @@ class Evaluator:
         self.loss_params = loss_params
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        self.batch_size = batch_size
+        self.batching = BatchSizer(batch_size, lockstep=lockstep)
+        self.sampler = sampler
         self.seed = seed
         self.sync = None
         if lockstep:
@@ -252,26 +302,58 @@ class Evaluator:
             rejected.append(self._encode(row["prompt"] + row["rejected"] + eos)[len(p) :])
         return (prompts, chosen), (prompts, rejected)
 
+    def batch_info(self) -> dict:
+        """The batch sizes the last evaluation used (`generate`, `score`, `heldout`), the setting,
+        how often a batch ran out of memory and was retried smaller, and the sampler."""
+        return {**self.batching.info(), "sampler": "transformers" if self.sampler is None else self.sampler.name}
+
     def _logps(self, model: Any, prompt_ids: Sequence, response_ids: Sequence) -> torch.Tensor:
-        parts = []
-        for s in _chunks(len(prompt_ids), self.batch_size):
-            parts.append(sequence_logps(model, make_batch(prompt_ids[s], response_ids[s], self.pad_id)))
-        return torch.cat(parts) if parts else torch.zeros(0)
+        if not prompt_ids:
+            return torch.zeros(0)
+        longest = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+        parts = self.batching.run(
+            "heldout",
+            len(prompt_ids),
+            lambda s: sequence_logps(model, make_batch(prompt_ids[s], response_ids[s], self.pad_id)),
+            device=_device(model),
+            bytes_per_sequence=scoring_bytes(model, longest, longest),
+        )
+        return torch.cat(parts)
 
     def samples(self, policy: Any, prompt_ids: Sequence, seed: int) -> list[list[int]]:
-        out: list[list[int]] = []
-        for i, s in enumerate(_chunks(len(prompt_ids), self.batch_size)):
-            out += sample(
+        """One sample per prompt; prompt i's draws are seeded by `prompt_seed(seed, i)`."""
+        if not prompt_ids:
+            return []
+        if self.sampler is not None:
+            return self.sampler.generate(
+                policy,
+                prompt_ids,
+                seeds=[prompt_seed(seed, i) for i in range(len(prompt_ids))],
+                eos_id=self.eos_id,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+            )
+        parts = self.batching.run(
+            "generate",
+            len(prompt_ids),
+            lambda s: sample(
                 policy,
                 prompt_ids[s],
                 eos_id=self.eos_id,
                 pad_id=self.pad_id,
                 max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature,
-                seed=seed * 1000 + i,
+                seed=seed,
+                first_index=s.start,
                 sync=self.sync,
-            )
-        return out
+            ),
+            device=_device(policy),
+            bytes_per_sequence=generation_bytes(
+                policy, max(len(p) for p in prompt_ids), self.max_new_tokens,
+                full_prefill_logits=not _accepts_logits_to_keep(policy),
+            ),
+        )
+        return [r for part in parts for r in part]
 
     def kl(self, policy: Any, n_prompts: Optional[int] = None, seed: Optional[int] = None) -> dict:
         """KL(pi || pi_ref) on fresh samples (all prompts, or the first `n_prompts`): both estimators
@@ -279,14 +361,15 @@ class Evaluator:
         `kl_estimator`."""
         prompt_ids = self.prompt_ids if n_prompts is None else self.prompt_ids[:n_prompts]
         responses = self.samples(policy, prompt_ids, self.seed if seed is None else seed)
-        pol, ref, tok = [], [], []
-        for s in _chunks(len(prompt_ids), self.batch_size):
-            a, b, c = sequence_stats(policy, self.ref_model, make_batch(prompt_ids[s], responses[s], self.pad_id))
-            pol.append(a)
-            ref.append(b)
-            tok.append(c)
-        pol_t, ref_t = torch.cat(pol) if pol else torch.zeros(0), torch.cat(ref) if ref else torch.zeros(0)
-        tok_t = torch.cat(tok) if tok else torch.zeros(0)
+        longest = max((len(p) + len(r) for p, r in zip(prompt_ids, responses)), default=1)
+        parts = self.batching.run(
+            "score",
+            len(prompt_ids),
+            lambda s: sequence_stats(policy, self.ref_model, make_batch(prompt_ids[s], responses[s], self.pad_id)),
+            device=_device(policy),
+            bytes_per_sequence=scoring_bytes(policy, longest, max((len(r) for r in responses), default=1)),
+        )
+        pol_t, ref_t, tok_t = (torch.cat([part[k] for part in parts]) if parts else torch.zeros(0) for k in range(3))
         est = {"responses": responses, "policy_logps": pol_t, "ref_logps": ref_t}
         est["kl_mc"], est["kl_mc_se"] = mean_se((pol_t - ref_t).tolist())
         est["kl_exact_token"], est["kl_exact_token_se"] = mean_se(tok_t.tolist())
@@ -343,6 +426,7 @@ class Evaluator:
         row.update({"length_slope": slope, "length_r2": r2})
         row.update(judge_metrics)
         row.update(heldout)
+        log.info("evaluated step %d; batches: %s", step, self.batch_info())
         return row
 
     def _heldout_metrics(self, policy: Any) -> dict:

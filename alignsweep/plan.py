@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 ALGORITHMS = ("dpo", "ipo", "slic", "simpo", "alphapo", "rdpo")
+SAMPLERS = ("auto", "transformers", "vllm")  # eval.sampler; whether vllm can run is checked when the job starts
 
 
 class ConfigError(ValueError):
@@ -112,6 +113,15 @@ def resolve_job(cfg: Any) -> Job:
         raise ConfigError(f"train.checkpoints: must be >= 1, got {cfg.train.checkpoints!r}")
     if cfg.eval.kl_estimator not in ("mc", "exact_token"):
         raise ConfigError(f"eval.kl_estimator: expected mc or exact_token, got {cfg.eval.kl_estimator!r}")
+    batch_size = cfg.eval.batch_size
+    if batch_size != "auto" and not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        raise ConfigError(f"eval.batch_size: expected auto or an integer >= 1, got {batch_size!r}")
+    if cfg.eval.sampler not in SAMPLERS:
+        raise ConfigError(f"eval.sampler: expected one of {', '.join(SAMPLERS)}, got {cfg.eval.sampler!r}")
+    if not 0 < cfg.eval.vllm_gpu_memory_utilization <= 1:
+        raise ConfigError(
+            f"eval.vllm_gpu_memory_utilization: must be in (0, 1], got {cfg.eval.vllm_gpu_memory_utilization!r}"
+        )
     if cfg.eval.prompts is not None and cfg.eval.prompts < 1:
         raise ConfigError(f"eval.prompts: must be >= 1 or null, got {cfg.eval.prompts!r}")
     embedded = cfg.data.embedded

@@ -11,7 +11,7 @@ This module imports neither torch nor Hydra's launcher machinery: composing a co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
@@ -186,8 +186,21 @@ class EvalConfig:
     enabled: bool = True  # false: train only (benchmarks of training speed); no metric rows are written
     prompts: Optional[int] = None  # evaluation prompts; null = all the data provides (paper: 256)
     temperature: float = 1.0  # sampling temperature (paper: 1.0)
-    batch_size: int = 256  # prompts per generation and scoring batch
+    # Prompts per generation and scoring batch: `auto` sizes each batch to the memory free on the
+    # device (CUDA: mem_get_info; CPU: MemAvailable, cgroup and RLIMIT_AS limits; at most 256 on
+    # CPU); an integer is a maximum. Either way a batch that runs out of memory is retried at half
+    # its size, which is kept for the rest of the run. Results do not depend on it (sampling is
+    # seeded per prompt); the sizes used are in status.json (`eval_batch`).
+    batch_size: Any = "auto"  # auto | integer >= 1
     kl_estimator: str = "mc"  # which estimate `kl` reports: mc | exact_token (both are always recorded)
+    # Who draws the samples: transformers (alignsweep.evaluation.sample) or vLLM (the `vllm` extra,
+    # one CUDA GPU, single-process jobs); auto = vllm when it is importable and CUDA is available,
+    # else transformers. Log-probabilities and KL always come from transformers, for both models.
+    # vllm without vLLM or CUDA fails when the job starts (exit 2).
+    sampler: str = "auto"  # auto | transformers | vllm
+    # vllm only: the fraction of the GPU's memory the vLLM engine takes while it samples (weights
+    # and KV cache); it sleeps between evaluations and gives that memory back to training
+    vllm_gpu_memory_utilization: float = 0.3
 
 
 @dataclass

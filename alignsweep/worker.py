@@ -94,6 +94,16 @@ def device_kwargs(cfg: Any) -> dict:
     return {"use_cpu": True, "bf16": False, "fp16": False, **extra}
 
 
+def sampler_for(cfg: Any) -> str | None:
+    """The evaluation sampler this job uses (None when it does not evaluate); `eval.sampler=vllm`
+    where vLLM cannot run is a ConfigError."""
+    if not cfg.eval.enabled:
+        return None
+    from alignsweep.sampling_vllm import resolve_sampler  # imports no vLLM
+
+    return resolve_sampler(cfg.eval.sampler, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def base_model_and_tokenizer(cfg: Any):
     """A factory of the model SFT starts from, and its tokenizer (built locally for the embedded
     tiny model). The model is only built or loaded when the SFT cache does not have it yet."""
@@ -217,6 +227,8 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     strategy, asked = sharding.effective(cfg.model.resources.strategy), cfg.model.resources.strategy
     shard = sharding.training_kwargs(cfg, run_dir)
     lockstep = sharding.lockstep_evaluation(asked)
+    # eval.sampler=vllm where vLLM or CUDA is missing stops here, before anything is built (exit 2)
+    sampler_name = sampler_for(cfg)
     if main:
         if strategy != asked:
             log.warning("model.resources.strategy=%s needs several processes; this job has one: %s", asked, strategy)
@@ -238,6 +250,13 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
 
     params = loss_params(cfg, job)
     n_eval = cfg.eval.prompts or len(task["eval"])
+    sampler = None
+    if main and cfg.eval.enabled and sampler_name == "vllm":
+        from alignsweep.sampling_vllm import VLLMSampler
+
+        sampler = VLLMSampler(
+            sft_dir, dtype=cfg.model.dtype, gpu_memory_utilization=cfg.eval.vllm_gpu_memory_utilization
+        )
     evaluator = None if not ((main or lockstep) and cfg.eval.enabled) else Evaluator(
         ref_model=ref,
         tokenizer=tokenizer,
@@ -252,6 +271,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         seed=job.seed,
         kl_estimator=cfg.eval.kl_estimator,
         lockstep=lockstep,
+        sampler=sampler,
     )
     share_ref = bool(cfg.train.share_ref_logps) and not job.reference_free
     args = DPOConfig(
