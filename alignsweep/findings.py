@@ -137,10 +137,12 @@ def figure_frontier(table, path: Path) -> list[Path]:
 def tree_numbers(table, fitted) -> dict:
     rows = table.dropna(subset=["step"])
     out = []
-    for (algo, beta), group in rows.groupby(["algo", "beta"]):
+    if "model" not in rows:
+        rows = rows.assign(model=None)
+    for (model, algo, beta), group in rows.groupby(["model", "algo", "beta"], dropna=False):
         group = group.sort_values("step")
         first, last = group.iloc[0], group.iloc[-1]
-        entry = {"algo": algo, "beta": _num(beta), "steps": int(last["step"])}
+        entry = {"model": model, "algo": algo, "beta": _num(beta), "steps": int(last["step"])}
         for key in ("id_mass", "ood_mass", "chosen_logratio", "rejected_logratio", "kl", "kl_ref_pi"):
             if key in group:
                 entry[f"{key}_start"], entry[f"{key}_end"] = _num(first[key]), _num(last[key])

@@ -140,14 +140,14 @@ def resolve_job(cfg: Any) -> Job:
                 f"{cfg.data.heldout_size} (the evaluation prompts are the held-out pairs' prompts)"
             )
     model = cfg.model
-    tree, tabular = getattr(cfg.data, "tree", None), getattr(model, "tabular", False)
-    if tree is not None or tabular:
+    tree, tree_policy = getattr(cfg.data, "tree", None), getattr(model, "tree_policy", None)
+    if tree is not None or tree_policy is not None:
         check_tree_job(cfg, tree)
     else:
         from alignsweep.judges import check_judge  # gold needs the embedded task; llm needs base_url, ...
 
         check_judge(cfg.judge, embedded=embedded is not None, data_name=cfg.data.name)
-    if not tabular and model.arch is None and model.hub_id is None and model.path is None:
+    if tree_policy is None and model.arch is None and model.hub_id is None and model.path is None:
         raise ConfigError(f"model: {model.name} names no checkpoint; set model.path or model.hub_id")
     if model.path is not None and not os.path.exists(model.path):
         raise ConfigError(
@@ -182,22 +182,37 @@ def resolve_job(cfg: Any) -> Job:
     )
 
 
+# model.tree_policy: how a Tree MDP policy computes its logits (alignsweep.tree_mdp.TreePolicy)
+TREE_POLICIES = {"tabular": "tabular", "depth_shared": "depth-shared", "mlp": "tree MLP"}
+
+
 def check_tree_job(cfg: Any, tree: Any) -> None:
-    """The Tree MDP toy (data=tree_mdp) is trained only by the tabular policy (model=tabular), and
-    the tabular policy has nothing else to train on; its gold reward is the only judge."""
+    """The Tree MDP toy (data=tree_mdp) is trained only by a tree policy (model.tree_policy set:
+    model=tabular, tree_mlp or tree_depth_shared), and a tree policy has nothing else to train on;
+    its gold reward is the only judge."""
+    kind = cfg.model.tree_policy
     if tree is None:
         raise ConfigError(
-            f"model: model={cfg.model.name} is a tabular policy (model.tabular=true), which only data=tree_mdp "
-            f"can train, got data={cfg.data.name}; use data=tree_mdp or another model"
+            f"model: model={cfg.model.name} is a {TREE_POLICIES.get(kind, kind)} policy (model.tree_policy={kind}), "
+            f"which only data=tree_mdp can train, got data={cfg.data.name}; use data=tree_mdp or another model"
         )
-    if not cfg.model.tabular:
+    if kind is None:
         raise ConfigError(
-            f"data: data={cfg.data.name} (the Tree MDP toy) is trained by model=tabular, got model={cfg.model.name}"
+            f"data: data={cfg.data.name} (the Tree MDP toy) is trained by model=tabular, tree_mlp or "
+            f"tree_depth_shared (a model with model.tree_policy set), got model={cfg.model.name}"
+        )
+    if kind not in TREE_POLICIES:
+        raise ConfigError(f"model.tree_policy: expected one of {', '.join(TREE_POLICIES)}, got {kind!r}")
+    net = cfg.model.tree_net
+    if kind == "mlp" and (net.hidden < 1 or net.activation not in ("tanh", "relu") or net.init_scale < 0):
+        raise ConfigError(
+            f"model.tree_net: expected hidden >= 1, activation tanh or relu, init_scale >= 0, got hidden={net.hidden!r}, "
+            f"activation={net.activation!r}, init_scale={net.init_scale!r}"
         )
     if cfg.judge.name != "gold":
         raise ConfigError(f"judge: data={cfg.data.name} is judged exactly by its own gold reward; use judge=gold")
     if cfg.model.dtype not in ("float64", "float32"):
-        raise ConfigError(f"model.dtype: the tabular policy computes in float64 or float32, got {cfg.model.dtype!r}")
+        raise ConfigError(f"model.dtype: a tree policy computes in float64 or float32, got {cfg.model.dtype!r}")
     checks = [
         ("depth", tree.depth >= 1, ">= 1"),
         ("actions", tree.actions >= 2, ">= 2"),

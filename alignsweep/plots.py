@@ -218,39 +218,49 @@ def figure_likelihood(table, path: Path) -> list[Path]:
 
 
 def plot_tree_mdp(table, out_dir: Path) -> list[Path]:
-    """The Tree MDP toy (data=tree_mdp), one column per algorithm, one colour per beta. Top: exact
-    probability mass on in-distribution (solid) and out-of-distribution (dashed) trajectories
-    against the training step. Bottom: the mean log-ratio log pi/pi_ref of the data's chosen
-    (solid) and rejected (dashed) trajectories, and -KL(pi_ref || pi) (dotted), which the chosen
-    log-ratio would equal if the chosen trajectories were drawn from pi_ref."""
+    """The Tree MDP toy (data=tree_mdp), one column per algorithm, one colour per beta, and a pair of
+    rows per tree policy (model=tabular, tree_mlp, ...). Upper row of a pair: exact probability mass
+    on in-distribution (solid) and out-of-distribution (dashed) trajectories against the training
+    step. Lower row: the mean log-ratio log pi/pi_ref of the data's chosen (solid) and rejected
+    (dashed) trajectories, and -KL(pi_ref || pi) (dotted), which the chosen log-ratio would equal if
+    the chosen trajectories were drawn from pi_ref."""
     plt = _plt()
     rows = table.dropna(subset=["step", "id_mass"])
     algos = sorted(rows["algo"].unique())
-    fig, axes = plt.subplots(2, len(algos), figsize=(3.8 * len(algos), 6.6), sharex=True, squeeze=False)
-    for col, algo in enumerate(algos):
-        sub = rows[rows["algo"] == algo]
-        colors = _colors(sorted(sub["beta"].unique()))
-        top, bottom = axes[0][col], axes[1][col]
-        for (beta, _run), run in sub.groupby(["beta", "run"]):
-            run = run.sort_values("step")
-            color = colors[beta]
-            top.plot(run["step"], run["id_mass"], color=color, label=f"beta={beta:g}")
-            top.plot(run["step"], run["ood_mass"], color=color, linestyle="--")
-            bottom.plot(run["step"], run["chosen_logratio"], color=color, label=f"beta={beta:g}")
-            bottom.plot(run["step"], run["rejected_logratio"], color=color, linestyle="--")
-            bottom.plot(run["step"], -run["kl_ref_pi"], color=color, linestyle=":", linewidth=2)
-        top.set_title(algo.upper(), fontsize=10)
-        top.set_ylim(-0.02, 1.02)
-        bottom.set_yscale("symlog", linthresh=1.0)  # rejected log-ratios run to -30 while chosen ones stay near 0
-        bottom.set_xlabel("optimizer step (full batch)")
-        _legend(top, 7)
-        for ax in (top, bottom):
-            ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("probability mass (exact)")
-    axes[1][0].set_ylabel("mean log pi/pi_ref (symlog)")
-    fig.suptitle("Tree MDP, exact. Top: mass on in-distribution (solid) and out-of-distribution (dashed) "
-                 "trajectories.\nBottom: mean log pi/pi_ref of chosen (solid) and rejected (dashed) trajectories; "
-                 "-KL(pi_ref || pi) dotted", fontsize=10)
+    models = sorted(rows["model"].dropna().unique()) if "model" in rows else []
+    models = models or [None]
+    n = len(models)
+    fig, axes = plt.subplots(2 * n, len(algos), figsize=(3.8 * len(algos), 3.3 * 2 * n + 0.4), sharex=True,
+                             squeeze=False)
+    for m, model in enumerate(models):
+        of_model = rows if model is None else rows[rows["model"] == model]
+        for col, algo in enumerate(algos):
+            sub = of_model[of_model["algo"] == algo]
+            colors = _colors(sorted(rows.loc[rows["algo"] == algo, "beta"].unique()))
+            top, bottom = axes[2 * m][col], axes[2 * m + 1][col]
+            for (beta, _run), run in sub.groupby(["beta", "run"]):
+                run = run.sort_values("step")
+                color = colors[beta]
+                top.plot(run["step"], run["id_mass"], color=color, label=f"beta={beta:g}")
+                top.plot(run["step"], run["ood_mass"], color=color, linestyle="--")
+                bottom.plot(run["step"], run["chosen_logratio"], color=color, label=f"beta={beta:g}")
+                bottom.plot(run["step"], run["rejected_logratio"], color=color, linestyle="--")
+                bottom.plot(run["step"], -run["kl_ref_pi"], color=color, linestyle=":", linewidth=2)
+            name = "" if model is None else f"model={model}: "
+            top.set_title(f"{name}{algo.upper()}", fontsize=10, fontweight="bold")
+            top.set_ylim(-0.02, 1.02)
+            bottom.set_yscale("symlog", linthresh=1.0)  # rejected log-ratios run to -30 (or -200) while chosen stay near 0
+            if m == n - 1:
+                bottom.set_xlabel("optimizer step (full batch)")
+            _legend(top, 7)
+            for ax in (top, bottom):
+                ax.grid(alpha=0.3)
+        axes[2 * m][0].set_ylabel("probability mass (exact)" if model is None else f"{model}\nprobability mass (exact)")
+        axes[2 * m + 1][0].set_ylabel("mean log pi/pi_ref (symlog)" if model is None
+                                      else f"{model}\nmean log pi/pi_ref (symlog)")
+    fig.suptitle("Tree MDP, exact. Mass rows: in-distribution (solid) and out-of-distribution (dashed) "
+                 "trajectories.\nLog-ratio rows: mean log pi/pi_ref of chosen (solid) and rejected (dashed) "
+                 "trajectories; -KL(pi_ref || pi) dotted", fontsize=10)
     fig.tight_layout()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -50,12 +50,27 @@ class TinyArchConfig:
 
 
 @dataclass
+class TreeNetConfig:
+    """The network of model.tree_policy=mlp (`alignsweep.tree_mdp.TreePolicy`): logits at a state from
+    its features (one-hot of the actions taken so far, by position, and of the depth) through one
+    hidden layer. Its output layer starts at zero, so pi_0 = pi_ref exactly."""
+
+    hidden: int = 32  # width of the hidden layer
+    activation: str = "tanh"  # tanh | relu
+    init_scale: float = 1.0  # hidden layer ~ N(0, init_scale**2 / fan_in), seeded by the top-level `seed`
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # short id, used in tables and run names
     hub_id: Optional[str] = None  # Hugging Face hub id of the base checkpoint
     path: Optional[str] = None  # local copy of the checkpoint; wins over hub_id
     arch: Optional[TinyArchConfig] = None  # set only for models built from scratch (embedded)
-    tabular: bool = False  # a tabular softmax policy, one logit vector per state (data=tree_mdp only)
+    # data=tree_mdp only: how the policy computes its logits at a state. tabular: its own logit vector
+    # per state; depth_shared: one vector per depth, shared by the states of that depth; mlp: a small
+    # network of state features (tree_net), shared by all states. null: not a Tree MDP policy.
+    tree_policy: Optional[str] = None
+    tree_net: TreeNetConfig = field(default_factory=TreeNetConfig)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     per_device_batch: int = 8  # pairs per device per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -83,7 +98,8 @@ class EmbeddedTaskConfig:
 
 @dataclass
 class TreeMDPConfig:
-    """The Tree MDP toy of Rafailov et al. 2024 (`alignsweep.tree_mdp`), trained with `model=tabular`.
+    """The Tree MDP toy of Rafailov et al. 2024 (`alignsweep.tree_mdp`), trained by a tree policy
+    (`model.tree_policy`: model=tabular, tree_mlp or tree_depth_shared).
 
     Every quantity is computed exactly by enumerating the actions**depth trajectories; nothing is
     sampled except the dataset itself (from `seed`).
@@ -118,7 +134,7 @@ class DataConfig:
     heldout_size: int = 256  # pairs held out (their prompts and chosen responses are the evaluation set)
     max_bad_fraction: float = 0.5  # stop, rather than train on the rest, when more rows than this are bad
     embedded: Optional[EmbeddedTaskConfig] = None
-    tree: Optional[TreeMDPConfig] = None  # data=tree_mdp: the toy Tree MDP (needs model=tabular)
+    tree: Optional[TreeMDPConfig] = None  # data=tree_mdp: the toy Tree MDP (needs model.tree_policy)
 
 
 @dataclass

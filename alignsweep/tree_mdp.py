@@ -10,9 +10,12 @@ The data: a gold reward drawn N(0, 1) per leaf; `pairs` preference pairs among a
 the higher reward chosen (or Bradley-Terry labels). The in-distribution (ID) trajectories are the
 leaves that appear in the pairs; every other leaf is out of distribution (OOD).
 
-The policy (model=tabular): one logit vector per internal state, started at the reference (uniform,
-or a seeded random softmax), trained with full-batch optimizer steps on `alignsweep.losses.daa_loss`
-with log-probabilities summed over the trajectory's actions, exactly as the transformer jobs are.
+The policy (`model.tree_policy`, see `TreePolicy`): model=tabular has one logit vector per internal
+state; model=tree_depth_shared one per depth; model=tree_mlp computes them with a small network of
+state features shared by all states (function approximation, as a language model has). Each starts
+exactly at the reference (uniform, or a seeded random softmax) and is trained with full-batch
+optimizer steps on `alignsweep.losses.daa_loss` with log-probabilities summed over the trajectory's
+actions, exactly as the transformer jobs are.
 Every logged quantity is exact, by enumeration: ID and OOD mass, KL(pi || pi_ref) and
 KL(pi_ref || pi), the mean log-ratio log pi/pi_ref of chosen and rejected trajectories, the loss,
 and the gold-reward win rate against pi_ref. Nothing is sampled after the data, so a job is
@@ -100,6 +103,71 @@ def reference_logits(tree: Tree, cfg: Any) -> np.ndarray:
     return rng.normal(scale=cfg.reference_scale, size=(tree.n_states, tree.actions))
 
 
+def state_features(tree: Tree) -> np.ndarray:
+    """The input of model=tree_mlp at every internal state: one-hot of the action taken at each earlier
+    position (zeros for positions not reached yet), then one-hot of the state's depth;
+    shape (n_states, depth*actions + depth). Distinct for distinct states."""
+    x = np.zeros((tree.n_states, tree.depth * tree.actions + tree.depth))
+    for leaf in range(tree.n_leaves):
+        for t in range(tree.depth):
+            s = tree.states[leaf, t]
+            x[s, [p * tree.actions + tree.moves[leaf, p] for p in range(t)]] = 1.0
+            x[s, tree.depth * tree.actions + t] = 1.0
+    return x
+
+
+def state_depths(tree: Tree) -> np.ndarray:
+    """The depth (actions taken so far) of every internal state."""
+    depth = np.zeros(tree.n_states, dtype=np.int64)
+    depth[tree.states] = np.arange(tree.depth)
+    return depth
+
+
+class TreePolicy:
+    """The trained policy's logits per internal state, `ref_logits + delta(state)`, where `delta` is
+    zero at initialisation, so pi_0 = pi_ref exactly whatever the parametrisation:
+
+    - tabular: delta is a free (n_states, actions) table (each state its own logits);
+    - depth_shared: delta is a (depth, actions) table, one row shared by the states of a depth;
+    - mlp: delta(s) = W2 act(W1 x(s) + b1) + b2 with x = `state_features`, W1 ~ N(0, init_scale**2 /
+      fan_in) from `seed`, b1 = 0, and W2 = b2 = 0 (so the hidden layer gets gradient from step 1 on).
+
+    The reference logits stay fixed: with data.tree.reference=random the MLP learns a shared
+    correction on top of a per-state reference, as a fine-tuned model does on top of its SFT start."""
+
+    def __init__(self, kind: str, tree: Tree, ref_logits: np.ndarray, *, dtype: Any = None, seed: int = 0,
+                 hidden: int = 32, activation: str = "tanh", init_scale: float = 1.0):
+        import torch
+
+        dtype = dtype or torch.float64
+        self.kind, self.tree = kind, tree
+        self.ref = torch.tensor(ref_logits, dtype=dtype)
+        zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, requires_grad=True)  # noqa: E731
+        if kind == "tabular":
+            self.params = [zeros(tree.n_states, tree.actions)]
+        elif kind == "depth_shared":
+            self.depth_of = torch.as_tensor(state_depths(tree))
+            self.params = [zeros(tree.depth, tree.actions)]
+        elif kind == "mlp":
+            self.x = torch.tensor(state_features(tree), dtype=dtype)
+            rng = np.random.default_rng([seed, 2])  # its own stream: the data and the reference do not change
+            w1 = rng.normal(scale=init_scale / np.sqrt(self.x.shape[1]), size=(self.x.shape[1], hidden))
+            self.act = torch.tanh if activation == "tanh" else torch.relu
+            self.params = [torch.tensor(w1, dtype=dtype, requires_grad=True), zeros(hidden),
+                           zeros(hidden, tree.actions), zeros(tree.actions)]
+        else:
+            raise ValueError(f"unknown tree policy {kind!r}: tabular | depth_shared | mlp")
+
+    def logits(self) -> Any:
+        """(n_states, actions) logits of the current policy (a torch tensor with the graph)."""
+        if self.kind == "tabular":
+            return self.ref + self.params[0]
+        if self.kind == "depth_shared":
+            return self.ref + self.params[0][self.depth_of]
+        w1, b1, w2, b2 = self.params
+        return self.ref + self.act(self.x @ w1 + b1) @ w2 + b2
+
+
 def trajectory_logps(logits: Any, tree: Tree) -> Any:
     """log pi(y) of every trajectory y: its actions' log-probabilities, summed (a torch tensor)."""
     import torch
@@ -166,8 +234,11 @@ def train(
     kl_budget: Optional[float] = None,
     dtype: str = "float64",
     on_row: Optional[Callable[[dict], None]] = None,
+    policy: str = "tabular",
+    policy_args: Optional[dict] = None,
 ) -> TrainResult:
-    """Full-batch training of the tabular policy from pi_ref; a metric row at step 0, every
+    """Full-batch training of a `TreePolicy` of kind `policy` (its keyword arguments `policy_args`:
+    seed, hidden, activation, init_scale) from pi_ref; a metric row at step 0, every
     `log_every` steps and at the end (or when KL(pi || pi_ref) first exceeds `kl_budget`).
 
     `train_loss` in a row is the full-batch loss of the policy the row describes (before the
@@ -179,21 +250,22 @@ def train(
     torch.set_num_threads(1)
     try:
         return _train(tree, data, ref_logits, algo=algo, loss_params=loss_params, steps=steps, lr=lr,
-                      optimizer=optimizer, log_every=log_every, kl_budget=kl_budget, dtype=dtype, on_row=on_row)
+                      optimizer=optimizer, log_every=log_every, kl_budget=kl_budget, dtype=dtype, on_row=on_row,
+                      policy=policy, policy_args=policy_args or {})
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(tree, data, ref_logits, *, algo, loss_params, steps, lr, optimizer, log_every, kl_budget, dtype,
-           on_row) -> TrainResult:
+           on_row, policy, policy_args) -> TrainResult:
     import torch
 
     from alignsweep.losses import daa_loss
 
     torch_dtype = getattr(torch, dtype)
     ref = torch.tensor(ref_logits, dtype=torch_dtype)
-    logits = ref.clone().requires_grad_(True)
-    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)([logits], lr=lr)
+    net = TreePolicy(policy, tree, ref_logits, dtype=torch_dtype, **policy_args)
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(net.params, lr=lr)
     ref_logp = trajectory_logps(ref, tree)
     ref_logp_np = ref_logp.double().numpy()
     chosen, rejected = torch.as_tensor(data.chosen), torch.as_tensor(data.rejected)
@@ -202,6 +274,7 @@ def _train(tree, data, ref_logits, *, algo, loss_params, steps, lr, optimizer, l
     state, stop_reason = "completed", "end_of_training"
     step = 0
     for step in range(steps + 1):
+        logits = net.logits()
         logp = trajectory_logps(logits, tree)
         losses, _, _ = daa_loss(
             algo,
@@ -241,7 +314,17 @@ def _train(tree, data, ref_logits, *, algo, loss_params, steps, lr, optimizer, l
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return TrainResult(rows, state, stop_reason, step, logits.detach())
+    return TrainResult(rows, state, stop_reason, step, net.logits().detach())
+
+
+def policy_args(cfg: Any) -> dict:
+    """`TreePolicy`'s keyword arguments from a job's config: the network's shape from model.tree_net,
+    its initialisation from the top-level `seed` (which changes nothing for the other policies)."""
+    if cfg.model.tree_policy != "mlp":
+        return {}
+    net = cfg.model.tree_net
+    return {"seed": int(cfg.seed), "hidden": int(net.hidden), "activation": net.activation,
+            "init_scale": float(net.init_scale)}
 
 
 def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_from: Any = None) -> dict:
@@ -298,5 +381,7 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
         kl_budget=job.kl_budget,
         dtype=cfg.model.dtype,
         on_row=on_row,
+        policy=cfg.model.tree_policy,
+        policy_args=policy_args(cfg),
     )
     return {"state": result.state, "phase": "done", "step": result.last_step, "stop_reason": result.stop_reason}

@@ -145,7 +145,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         tracker = _build_tracker(cfg, run_dir, job) if main else _null_tracker()
         train_and_evaluate = _train_and_evaluate
-        if cfg.data.tree is not None:  # the Tree MDP toy: a tabular policy, no TRL (alignsweep/tree_mdp.py)
+        if cfg.data.tree is not None:  # the Tree MDP toy: a tree policy, no TRL (alignsweep/tree_mdp.py)
             from alignsweep.tree_mdp import train_and_evaluate
         status = train_and_evaluate(cfg, job, run_dir, tracker, resume_from)
         if main:

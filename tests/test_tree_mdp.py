@@ -1,5 +1,6 @@
-"""The Tree MDP toy (data=tree_mdp, model=tabular): exact enumeration, exact KL, gradients through
-daa_loss, what DPO does to in- and out-of-distribution mass, and the experiment end to end."""
+"""The Tree MDP toy (data=tree_mdp; model=tabular, tree_mlp, tree_depth_shared): exact enumeration,
+exact KL, gradients through daa_loss, what DPO does to in- and out-of-distribution mass with a
+tabular and with a shared (MLP) policy, and the experiment end to end."""
 
 from __future__ import annotations
 
@@ -175,6 +176,130 @@ def test_dpo_on_the_tabular_tree_moves_mass_into_the_data_not_out_of_it():
     assert last["train_loss"] < first["train_loss"] == pytest.approx(math.log(2))
 
 
+def test_mlp_state_features_tell_every_state_apart_and_encode_its_depth():
+    tree = T.build_tree(3, 3)
+    x = T.state_features(tree)
+    assert x.shape == (13, 3 * 3 + 3) and len({tuple(row) for row in x}) == 13
+    assert (x[:, 9:].argmax(axis=1) == T.state_depths(tree)).all() and (x[:, 9:].sum(axis=1) == 1).all()
+    assert (x[:, :9].sum(axis=1) == T.state_depths(tree)).all()  # one action one-hot per earlier position
+
+
+def perturbed_policy(kind: str, tree: T.Tree, ref: np.ndarray, seed: int, **args) -> T.TreePolicy:
+    policy = T.TreePolicy(kind, tree, ref, seed=seed, **args)
+    rng = np.random.default_rng(seed + 100)
+    with torch.no_grad():
+        for param in policy.params:
+            param += torch.tensor(rng.normal(scale=0.7, size=tuple(param.shape)))
+    return policy
+
+
+@pytest.mark.parametrize("kind", ["tabular", "depth_shared", "mlp"])
+@pytest.mark.parametrize("reference", ["uniform", "random"])
+def test_tree_policies_start_exactly_at_pi_ref_and_their_probabilities_sum_to_one(kind, reference):
+    for depth, actions in [(3, 3), (4, 2), (2, 5)]:
+        tree = T.build_tree(depth, actions)
+        ref = T.reference_logits(tree, tree_cfg(reference=reference, seed=depth))
+        start = T.TreePolicy(kind, tree, ref, seed=7)
+        ref_logp = T.trajectory_logps(torch.tensor(ref), tree)
+        assert torch.equal(T.trajectory_logps(start.logits(), tree), ref_logp)  # pi_0 = pi_ref, bit for bit
+        moved = T.trajectory_logps(perturbed_policy(kind, tree, ref, seed=3).logits(), tree)
+        assert moved.exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+        assert (moved - ref_logp).abs().max() > 0.1  # the parameters do move the policy
+
+
+def test_mlp_policy_shares_its_parameters_across_states():
+    """The point of model=tree_mlp: a gradient step for one trajectory moves the logits of states
+    off its path too (the tabular policy moves only the states on it)."""
+    tree = T.build_tree(3, 3)
+    ref = T.reference_logits(tree, tree_cfg())
+    leaf = 0  # path: states 0, 1, 4
+    for kind, off_path_moves in [("tabular", False), ("mlp", True)]:
+        policy = perturbed_policy(kind, tree, ref, seed=1)
+        T.trajectory_logps(policy.logits(), tree)[leaf].backward()
+        with torch.no_grad():
+            before = policy.logits().clone()
+            for param in policy.params:
+                param += 0.1 * param.grad
+            change = (policy.logits() - before).abs().sum(dim=1)
+        off_path = [s for s in range(tree.n_states) if s not in (0, 1, 4)]
+        assert (change[off_path].max() > 1e-3) == off_path_moves
+
+
+@pytest.mark.parametrize("algo,beta", [("dpo", 0.1), ("ipo", 1.0), ("slic", 0.1)])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_gradient_of_the_mlp_policy_matches_finite_differences(algo, beta, activation):
+    tree = T.build_tree(3, 3)
+    data = T.make_data(tree, tree_cfg())
+    ref = T.reference_logits(tree, tree_cfg(reference="random"))
+    policy = perturbed_policy("mlp", tree, ref, seed=5, hidden=8, activation=activation)
+    ref_logp = T.trajectory_logps(torch.tensor(ref), tree)
+    lengths = torch.full((len(data.chosen),), 3)
+
+    def loss_of():
+        logp = T.trajectory_logps(policy.logits(), tree)
+        losses, chosen, rejected = daa_loss(
+            algo, policy_chosen_logps=logp[data.chosen], policy_rejected_logps=logp[data.rejected],
+            ref_chosen_logps=ref_logp[data.chosen], ref_rejected_logps=ref_logp[data.rejected],
+            chosen_lengths=lengths, rejected_lengths=lengths, beta=beta,
+        )
+        if algo == "slic":  # the hinge has no derivative at its kink: stay away from it
+            assert ((1 - (chosen - rejected)).abs() > 1e-3).all()
+        return losses.mean()
+
+    loss_of().backward()
+    eps = 1e-6
+    for param in policy.params:
+        numeric = torch.zeros_like(param)
+        with torch.no_grad():
+            for index in itertools.product(*(range(n) for n in param.shape)):
+                keep = param[index].item()
+                param[index] = keep + eps
+                up = loss_of()
+                param[index] = keep - eps
+                down = loss_of()
+                param[index] = keep
+                numeric[index] = (up - down) / (2 * eps)
+        torch.testing.assert_close(param.grad, numeric, rtol=1e-5, atol=1e-8)
+    assert max(param.grad.abs().max() for param in policy.params) > 1e-3  # not a trivial zero
+
+
+def test_dpo_on_the_mlp_tree_moves_mass_onto_one_out_of_distribution_trajectory_at_beta_1():
+    """What model=tree_mlp really does with the default toy (data seed 0, network seed 0, DPO, 300
+    Adam steps at lr 0.05). Unlike the tabular policy:
+
+    - beta 1: OOD mass first rises above its start (0.778 -> about 0.82 near step 60), and at the
+      end 0.73 of all mass sits on ONE out-of-distribution trajectory, leaf 18 = actions (2, 0, 0),
+      which shares its first action with the best covered leaf 24 = (2, 2, 0); in aggregate OOD mass
+      ends a little below its start (about 0.73), because the 26 other OOD leaves lost theirs.
+    - the chosen log-ratio never rises above zero (the tabular policy's first reaches about +1): the
+      chosen trajectories lose likelihood from the first step, as the paper reports.
+    - beta 0.1: like the tabular policy, all the mass goes to the best covered leaf (ID mass -> 1)."""
+    cfg = tree_cfg()
+    tree = T.build_tree(cfg.depth, cfg.actions)
+    data = T.make_data(tree, cfg)
+    ref = T.reference_logits(tree, cfg)
+    result = T.train(tree, data, ref, algo="dpo", loss_params={"beta": 1.0}, steps=cfg.steps, lr=cfg.lr,
+                     optimizer=cfg.optimizer, log_every=cfg.log_every, policy="mlp", policy_args={"seed": 0})
+    rows = pd.DataFrame(result.rows)
+    first, last = rows.iloc[0], rows.iloc[-1]
+    assert len(rows) == 31 and result.state == "completed"
+    assert first["ood_mass"] == pytest.approx(21 / 27, abs=1e-12) and first["kl"] == 0.0
+    peak = rows.loc[rows["ood_mass"].idxmax()]
+    assert peak["ood_mass"] == pytest.approx(0.817, abs=0.01) and 30 <= peak["step"] <= 90
+    assert last["ood_mass"] == pytest.approx(0.733, abs=0.01)
+    final = T.trajectory_logps(result.final_logits, tree).exp().numpy()
+    assert 18 not in data.in_distribution and final[18] == pytest.approx(0.732, abs=0.01)
+    best = max(data.in_distribution, key=lambda leaf: data.reward[leaf])
+    assert best == 24 and final[24] == pytest.approx(0.267, abs=0.01)
+    assert rows["chosen_logratio"].iloc[1:].max() < 0 and last["chosen_logratio"] == pytest.approx(-12.2, abs=0.5)
+    assert last["rejected_logratio"] < last["chosen_logratio"]
+
+    low = T.train(tree, data, ref, algo="dpo", loss_params={"beta": 0.1}, steps=cfg.steps, lr=cfg.lr,
+                  log_every=cfg.log_every, policy="mlp", policy_args={"seed": 0})
+    assert low.rows[-1]["id_mass"] > 0.999
+    assert T.trajectory_logps(low.final_logits, tree)[best].exp().item() > 0.999
+
+
 def test_kl_budget_stops_training_at_the_first_step_over_it():
     cfg = tree_cfg()
     tree = T.build_tree(cfg.depth, cfg.actions)
@@ -203,6 +328,7 @@ def test_dry_run_imports_no_torch_and_refuses_bad_combinations(cli):
     subprocess.run([sys.executable, "-c", code], check=True)
     dry = cli("-m", "experiment=tree_mdp", "dry_run=true").stdout
     assert sum(l.startswith("#") and "model=tabular data=tree_mdp" in l for l in dry.splitlines()) == 6
+    assert sum(l.startswith("#") and "model=tree_mlp data=tree_mdp" in l for l in dry.splitlines()) == 6
 
     proc = cli("model=tabular", check=False)  # data=embedded by default
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -210,6 +336,12 @@ def test_dry_run_imports_no_torch_and_refuses_bad_combinations(cli):
     assert "data=tree_mdp" in proc.stderr
     proc = cli("data=tree_mdp", check=False)  # model=embedded_tiny by default
     assert proc.returncode == 2 and "data: data=tree_mdp (the Tree MDP toy) is trained by model=tabular" in proc.stderr
+    proc = cli("model=tree_mlp", check=False)
+    assert proc.returncode == 2 and "model=tree_mlp is a tree MLP policy (model.tree_policy=mlp)" in proc.stderr
+    proc = cli("data=tree_mdp", "model=tree_mlp", "model.tree_policy=conv", check=False)
+    assert proc.returncode == 2 and "model.tree_policy: expected one of tabular, depth_shared, mlp" in proc.stderr
+    proc = cli("data=tree_mdp", "model=tree_mlp", "model.tree_net.activation=gelu", check=False)
+    assert proc.returncode == 2 and "model.tree_net: expected hidden >= 1, activation tanh or relu" in proc.stderr
     proc = cli("data=tree_mdp", "model=tabular", "data.tree.leaves=[3,3]", check=False)
     assert proc.returncode == 2 and "data.tree.leaves: expected at least two distinct leaf indices" in proc.stderr
 
@@ -218,27 +350,31 @@ def test_dry_run_imports_no_torch_and_refuses_bad_combinations(cli):
 def test_tree_mdp_experiment_end_to_end(cli):
     """`python -m alignsweep -m experiment=tree_mdp`, then collect, status and a resubmission."""
     run = cli("-m", "experiment=tree_mdp", "paths.output_dir=out", "hydra.sweep.dir=sweep")
-    assert "6 of 6 jobs completed, 0 failed" in run.stdout
+    assert "12 of 12 jobs completed, 0 failed" in run.stdout
     sweep = cli.cwd / "sweep"
     for path in sorted(sweep.glob("figures/tree_mdp_ood_mass.*")):
         path.unlink()  # the launcher collected already; collect again from the directory alone
     cli(str(sweep), module="alignsweep.collect")
     table = pd.read_csv(sweep / "results.csv")
-    assert table.groupby("run").size().eq(31).all() and table["run"].nunique() == 6
-    assert (table["status"] == "completed").all() and (table["model"] == "tabular").all()
-    assert set(zip(table["algo"], table["beta"])) == {(a, b) for a in ("dpo", "ipo", "slic") for b in (0.1, 1.0)}
+    assert table.groupby("run").size().eq(31).all() and table["run"].nunique() == 12
+    assert (table["status"] == "completed").all() and table["model"].isin(["tabular", "tree_mlp"]).all()
+    assert set(zip(table["model"], table["algo"], table["beta"])) == {
+        (m, a, b) for m in ("tabular", "tree_mlp") for a in ("dpo", "ipo", "slic") for b in (0.1, 1.0)}
     assert np.allclose(table["id_mass"] + table["ood_mass"], 1.0)
     start = table[table["step"] == 0]
     assert np.allclose(start["id_mass"], 6 / 27) and np.allclose(start["kl"], 0.0)
     for suffix in ("png", "svg"):
         assert (sweep / "figures" / f"tree_mdp_ood_mass.{suffix}").stat().st_size > 10_000
     assert (sweep / "figures" / "fig1_overoptimization.png").exists()
+    end = table[table["step"] == 300].set_index(["model", "algo", "beta"])
+    assert end.loc[("tabular", "dpo", 1.0), "ood_mass"] == pytest.approx(0.198, abs=0.01)
+    assert end.loc[("tree_mlp", "dpo", 1.0), "ood_mass"] == pytest.approx(0.733, abs=0.01)
     assert not (sweep / "figures" / "fig2_length.png").exists()  # every trajectory is equally long
     status = cli(str(sweep), module="alignsweep.status").stdout
-    assert "total: 6 completed" in status and "300/300" in status
+    assert "total: 12 completed" in status and "300/300" in status
     job = json.loads((sweep / "0" / "status.json").read_text())
     assert job["state"] == "completed" and job["data"]["in_distribution"] == [9, 17, 22, 24, 25, 26]
 
     again = cli("-m", "experiment=tree_mdp", "paths.output_dir=out", "hydra.sweep.dir=sweep")
-    assert again.stdout.count("already completed, skipped") == 6
+    assert again.stdout.count("already completed, skipped") == 12
     pd.testing.assert_frame_equal(table, pd.read_csv(sweep / "results.csv"))
