@@ -78,7 +78,17 @@ def draw_overopt(table, fitted, out: Path) -> list[Path]:
 # 2. length exploitation
 
 
+def _length_variants(table):
+    """R-DPO swept over its length term `a`: a = 0 is DPO exactly; label the rows by it."""
+    column = "cfg.algo.length_coef"
+    if column not in table.columns:
+        return table
+    label = table[column].map(lambda a: "dpo (a=0)" if float(a) == 0 else f"rdpo (a={float(a):g})")
+    return table.assign(algo=label.where(table["algo"] == "rdpo", table["algo"]))
+
+
 def length_numbers(table, fitted) -> dict:
+    table = _length_variants(table)
     rows = _evaluated(table).dropna(subset=["length_r2", "kl"])
     rows = rows[rows["step"] > 0]
     out = []
@@ -98,6 +108,7 @@ def length_numbers(table, fitted) -> dict:
 
 
 def draw_length(table, fitted, out: Path) -> list[Path]:
+    table = _length_variants(table)
     files = figure_length(table, out / "length_embedded_r2")
     files += figure_frontier(table, out / "length_embedded_frontier")
     return files
@@ -116,7 +127,7 @@ def figure_frontier(table, path: Path) -> list[Path]:
         for algo in algos:
             pts = rows[(rows["model"] == model) & (rows["algo"] == algo)]
             ax.errorbar(pts["sqrt_kl"], pts["win_rate"], yerr=pts["win_rate_se"], fmt="o", markersize=4, capsize=2,
-                        color=colors[algo], alpha=0.8, label=algo.upper())
+                        color=colors[algo], alpha=0.8, label=algo.upper().replace("(A=", "(a="))
             if len(pts) > 2:  # the running best: the frontier
                 order = pts.sort_values("sqrt_kl")
                 ax.plot(order["sqrt_kl"], order["win_rate"].cummax(), color=colors[algo], linewidth=1, alpha=0.6)
