@@ -1,8 +1,10 @@
 """`python -m alignsweep.bench [--quick]` (`make bench`): what a sweep costs beyond its training.
 
 Measured side by side in one run, on this machine (they are shared and noisy: read the ratios):
-1. sharing: a sweep of reference-based jobs with the reference log-probs shared through the
-   sweep's cache vs recomputed in every job; wall time of the whole sweep, metrics compared.
+1. sharing: a sweep of reference-based jobs with what its jobs have in common shared through the
+   sweep's cache (the reference log-probs of the training pairs, `train.share_ref_logps`, and the
+   step-0 evaluation of the SFT model, `eval.share_step0`) vs recomputed in every job; wall time
+   of the whole sweep, metrics compared. `--sharing-model` picks the model size.
 2. overhead: one DAA job through alignsweep (evaluation off) vs a plain TRL script doing the same
    training (same SFT model, data, batch, steps), whole-process wall time, alternated.
 3. dry run of the 63-job paper grid: wall time, and whether torch was imported.
@@ -72,19 +74,22 @@ def _alignsweep(*args: str) -> list[str]:
     return [sys.executable, "-m", "alignsweep", *args]
 
 
-def bench_sharing(work: Path, cache: Path, quick: bool) -> dict:
+def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_tiny") -> dict:
     from alignsweep import rundir
 
     grid = ["algo=dpo,ipo,slic", "beta=0.1,1.0"] if not quick else ["algo=dpo,ipo", "beta=0.1"]
+    grid.append(f"model={model}")
     times: dict[str, list[float]] = {"shared": [], "per_job": []}
     sweeps = {}
     for repeat in range(1 if quick else 2):
         order = ["per_job", "shared"] if repeat % 2 == 0 else ["shared", "per_job"]
         for mode in order:
             shutil.rmtree(cache / "ref_logps", ignore_errors=True)
+            shutil.rmtree(cache / "step0", ignore_errors=True)
             sweep = work / f"sharing-{mode}-{repeat}"
             times[mode].append(_timed(_alignsweep(
                 "-m", *grid, "logger=none", f"train.share_ref_logps={mode == 'shared'}",
+                f"eval.share_step0={mode == 'shared'}",
                 f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}", "hydra.launcher.collect=false",
             ), work))
             sweeps[mode] = sweep
@@ -96,6 +101,7 @@ def bench_sharing(work: Path, cache: Path, quick: bool) -> dict:
     jobs = len(runs)
     return {
         "jobs": jobs,
+        "model": model,
         "shared_s": times["shared"],
         "per_job_s": times["per_job"],
         "speedup": statistics.median(times["per_job"]) / statistics.median(times["shared"]),
@@ -195,7 +201,8 @@ def render(results: dict) -> str:
         "",
         "| what | measured | target |",
         "|---|---|---|",
-        f"| {s['jobs']}-job sweep, reference log-probs shared vs per job | "
+        f"| {s['jobs']}-job sweep ({s.get('model', 'embedded_tiny')}), reference log-probs and step-0 evaluation "
+        f"shared vs per job | "
         f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['per_job_s']):.1f} s: "
         f"**{s['speedup']:.2f}x**; metrics differ by at most {s['max_metric_difference']:.1e} | >= 1.25x, <= 1e-5 |",
         f"| one job (evaluation off) vs plain TRL script | {statistics.median(o['alignsweep_s']):.1f} s vs "
@@ -213,6 +220,7 @@ def render(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (what CI runs)")
+    parser.add_argument("--sharing-model", default="embedded_tiny", help="model of the sharing sweep")
     parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="file whose bench section to update")
     args = parser.parse_args(argv)
@@ -224,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] collect ...", flush=True)
         col = bench_collect(work, 600 if args.quick else 10_000)
         print("[bench] sweep with and without shared reference log-probs ...", flush=True)
-        sharing = bench_sharing(work, cache, args.quick)
+        sharing = bench_sharing(work, cache, args.quick, args.sharing_model)
         print("[bench] one job vs plain TRL ...", flush=True)
         overhead = bench_overhead(work, cache, args.quick)
     finally:

@@ -38,6 +38,10 @@ run in batches sized by `eval.batch_size` (`auto`: to the device's free memory; 
 log-probabilities of the held-out pairs are prepared once per run. With `eval.sampler=vllm` the
 samples come from vLLM (`alignsweep.sampling_vllm`) and everything else, the log-probabilities of
 both models included, from the same transformers code: the metric definitions do not change.
+Step 0 evaluates the SFT model itself, identical for every job of a sweep: with a `step0_cache`
+file (`eval.share_step0`) the first job measures it and the others read the measurement (samples,
+log-probabilities, verdicts, held-out log-likelihoods); each job still computes its own
+loss-specific metrics (the implicit-reward length regression, the reward accuracy) from it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import inspect
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -255,6 +260,7 @@ class Evaluator:
         kl_estimator: str = "mc",
         lockstep: bool = False,
         sampler: Any = None,
+        step0_cache: Any = None,
     ):
         """`lockstep=True`: the models are sharded (FSDP) and every rank of the job runs this
         evaluator on the same prompts at the same time (every forward pass is a collective);
@@ -275,6 +281,9 @@ class Evaluator:
         self.batching = BatchSizer(batch_size, lockstep=lockstep)
         self.sampler = sampler
         self.seed = seed
+        # a file shared by the jobs of a sweep for step 0's measurement (see `_shared_step0`)
+        self.step0_cache = None if step0_cache is None or lockstep else Path(step0_cache)
+        self.step0_cache_hit: Optional[bool] = None
         self.sync = None
         if lockstep:
             from alignsweep.distributed import broadcast_tokens
@@ -386,9 +395,18 @@ class Evaluator:
                 policy.train()
 
     def _evaluate(self, policy: Any, step: int) -> dict | None:
+        shared = step == 0 and self.step0_cache is not None and self.judge is not None
+        measured = self._shared_step0(policy) if shared else self._measure(policy, step)
+        if measured is None:  # a rank that only takes part in the forward passes
+            return None
+        return self._summarize(measured, step)
+
+    def _measure(self, policy: Any, step: int) -> dict | None:
+        """The expensive part of an evaluation: samples, their log-probabilities under both
+        models, the judge's verdicts and the held-out log-likelihoods. Independent of the loss."""
         est = self.kl(policy, seed=self.seed + step)
-        heldout = self._heldout_metrics(policy) if self.heldout_ref is not None else {}
-        if self.judge is None:  # a rank that only takes part in the forward passes
+        heldout = self._heldout_logps(policy) if self.heldout_ref is not None else None
+        if self.judge is None:
             return None
         responses = est["responses"]
         texts = [self.tokenizer.decode([t for t in r if t != self.eos_id]) for r in responses]
@@ -398,10 +416,40 @@ class Evaluator:
             outcomes, judge_metrics = judged.outcomes, judged.metrics
         else:  # any object with compare() will do
             outcomes, judge_metrics = self.judge.compare(self.prompts, texts, self.references), {}
+        return {"est": est, "outcomes": list(outcomes), "judge_metrics": dict(judge_metrics), "heldout": heldout}
+
+    def _shared_step0(self, policy: Any) -> dict:
+        """Step 0's measurement, shared by every job of a sweep that starts from the same SFT model
+        with the same evaluation settings (the policy is the reference there, whatever the loss):
+        read from `step0_cache` when a job already made it, else made and stored there."""
+        import os
+
+        from filelock import FileLock
+
+        path = self.step0_cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.exists():
+                try:
+                    self.step0_cache_hit = True
+                    return torch.load(path, weights_only=False)
+                except Exception as exc:  # a damaged file is measured again, not trusted
+                    log.warning("step-0 cache %s unreadable (%s); measuring again", path, exc)
+            self.step0_cache_hit = False
+            measured = self._measure(policy, 0)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(measured, tmp)
+            os.replace(tmp, path)
+            return measured
+
+    def _summarize(self, measured: dict, step: int) -> dict:
+        """A metric row from a measurement (cheap; the loss-specific parts are computed here)."""
+        est, outcomes = measured["est"], measured["outcomes"]
+        responses = est["responses"]
         verdicts = [o for o in outcomes if not math.isnan(o)]
         win, win_se = mean_se(verdicts)
         lengths = [len(r) - (1 if r and r[-1] == self.eos_id else 0) for r in responses]
-        kl, kl_se = est["kl"], est["kl_se"]
+        kl, kl_se = est[f"kl_{self.kl_estimator}"], est[f"kl_{self.kl_estimator}_se"]
         sqrt_kl = math.sqrt(max(kl, 0.0))
         row = {
             "kl": kl,
@@ -424,14 +472,18 @@ class Evaluator:
         implicit = (beta * (est["policy_logps"] - est["ref_logps"])).tolist()
         slope, r2 = _regression([float(x) for x in lengths], implicit)
         row.update({"length_slope": slope, "length_r2": r2})
-        row.update(judge_metrics)
-        row.update(heldout)
+        row.update(measured["judge_metrics"])
+        if measured["heldout"] is not None:
+            row.update(self._heldout_metrics(*measured["heldout"]))
         log.info("evaluated step %d; batches: %s", step, self.batch_info())
         return row
 
-    def _heldout_metrics(self, policy: Any) -> dict:
+    def _heldout_logps(self, policy: Any) -> tuple[torch.Tensor, torch.Tensor]:
         (prompts, chosen), (_, rejected) = self.heldout
-        pc, pr = self._logps(policy, prompts, chosen), self._logps(policy, prompts, rejected)
+        return self._logps(policy, prompts, chosen), self._logps(policy, prompts, rejected)
+
+    def _heldout_metrics(self, pc: torch.Tensor, pr: torch.Tensor) -> dict:
+        (_, chosen), (_, rejected) = self.heldout
         lc = torch.tensor([len(c) for c in chosen], dtype=pc.dtype)
         lr = torch.tensor([len(r) for r in rejected], dtype=pc.dtype)
         _, chosen_rewards, rejected_rewards = daa_loss(

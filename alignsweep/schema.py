@@ -209,6 +209,10 @@ class EvalConfig:
     # seeded per prompt); the sizes used are in status.json (`eval_batch`).
     batch_size: Any = "auto"  # auto | integer >= 1
     kl_estimator: str = "mc"  # which estimate `kl` reports: mc | exact_token (both are always recorded)
+    # Step 0 evaluates the SFT model itself, the same for every job of a sweep that shares the SFT
+    # model, data, seed, judge and sampler: measure it once (samples, log-probs, verdicts) and let the
+    # other jobs read it from paths.cache_dir/step0 (their loss-specific metrics are still their own).
+    share_step0: bool = True
     # Who draws the samples: transformers (alignsweep.evaluation.sample) or vLLM (the `vllm` extra,
     # one CUDA GPU, single-process jobs); auto = vllm when it is importable and CUDA is available,
     # else transformers. Log-probabilities and KL always come from transformers, for both models.

@@ -272,6 +272,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         kl_estimator=cfg.eval.kl_estimator,
         lockstep=lockstep,
         sampler=sampler,
+        step0_cache=step0_cache_path(cfg, job, sft_dir, task, n_eval, sampler_name) if cfg.eval.share_step0 else None,
     )
     share_ref = bool(cfg.train.share_ref_logps) and not job.reference_free
     args = DPOConfig(
@@ -317,6 +318,8 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     if main:
         rundir.write_status(run_dir, phase="train")
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if main and evaluator is not None and evaluator.step0_cache_hit is not None:
+        rundir.write_status(run_dir, step0_eval="read from the sweep's cache" if evaluator.step0_cache_hit else "measured")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         write_rank_record(run_dir, trainer)
     if callback.diverged_at is not None:
@@ -327,6 +330,23 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         else:
             trainer.save_model(str(run_dir / "model"))
     return {"state": "completed", "phase": "done", "step": callback.last_step, "stop_reason": callback.stop_reason}
+
+
+def step0_cache_path(cfg: Any, job: Any, sft_dir: Path, task: dict, n_eval: int, sampler: str) -> Path:
+    """Where step 0's evaluation of this SFT model is shared (`eval.share_step0`): keyed by a hash
+    of everything that evaluation depends on, the SFT weights file's size and time included (a
+    rebuilt SFT model gets a new key)."""
+    import hashlib
+    import json
+
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(sft_dir).glob("*.safetensors"))
+    payload = {
+        "sft": str(sft_dir), "weights": weights, "dtype": cfg.model.dtype, "seed": job.seed, "sampler": sampler,
+        "eval": task["eval"][:n_eval], "heldout": task["heldout"], "max_new_tokens": cfg.data.max_new_tokens,
+        "temperature": cfg.eval.temperature, "judge": OmegaConf.to_container(cfg.judge, resolve=True),
+    }
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return Path(cfg.paths.cache_dir) / "step0" / f"{key}.pt"
 
 
 def load_config(path: Path) -> DictConfig:
