@@ -57,7 +57,8 @@ def test_a_job_asking_for_vllm_here_stops_at_start_with_exit_code_2(cli):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: eval.sampler=vllm: vLLM is not installed")
     assert "Traceback" not in proc.stderr
-    run = next(cli.cwd.glob("outputs/runs/*"))
+    # the dry run above may have its own run directory (a different second): take the job's
+    run = next(p for p in cli.cwd.glob("outputs/runs/*") if (p / rundir.STATUS).exists())
     status = rundir.read_status(run)
     assert status["state"] == "failed" and "eval.sampler=vllm" in status["error"]
     assert "data" not in status and "sft_model" not in status  # stopped before reading data or building SFT
