@@ -422,25 +422,10 @@ class Evaluator:
         """Step 0's measurement, shared by every job of a sweep that starts from the same SFT model
         with the same evaluation settings (the policy is the reference there, whatever the loss):
         read from `step0_cache` when a job already made it, else made and stored there."""
-        import os
+        from alignsweep.sweep_cache import load_or_compute
 
-        from filelock import FileLock
-
-        path = self.step0_cache
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if path.exists():
-                try:
-                    self.step0_cache_hit = True
-                    return torch.load(path, weights_only=False)
-                except Exception as exc:  # a damaged file is measured again, not trusted
-                    log.warning("step-0 cache %s unreadable (%s); measuring again", path, exc)
-            self.step0_cache_hit = False
-            measured = self._measure(policy, 0)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(measured, tmp)
-            os.replace(tmp, path)
-            return measured
+        measured, self.step0_cache_hit = load_or_compute(self.step0_cache, lambda: self._measure(policy, 0))
+        return measured
 
     def _summarize(self, measured: dict, step: int) -> dict:
         """A metric row from a measurement (cheap; the loss-specific parts are computed here)."""

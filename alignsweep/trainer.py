@@ -55,13 +55,13 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
         if self.ref_cache_dir is None:
             return super()._precompute_ref_logps(dataset, name, batch_size)
-        import os
         from pathlib import Path
 
         import hashlib
         from array import array
 
-        from alignsweep.distributed import agree, from_rank_zero, rank, rank_zero_lock
+        from alignsweep.distributed import from_rank_zero
+        from alignsweep.sweep_cache import load_or_compute
 
         digest = hashlib.sha256(f"{self._precompute_model_hash}|{self.args.max_length}|{self.args.truncation_mode}".encode())
         for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
@@ -69,20 +69,10 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
                 digest.update(array("q", ids).tobytes())
                 digest.update(b"|")
         key = from_rank_zero(digest.hexdigest()[:20])
-        folder = Path(self.ref_cache_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{key}.pt"
         # multi-process: rank 0 alone locks and decides; on a miss all ranks compute (collectives)
-        with rank_zero_lock(folder / f"{key}.lock"):
-            self.ref_cache_hit = agree(path.exists())
-            if self.ref_cache_hit:
-                saved = torch.load(path)
-            else:
-                saved = self._reference_logps(dataset, batch_size)
-                if rank() == 0:
-                    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                    torch.save(saved, tmp)
-                    os.replace(tmp, path)
+        saved, self.ref_cache_hit = load_or_compute(
+            Path(self.ref_cache_dir) / f"{key}.pt", lambda: self._reference_logps(dataset, batch_size)
+        )
         for column, values in saved.items():
             if column in dataset.column_names:
                 dataset = dataset.remove_columns(column)
