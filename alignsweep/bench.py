@@ -220,6 +220,17 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def write_section(md: Path, section: str, begin: str, end: str) -> None:
+    """Replace the text between the `begin` and `end` markers of `md` (they are part of `section`);
+    append the section when the markers are missing, create the file when it is."""
+    text = md.read_text() if md.exists() else "# Benchmarks\n\n" + begin + "\n" + end + "\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text += "\n" + section + "\n"
+    md.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (what CI runs)")
@@ -253,13 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     section = render(results)
-    md = Path(args.markdown)
-    text = md.read_text() if md.exists() else "# Benchmarks\n\n" + MARK_BEGIN + "\n" + MARK_END + "\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        text = text[: text.index(MARK_BEGIN)] + section + text[text.index(MARK_END) + len(MARK_END):]
-    else:
-        text += "\n" + section + "\n"
-    md.write_text(text)
+    write_section(Path(args.markdown), section, MARK_BEGIN, MARK_END)
     print(section)
     return 0
 

@@ -243,13 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / ("gpu_results_tiny.json" if args.tiny else "gpu_results.json")).write_text(json.dumps(results, indent=1))
     section = render(results)
     if not args.tiny:
-        md = Path(args.markdown)
-        text = md.read_text()
-        if MARK_BEGIN in text and MARK_END in text:
-            text = text[: text.index(MARK_BEGIN)] + section + text[text.index(MARK_END) + len(MARK_END):]
-        else:
-            text += "\n" + section + "\n"
-        md.write_text(text)
+        from alignsweep.bench import write_section
+
+        write_section(Path(args.markdown), section, MARK_BEGIN, MARK_END)
     print(section)
     return 0
 
