@@ -424,7 +424,10 @@ class Evaluator:
         read from `step0_cache` when a job already made it, else made and stored there."""
         from alignsweep.sweep_cache import load_or_compute
 
-        measured, self.step0_cache_hit = load_or_compute(self.step0_cache, lambda: self._measure(policy, 0))
+        # rank 0 alone evaluates here (sharded, lockstep evaluation has no step-0 cache): no collectives
+        measured, self.step0_cache_hit = load_or_compute(
+            self.step0_cache, lambda: self._measure(policy, 0), all_ranks=False
+        )
         return measured
 
     def _summarize(self, measured: dict, step: int) -> dict:
