@@ -237,7 +237,8 @@ def _device(model: Any) -> torch.device:
 
 class Evaluator:
     """Evaluates checkpoints of one run; the reference model, tokenised prompts and the reference's
-    log-probs of the held-out pairs are prepared once and reused at every checkpoint.
+    log-probs of the held-out pairs are prepared once and reused at every checkpoint (with
+    `heldout_ref_cache`, a file shared by the jobs of a sweep, once per sweep).
 
     `batch_size`: `"auto"` or a maximum number of prompts per batch (`alignsweep.eval_batching`);
     `sampler`: None to sample with `sample()` here, or an object with the `generate()` of
@@ -261,6 +262,7 @@ class Evaluator:
         lockstep: bool = False,
         sampler: Any = None,
         step0_cache: Any = None,
+        heldout_ref_cache: Any = None,
     ):
         """`lockstep=True`: the models are sharded (FSDP) and every rank of the job runs this
         evaluator on the same prompts at the same time (every forward pass is a collective);
@@ -295,8 +297,18 @@ class Evaluator:
         self.prompt_ids = [self._encode(p) for p in self.prompts]
         self.heldout = self._encode_pairs(heldout_rows)
         self.heldout_ref: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.heldout_ref_cache_hit: Optional[bool] = None
         if heldout_rows:
-            self.heldout_ref = (self._logps(ref_model, *self.heldout[0]), self._logps(ref_model, *self.heldout[1]))
+            compute = lambda: (self._logps(ref_model, *self.heldout[0]), self._logps(ref_model, *self.heldout[1]))  # noqa: E731
+            if heldout_ref_cache is None:
+                self.heldout_ref = compute()
+            else:  # the same for every job of the sweep (`train.share_ref_logps`)
+                from alignsweep.sweep_cache import load_or_compute
+
+                # lockstep: every rank scores (collective forward passes); else rank 0 alone
+                self.heldout_ref, self.heldout_ref_cache_hit = load_or_compute(
+                    Path(heldout_ref_cache), compute, all_ranks=lockstep
+                )
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

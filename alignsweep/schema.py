@@ -135,6 +135,9 @@ class DataConfig:
     max_bad_fraction: float = 0.5  # stop, rather than train on the rest, when more rows than this are bad
     embedded: Optional[EmbeddedTaskConfig] = None
     tree: Optional[TreeMDPConfig] = None  # data=tree_mdp: the toy Tree MDP (needs model.tree_policy)
+    # The cleaned splits and TRL's tokenised training pairs are the same for every job of a sweep
+    # with this data and tokenizer: prepared by the first job, read by the others (paths.cache_dir/data)
+    share_prepared: bool = True
 
 
 @dataclass
@@ -193,7 +196,9 @@ class TrainConfig:
     kl_check_prompts: int = 32  # prompts per running KL estimate
     save_final_model: bool = False  # write the final policy to RUN_DIR/model
     resumable: bool = True  # save a trainer checkpoint (model, optimizer, scheduler) at each evaluation
-    share_ref_logps: bool = True  # reference log-probs of the pairs computed once per sweep, not per job
+    # the reference's log-probs of the training pairs (reference-based losses) and of the held-out
+    # pairs (every loss's evaluation) computed once per sweep, not per job
+    share_ref_logps: bool = True
 
 
 

@@ -29,6 +29,7 @@ def sft_key(cfg: Any) -> str:
     model.pop("grad_accum", None)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("max_new_tokens", None)
+    data.pop("share_prepared", None)  # where the prepared data comes from, not what it is
     if data.get("embedded"):
         # The SFT split is drawn first from the task's seed: the sizes and labels of the other
         # splits do not change it, so sweeps over them share one SFT model.

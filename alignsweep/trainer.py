@@ -8,6 +8,7 @@ The reference-free algorithms (SimPO, AlphaPO) never run the reference model dur
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,24 +40,40 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
     """`ref_cache_dir`: with `precompute_ref_log_probs=True`, the reference log-probs of the
     training pairs are stored there, keyed by a hash of the reference weights and the tokenised
     pairs, so every job of a sweep that trains on the same data from the same reference reads
-    them instead of running the reference model (TRL's own precompute repeats it per job)."""
+    them instead of running the reference model (TRL's own precompute repeats it per job).
+    `prepared_cache_dir`: TRL's tokenised training set is stored there the same way
+    (`alignsweep.shared_data`)."""
 
     def __init__(
         self, *args: Any, loss_name: str, loss_params: dict[str, Any], ref_cache_dir: str | None = None,
-        **kwargs: Any,
+        prepared_cache_dir: str | None = None, **kwargs: Any,
     ):
         self.loss_name = loss_name
         self.loss_params = dict(loss_params)
         self.ref_cache_dir = ref_cache_dir
         self.ref_cache_hit: bool | None = None  # None: no shared cache used
+        self.prepared_cache_dir = prepared_cache_dir
+        self.prepared_cache_hit: bool | None = None
         self.step_losses: list[float] = []  # per micro-batch training loss, read by the evaluation callback
         super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        from datasets import Dataset
+
+        if self.prepared_cache_dir is None or dataset_name != "train" or not isinstance(dataset, Dataset):
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        from alignsweep.distributed import from_rank_zero
+        from alignsweep.shared_data import load_or_prepare, tokenised_cache_path
+
+        path = from_rank_zero(str(tokenised_cache_path(self.prepared_cache_dir, dataset, processing_class, args)))
+        prepared, self.prepared_cache_hit = load_or_prepare(
+            Path(path), lambda: super(DAATrainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)
+        )
+        return prepared
 
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
         if self.ref_cache_dir is None:
             return super()._precompute_ref_logps(dataset, name, batch_size)
-        from pathlib import Path
-
         import hashlib
         from array import array
 

@@ -235,7 +235,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         note = strategy if strategy == asked else f"{strategy} ({asked} asked, but the job has 1 process)"
         rundir.write_status(run_dir, phase="sft", strategy=note)
     base, tokenizer = base_model_and_tokenizer(cfg)
-    task = load_task(cfg, tokenizer)
+    task, task_hit = shared_task(cfg, tokenizer)
     if main:
         rundir.write_status(run_dir, data=task["report"])
     sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, {**dev, **shard})
@@ -273,6 +273,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         lockstep=lockstep,
         sampler=sampler,
         step0_cache=step0_cache_path(cfg, job, sft_dir, task, n_eval, sampler_name) if cfg.eval.share_step0 else None,
+        heldout_ref_cache=heldout_ref_cache_path(cfg, sft_dir, task) if cfg.train.share_ref_logps else None,
     )
     share_ref = bool(cfg.train.share_ref_logps) and not job.reference_free
     args = DPOConfig(
@@ -301,6 +302,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     )
     trainer = DAATrainer(
         ref_cache_dir=str(Path(cfg.paths.cache_dir) / "ref_logps") if share_ref else None,
+        prepared_cache_dir=str(Path(cfg.paths.cache_dir) / "data") if cfg.data.share_prepared else None,
         model=policy,
         ref_model=ref,
         args=args,
@@ -309,8 +311,8 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         loss_name=job.algo,
         loss_params=params,
     )
-    if main and trainer.ref_cache_hit is not None:
-        rundir.write_status(run_dir, ref_logps="read from the sweep's cache" if trainer.ref_cache_hit else "computed")
+    if main:
+        rundir.write_status(run_dir, **shared_status(task_hit, trainer, evaluator))
     from alignsweep.checkpoint_callback import CheckpointCallback
 
     callback = CheckpointCallback(trainer, evaluator, cfg, job, run_dir, tracker)
@@ -332,6 +334,45 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     return {"state": "completed", "phase": "done", "step": callback.last_step, "stop_reason": callback.stop_reason}
 
 
+def shared_task(cfg: Any, tokenizer: Any) -> tuple[dict, bool | None]:
+    """(`load_task`, hit): the cleaned splits, read from the sweep's cache when a job already
+    stored them (`data.share_prepared`; hit None when sharing is off)."""
+    if not cfg.data.share_prepared:
+        return load_task(cfg, tokenizer), None
+    from alignsweep.shared_data import task_cache_path
+    from alignsweep.sweep_cache import load_or_compute
+
+    return load_or_compute(task_cache_path(cfg, tokenizer), lambda: load_task(cfg, tokenizer))
+
+
+def shared_status(task_hit: bool | None, trainer: Any, evaluator: Any) -> dict:
+    """What this job read from the sweep's cache and what it computed, for status.json."""
+    said = {True: "read from the sweep's cache", False: "computed"}
+    found = {
+        "data_splits": task_hit,
+        "data_tokenised": trainer.prepared_cache_hit,
+        "ref_logps": trainer.ref_cache_hit,
+        "heldout_ref_logps": None if evaluator is None else evaluator.heldout_ref_cache_hit,
+    }
+    return {key: said[hit] for key, hit in found.items() if hit is not None}
+
+
+def heldout_ref_cache_path(cfg: Any, sft_dir: Path, task: dict) -> Path:
+    """Where the reference's log-probs of the held-out pairs are shared (`train.share_ref_logps`)."""
+    import hashlib
+    import json
+
+    payload = {"sft": _weights_identity(sft_dir), "dtype": cfg.model.dtype, "heldout": task["heldout"]}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return Path(cfg.paths.cache_dir) / "ref_logps" / f"heldout-{key}.pt"
+
+
+def _weights_identity(sft_dir: Path) -> list:
+    """The SFT model's folder and its weights files' sizes and times: a rebuilt model gets a new key."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(sft_dir).glob("*.safetensors"))
+    return [str(sft_dir), files]
+
+
 def step0_cache_path(cfg: Any, job: Any, sft_dir: Path, task: dict, n_eval: int, sampler: str) -> Path:
     """Where step 0's evaluation of this SFT model is shared (`eval.share_step0`): keyed by a hash
     of everything that evaluation depends on, the SFT weights file's size and time included (a
@@ -339,9 +380,9 @@ def step0_cache_path(cfg: Any, job: Any, sft_dir: Path, task: dict, n_eval: int,
     import hashlib
     import json
 
-    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(sft_dir).glob("*.safetensors"))
+    sft, weights = _weights_identity(sft_dir)
     payload = {
-        "sft": str(sft_dir), "weights": weights, "dtype": cfg.model.dtype, "seed": job.seed, "sampler": sampler,
+        "sft": sft, "weights": weights, "dtype": cfg.model.dtype, "seed": job.seed, "sampler": sampler,
         "eval": task["eval"][:n_eval], "heldout": task["heldout"], "max_new_tokens": cfg.data.max_new_tokens,
         "temperature": cfg.eval.temperature, "judge": OmegaConf.to_container(cfg.judge, resolve=True),
     }
