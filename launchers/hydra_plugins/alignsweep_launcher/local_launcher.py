@@ -1,8 +1,10 @@
 """Hydra launcher: the jobs of a multirun as parallel local worker processes.
 
 Every job is composed and validated before any starts (a typo in the 9th job stops the sweep
-before the 1st trains). Each job gets a run directory holding its resolved config, then a
-`python -m alignsweep.worker RUN_DIR` process; at most `max_parallel` run at once. Progress is read
+before the 1st trains). Each job gets a run directory holding its resolved config, then a worker
+process, forked from a server that imported torch, transformers and TRL once (`fork_workers`,
+`alignsweep.worker_pool`) or a fresh `python -m alignsweep.worker RUN_DIR`; at most
+`max_parallel` run at once. Progress is read
 from the run directories' status files and printed as one line per change, at most every
 `progress_every_s` per job. When the jobs end, the sweep is collected (table + plot).
 
@@ -13,9 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
-import time
 from typing import Any, Optional, Sequence
 
 from hydra.core.utils import JobReturn
@@ -33,12 +32,14 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
         threads_per_job: Optional[int] = None,
         progress_every_s: float = 10.0,
         collect: bool = True,
+        fork_workers: bool = True,
     ) -> None:
         cores = os.cpu_count() or 1
         self.max_parallel = max(1, max_parallel or cores)
         self.threads_per_job = threads_per_job or max(1, cores // self.max_parallel)
         self.progress_every_s = progress_every_s
         self.collect = collect
+        self.fork_workers = fork_workers
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         jobs, sweep_dir = self.prepare(job_overrides, initial_job_idx)
@@ -62,11 +63,13 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
     def _run_all(self, jobs: list) -> list[JobReturn]:
         from alignsweep import rundir
         from alignsweep.progress import ProgressPrinter
+        from alignsweep.worker_pool import WorkerPool, wait_any
 
-        env = dict(os.environ, ALIGNSWEEP_THREADS=str(self.threads_per_job), OMP_NUM_THREADS=str(self.threads_per_job))
-        env.setdefault("TQDM_DISABLE", "1")
+        env = {"ALIGNSWEEP_THREADS": str(self.threads_per_job), "OMP_NUM_THREADS": str(self.threads_per_job)}
+        env["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE", "1")
         pending = list(jobs)
-        running: dict[int, tuple[Any, subprocess.Popen, Any]] = {}
+        pool = WorkerPool(env, fork=self.fork_workers and any(not job.skip for job in jobs))
+        running: dict[int, tuple[Any, Any]] = {}
         codes: dict[int, int] = {}
         printer = ProgressPrinter(jobs, every_s=self.progress_every_s)
         try:
@@ -77,26 +80,18 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
                         codes[job.num] = 0
                         printer.note(job, "already completed, skipped")
                         continue
-                    logf = open(job.run_dir / rundir.LOG, "a")
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "alignsweep.worker", str(job.run_dir)],
-                        stdout=logf,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                    )
-                    running[job.num] = (job, proc, logf)
+                    running[job.num] = (job, pool.start(job.run_dir, job.run_dir / rundir.LOG))
                     printer.note(job, "started")
-                for num, (job, proc, logf) in list(running.items()):
+                wait_any([proc for _, proc in running.values()], timeout=0.5)
+                for num, (job, proc) in list(running.items()):
                     code = proc.poll()
                     if code is not None:
-                        logf.close()
                         codes[num] = code
                         del running[num]
                         printer.finished(job, code)
                 printer.tick()
-                time.sleep(0.5)
         except KeyboardInterrupt:
-            for job, proc, logf in running.values():
+            for job, proc in running.values():
                 proc.terminate()
             raise
         printer.summary()
