@@ -2,9 +2,12 @@
 
 Measured side by side in one run, on this machine (they are shared and noisy: read the ratios):
 1. sharing: a sweep of reference-based jobs with what its jobs have in common shared through the
-   sweep's cache (the reference log-probs of the training pairs, `train.share_ref_logps`, and the
-   step-0 evaluation of the SFT model, `eval.share_step0`) vs recomputed in every job; wall time
-   of the whole sweep, metrics compared. `--sharing-model` picks the model size.
+   sweep's cache (the cleaned and tokenised data, `data.share_prepared`; the reference log-probs
+   of the training and held-out pairs, `train.share_ref_logps`; the step-0 evaluation of the SFT
+   model, `eval.share_step0`) vs recomputed in every job; and the shared sweep again with every
+   job a fresh interpreter instead of forked from the local launcher's warm server
+   (`hydra.launcher.fork_workers`). Wall time of the whole sweep, metrics compared.
+   `--sharing-model` picks the model size.
 2. overhead: one DAA job through alignsweep (evaluation off) vs a plain TRL script doing the same
    training (same SFT model, data, batch, steps), whole-process wall time, alternated.
 3. dry run of the 63-job paper grid: wall time, and whether torch was imported.
@@ -26,6 +29,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -74,42 +78,76 @@ def _alignsweep(*args: str) -> list[str]:
     return [sys.executable, "-m", "alignsweep", *args]
 
 
-def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_tiny") -> dict:
+SHARING_MODES = {
+    # what the jobs of a sweep have in common: nothing shared, all of it shared, and all of it
+    # shared with every job started as a fresh interpreter instead of forked from the warm server
+    "per_job": {"share": False, "fork": True},
+    "shared": {"share": True, "fork": True},
+    "fresh_processes": {"share": True, "fork": False},
+}
+
+
+# The sweeps the sharing is measured on: the defaults (32 steps of the tiny model), and the shape of
+# the findings experiments (conf/experiment/overopt_embedded.yaml: 128 steps of embedded_small).
+SHARING_SHAPES = {
+    "default": {"model": "embedded_tiny", "overrides": []},
+    "findings": {
+        "model": "embedded_small",
+        "overrides": ["data.embedded.length_bias=2.0", "data.embedded.n_train=4096", "train.lr=1e-3",
+                      "train.warmup_steps=8"],
+    },
+}
+
+
+def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_tiny",
+                  overrides: Sequence[str] = (), modes: Sequence[str] = tuple(SHARING_MODES)) -> dict:
     from alignsweep import rundir
 
     grid = ["algo=dpo,ipo,slic", "beta=0.1,1.0"] if not quick else ["algo=dpo,ipo", "beta=0.1"]
-    grid.append(f"model={model}")
-    times: dict[str, list[float]] = {"shared": [], "per_job": []}
+    grid += [f"model={model}", *overrides]
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
     sweeps = {}
     # untimed: build the SFT model the sweeps start from, so that no timed sweep pays for it
     _timed(_alignsweep("logger=none", "eval.enabled=false", "data.embedded.n_train=64", f"model={model}",
                        f"hydra.run.dir={work / 'sharing-warmup'}", f"paths.cache_dir={cache}"), work)
     for repeat in range(1 if quick else 2):
-        order = ["per_job", "shared"] if repeat % 2 == 0 else ["shared", "per_job"]
+        order = list(modes) if repeat % 2 == 0 else list(reversed(modes))
         for mode in order:
-            shutil.rmtree(cache / "ref_logps", ignore_errors=True)
-            shutil.rmtree(cache / "step0", ignore_errors=True)
+            share, fork = SHARING_MODES[mode]["share"], SHARING_MODES[mode]["fork"]
+            for shared in ("ref_logps", "step0", "data"):
+                shutil.rmtree(cache / shared, ignore_errors=True)
             sweep = work / f"sharing-{mode}-{repeat}"
             times[mode].append(_timed(_alignsweep(
-                "-m", *grid, "logger=none", f"train.share_ref_logps={mode == 'shared'}",
-                f"eval.share_step0={mode == 'shared'}",
+                "-m", *grid, "logger=none", f"train.share_ref_logps={share}", f"eval.share_step0={share}",
+                f"data.share_prepared={share}", f"hydra.launcher.fork_workers={fork}",
                 f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}", "hydra.launcher.collect=false",
             ), work))
             sweeps[mode] = sweep
     diff = 0.0
     runs = sorted(p.name for p in sweeps["shared"].iterdir() if (p / rundir.CONFIG).exists())
-    for run in runs:
-        for a, b in zip(rundir.read_metrics(sweeps["shared"] / run), rundir.read_metrics(sweeps["per_job"] / run)):
-            diff = max([diff] + [abs(a[k] - b[k]) for k in a if isinstance(a[k], float) and isinstance(b.get(k), float)])
-    jobs = len(runs)
-    return {
-        "jobs": jobs,
+    for other in (m for m in modes if m != "shared"):
+        for run in runs:
+            for a, b in zip(rundir.read_metrics(sweeps["shared"] / run), rundir.read_metrics(sweeps[other] / run)):
+                diff = max([diff] + [abs(a[k] - b[k]) for k in a
+                                     if isinstance(a[k], float) and isinstance(b.get(k), float)])
+    median = {mode: statistics.median(t) for mode, t in times.items()}
+    # the jobs' own time (the GPU time a cluster would bill), summed over the last repeat's sweeps
+    job_s = {mode: sum((rundir.read_status(sweeps[mode] / run) or {}).get("wall_s", 0.0) for run in runs)
+             for mode in modes}
+    result = {
+        "jobs": len(runs),
         "model": model,
-        "shared_s": times["shared"],
-        "per_job_s": times["per_job"],
-        "speedup": statistics.median(times["per_job"]) / statistics.median(times["shared"]),
+        "overrides": list(overrides),
+        "speedup": median["per_job"] / median["shared"],
+        "job_time_speedup": job_s["per_job"] / job_s["shared"],
         "max_metric_difference": diff,
     }
+    for mode in modes:
+        result[f"{mode}_s"] = times[mode]
+        result[f"{mode}_job_s"] = job_s[mode]
+    if "fresh_processes" in modes:
+        result["fork_speedup"] = median["fresh_processes"] / median["shared"]
+    return result
 
 
 def bench_overhead(work: Path, cache: Path, quick: bool) -> dict:
@@ -204,10 +242,13 @@ def render(results: dict) -> str:
         "",
         "| what | measured | target |",
         "|---|---|---|",
-        f"| {s['jobs']}-job sweep ({s.get('model', 'embedded_tiny')}), reference log-probs and step-0 evaluation "
+        f"| {s['jobs']}-job sweep ({s['model']}): prepared data, reference log-probs and step-0 evaluation "
         f"shared vs per job | "
         f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['per_job_s']):.1f} s: "
         f"**{s['speedup']:.2f}x**; metrics differ by at most {s['max_metric_difference']:.1e} | >= 1.25x, <= 1e-5 |",
+        f"| the same sweep (shared), jobs forked from the warm server vs fresh interpreters | "
+        f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['fresh_processes_s']):.1f} s: "
+        f"**{s['fork_speedup']:.2f}x** | |",
         f"| one job (evaluation off) vs plain TRL script | {statistics.median(o['alignsweep_s']):.1f} s vs "
         f"{statistics.median(o['plain_trl_s']):.1f} s: **{o['ratio']:.2f}x** | <= 1.05x |",
         f"| dry run of the {d['jobs']}-job paper grid | **{d['median_s']:.2f} s**, torch imported: "
@@ -245,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         dry = bench_dry_run(work, args.quick)
         print("[bench] collect ...", flush=True)
         col = bench_collect(work, 600 if args.quick else 10_000)
-        print("[bench] sweep with and without shared reference log-probs ...", flush=True)
+        print("[bench] sweep with and without sharing, forked and fresh workers ...", flush=True)
         sharing = bench_sharing(work, cache, args.quick, args.sharing_model)
         print("[bench] one job vs plain TRL ...", flush=True)
         overhead = bench_overhead(work, cache, args.quick)

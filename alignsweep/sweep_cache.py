@@ -47,3 +47,61 @@ def load_or_compute(path: Path, compute: Callable[[], Any], all_ranks: bool = Tr
             torch.save(value, tmp)
             os.replace(tmp, path)
         return value, False
+
+
+def load_or_compute_parts(folder: Path, n_parts: int, compute_part: Callable[[int], Any]) -> tuple[list, int]:
+    """(values of parts 0..n_parts-1, how many this process computed), for one process alone.
+
+    Jobs of a sweep often start together (a SLURM array): with one lock for the whole result, all
+    but one would wait idle while it computes. Here every part has its own lock: a process computes
+    each part nobody has claimed yet, reads the parts others finished, and waits only when every
+    part left is being computed elsewhere, so jobs that start together split the work. A part is
+    written atomically; one that cannot be read is computed again."""
+    import torch
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    values: dict[int, Any] = {}
+    computed = 0
+
+    def path(i: int) -> Path:
+        return folder / f"part-{i:05d}-of-{n_parts:05d}.pt"
+
+    def read(i: int) -> bool:
+        if not path(i).exists():
+            return False
+        try:
+            values[i] = torch.load(path(i), weights_only=False)
+            return True
+        except Exception as exc:  # a damaged file is computed again, not trusted
+            log.warning("shared cache file %s unreadable (%s); computing it again", path(i), exc)
+            return False
+
+    def claim(i: int, timeout: float) -> bool:
+        """Compute part i under its lock unless it is there by then; False if the lock is busy."""
+        nonlocal computed
+        lock = FileLock(str(path(i).with_suffix(".lock")))
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            return False
+        try:
+            if not read(i):
+                values[i] = compute_part(i)
+                tmp = path(i).with_name(f".{path(i).name}.{os.getpid()}.tmp")
+                torch.save(values[i], tmp)
+                os.replace(tmp, path(i))
+                computed += 1
+        finally:
+            lock.release()
+        return True
+
+    pending = [i for i in range(n_parts) if not read(i)]
+    while pending:
+        left = [i for i in pending if not claim(i, timeout=0)]
+        if left and len(left) == len(pending):  # every part left is being computed elsewhere
+            claim(left[0], timeout=-1)
+            left = left[1:]
+        pending = [i for i in left if i not in values]
+    return [values[i] for i in range(n_parts)], computed

@@ -8,6 +8,7 @@ The reference-free algorithms (SimPO, AlphaPO) never run the reference model dur
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from trl import DPOTrainer
 
 from alignsweep.losses import REFERENCE_FREE, daa_loss
 from alignsweep.sharding import CPUFSDPMixin
+
+
+REF_PARTS = 16  # the shared reference log-probs are computed in up to this many parts
 
 
 class EpochSeededSampler(torch.utils.data.Sampler):
@@ -37,10 +41,11 @@ class EpochSeededSampler(torch.utils.data.Sampler):
 
 
 class DAATrainer(CPUFSDPMixin, DPOTrainer):
-    """`ref_cache_dir`: with `precompute_ref_log_probs=True`, the reference log-probs of the
-    training pairs are stored there, keyed by a hash of the reference weights and the tokenised
-    pairs, so every job of a sweep that trains on the same data from the same reference reads
-    them instead of running the reference model (TRL's own precompute repeats it per job).
+    """With `precompute_ref_log_probs=True` the reference log-probs of the training pairs are
+    computed before training (`_reference_logps`). `ref_cache_dir`: they are stored there, keyed by
+    a hash of the reference weights and the tokenised pairs, so every job of a sweep that trains on
+    the same data from the same reference reads them instead of running the reference model
+    (TRL's own precompute repeats it per job); without it, this job computes them the same way.
     `prepared_cache_dir`: TRL's tokenised training set is stored there the same way
     (`alignsweep.shared_data`)."""
 
@@ -52,6 +57,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         self.loss_params = dict(loss_params)
         self.ref_cache_dir = ref_cache_dir
         self.ref_cache_hit: bool | None = None  # None: no shared cache used
+        self.ref_parts: tuple[int, int] | None = None  # (parts computed here, parts), one process
         self.prepared_cache_dir = prepared_cache_dir
         self.prepared_cache_hit: bool | None = None
         self.step_losses: list[float] = []  # per micro-batch training loss, read by the evaluation callback
@@ -72,13 +78,13 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         return prepared
 
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
-        if self.ref_cache_dir is None:
-            return super()._precompute_ref_logps(dataset, name, batch_size)
+        if self.ref_cache_dir is None:  # this job's own, computed exactly as the shared ones
+            return self._with_ref_columns(dataset, self._reference_logps(dataset, batch_size))
         import hashlib
         from array import array
 
-        from alignsweep.distributed import from_rank_zero
-        from alignsweep.sweep_cache import load_or_compute
+        from alignsweep.distributed import distributed, from_rank_zero
+        from alignsweep.sweep_cache import load_or_compute, load_or_compute_parts
 
         digest = hashlib.sha256(f"{self._precompute_model_hash}|{self.args.max_length}|{self.args.truncation_mode}".encode())
         for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
@@ -86,14 +92,33 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
                 digest.update(array("q", ids).tobytes())
                 digest.update(b"|")
         key = from_rank_zero(digest.hexdigest()[:20])
-        # multi-process: rank 0 alone locks and decides; on a miss all ranks compute (collectives)
-        saved, self.ref_cache_hit = load_or_compute(
-            Path(self.ref_cache_dir) / f"{key}.pt", lambda: self._reference_logps(dataset, batch_size)
-        )
-        for column, values in saved.items():
+        if distributed():
+            # multi-process: rank 0 alone locks and decides; on a miss all ranks compute (collectives)
+            saved, self.ref_cache_hit = load_or_compute(
+                Path(self.ref_cache_dir) / f"{key}.pt", lambda: self._reference_logps(dataset, batch_size)
+            )
+            self.ref_parts = None
+            return self._with_ref_columns(dataset, saved)
+        # one process: in parts of whole batches, so that jobs starting together split the work
+        # (each part's batches are exactly the unshared loop's: the same numbers either way)
+        n_batches = math.ceil(len(dataset) / batch_size)
+        per_part = max(1, math.ceil(n_batches / REF_PARTS))
+        n_parts, rows = math.ceil(n_batches / per_part), per_part * batch_size
+
+        def part(i: int) -> dict[str, torch.Tensor]:
+            return self._reference_logps(dataset.select(range(i * rows, min((i + 1) * rows, len(dataset)))), batch_size)
+
+        parts, computed = load_or_compute_parts(Path(self.ref_cache_dir) / key, n_parts, part)
+        self.ref_cache_hit = computed == 0
+        self.ref_parts = (computed, n_parts)
+        return self._with_ref_columns(dataset, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+
+    @staticmethod
+    def _with_ref_columns(dataset: Any, values: dict[str, torch.Tensor]) -> Any:
+        for column, column_values in values.items():
             if column in dataset.column_names:
                 dataset = dataset.remove_columns(column)
-            dataset = dataset.add_column(column, values.tolist())
+            dataset = dataset.add_column(column, column_values.tolist())
         return dataset
 
     def _reference_logps(self, dataset: Any, batch_size: int) -> dict[str, torch.Tensor]:

@@ -289,8 +289,9 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         max_grad_norm=cfg.train.max_grad_norm,
         max_length=cfg.data.max_length,
         beta=job.beta,
-        # reference log-probs of the training pairs: computed once per sweep and shared (train.share_ref_logps)
-        precompute_ref_log_probs=share_ref,
+        # reference log-probs of the training pairs, computed before training: once per sweep and
+        # shared (train.share_ref_logps), or by this job the same way (the same numbers either way)
+        precompute_ref_log_probs=not job.reference_free,
         save_strategy="no",  # the callback saves at the evaluation checkpoints (train.resumable)
         save_total_limit=1,
         logging_steps=10,
@@ -354,7 +355,11 @@ def shared_status(task_hit: bool | None, trainer: Any, evaluator: Any) -> dict:
         "ref_logps": trainer.ref_cache_hit,
         "heldout_ref_logps": None if evaluator is None else evaluator.heldout_ref_cache_hit,
     }
-    return {key: said[hit] for key, hit in found.items() if hit is not None}
+    status = {key: said[hit] for key, hit in found.items() if hit is not None}
+    if trainer.ref_parts is not None and 0 < trainer.ref_parts[0] < trainer.ref_parts[1]:
+        computed, parts = trainer.ref_parts  # jobs that started together split the work
+        status["ref_logps"] = f"computed {computed} of {parts} parts, read the others from the sweep's cache"
+    return status
 
 
 def heldout_ref_cache_path(cfg: Any, sft_dir: Path, task: dict) -> Path:

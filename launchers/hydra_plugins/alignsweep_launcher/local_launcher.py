@@ -40,6 +40,22 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
         self.progress_every_s = progress_every_s
         self.collect = collect
         self.fork_workers = fork_workers
+        self.pool: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if not config.dry_run:
+            # the fork server imports torch/TRL while the jobs are composed
+            self._worker_pool(self.fork_workers)
+
+    def _worker_pool(self, fork: bool) -> Any:
+        if self.pool is None:
+            from alignsweep.worker_pool import WorkerPool
+
+            env = {"ALIGNSWEEP_THREADS": str(self.threads_per_job), "OMP_NUM_THREADS": str(self.threads_per_job)}
+            env["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE", "1")
+            self.pool = WorkerPool(env, fork=fork)
+        return self.pool
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         jobs, sweep_dir = self.prepare(job_overrides, initial_job_idx)
@@ -63,12 +79,10 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
     def _run_all(self, jobs: list) -> list[JobReturn]:
         from alignsweep import rundir
         from alignsweep.progress import ProgressPrinter
-        from alignsweep.worker_pool import WorkerPool, wait_any
+        from alignsweep.worker_pool import wait_any
 
-        env = {"ALIGNSWEEP_THREADS": str(self.threads_per_job), "OMP_NUM_THREADS": str(self.threads_per_job)}
-        env["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE", "1")
         pending = list(jobs)
-        pool = WorkerPool(env, fork=self.fork_workers and any(not job.skip for job in jobs))
+        pool = self._worker_pool(self.fork_workers)
         running: dict[int, tuple[Any, Any]] = {}
         codes: dict[int, int] = {}
         printer = ProgressPrinter(jobs, every_s=self.progress_every_s)
