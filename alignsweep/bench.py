@@ -6,8 +6,9 @@ Measured side by side in one run, on this machine (they are shared and noisy: re
    of the training and held-out pairs, `train.share_ref_logps`; the step-0 evaluation of the SFT
    model, `eval.share_step0`) vs recomputed in every job; and the shared sweep again with every
    job a fresh interpreter instead of forked from the local launcher's warm server
-   (`hydra.launcher.fork_workers`). Wall time of the whole sweep, metrics compared.
-   `--sharing-model` picks the model size.
+   (`hydra.launcher.fork_workers`). Wall time of the whole sweep and the jobs' own time (what a
+   cluster bills), metrics compared; on the default shape (the tiny model, 32 steps) and on the
+   shape of the findings experiments (embedded_small, 128 steps).
 2. overhead: one DAA job through alignsweep (evaluation off) vs a plain TRL script doing the same
    training (same SFT model, data, batch, steps), whole-process wall time, alternated.
 3. dry run of the 63-job paper grid: wall time, and whether torch was imported.
@@ -162,6 +163,7 @@ def bench_overhead(work: Path, cache: Path, quick: bool) -> dict:
                 run = work / f"overhead-{repeat}"
                 ours.append(_timed(_alignsweep(
                     "logger=none", "eval.enabled=false", "train.resumable=false", "train.share_ref_logps=false",
+                    "data.share_prepared=false",
                     f"hydra.run.dir={run}", f"paths.cache_dir={cache}",
                 ), work))
                 sft_dir = rundir.read_status(run)["sft_model"]  # the same SFT model for the plain script
@@ -232,8 +234,29 @@ def machine() -> dict:
     }
 
 
+def _sharing_rows(s: dict, shape: str) -> list[str]:
+    steps = "128 steps" if shape == "findings" else "32 steps"
+    rows = [
+        f"| {s['jobs']}-job sweep, {shape} shape ({s['model']}, {steps}, 2 jobs at a time): data, reference "
+        f"log-probs and step 0 shared vs per job | "
+        f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['per_job_s']):.1f} s: "
+        f"**{s['speedup']:.2f}x** (jobs' own time: {s['job_time_speedup']:.2f}x); metrics differ by at most "
+        f"{s['max_metric_difference']:.1e} | >= 1.25x, <= 1e-5 |",
+    ]
+    if "fork_speedup" in s:
+        rows.append(
+            f"| the same sweep (shared), jobs forked from the launcher's warm server vs fresh interpreters | "
+            f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['fresh_processes_s']):.1f} s: "
+            f"**{s['fork_speedup']:.2f}x** | |"
+        )
+    return rows
+
+
 def render(results: dict) -> str:
-    s, o, d, c = results["sharing"], results["overhead"], results["dry_run"], results["collect"]
+    o, d, c = results["overhead"], results["dry_run"], results["collect"]
+    sharing_rows = _sharing_rows(results["sharing"], "default")
+    if results.get("sharing_findings"):
+        sharing_rows += _sharing_rows(results["sharing_findings"], "findings")
     lines = [
         MARK_BEGIN,
         f"Measured {results['date']} on {results['machine']['platform']}, {results['machine']['cpus']} CPUs, "
@@ -242,13 +265,7 @@ def render(results: dict) -> str:
         "",
         "| what | measured | target |",
         "|---|---|---|",
-        f"| {s['jobs']}-job sweep ({s['model']}): prepared data, reference log-probs and step-0 evaluation "
-        f"shared vs per job | "
-        f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['per_job_s']):.1f} s: "
-        f"**{s['speedup']:.2f}x**; metrics differ by at most {s['max_metric_difference']:.1e} | >= 1.25x, <= 1e-5 |",
-        f"| the same sweep (shared), jobs forked from the warm server vs fresh interpreters | "
-        f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['fresh_processes_s']):.1f} s: "
-        f"**{s['fork_speedup']:.2f}x** | |",
+        *sharing_rows,
         f"| one job (evaluation off) vs plain TRL script | {statistics.median(o['alignsweep_s']):.1f} s vs "
         f"{statistics.median(o['plain_trl_s']):.1f} s: **{o['ratio']:.2f}x** | <= 1.05x |",
         f"| dry run of the {d['jobs']}-job paper grid | **{d['median_s']:.2f} s**, torch imported: "
@@ -275,7 +292,8 @@ def write_section(md: Path, section: str, begin: str, end: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (what CI runs)")
-    parser.add_argument("--sharing-model", default="embedded_tiny", help="model of the sharing sweep")
+    parser.add_argument("--no-findings-shape", action="store_true",
+                        help="measure sharing on the default shape only (the findings shape takes ~5 min)")
     parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="file whose bench section to update")
     args = parser.parse_args(argv)
@@ -287,7 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] collect ...", flush=True)
         col = bench_collect(work, 600 if args.quick else 10_000)
         print("[bench] sweep with and without sharing, forked and fresh workers ...", flush=True)
-        sharing = bench_sharing(work, cache, args.quick, args.sharing_model)
+        shape = SHARING_SHAPES["default"]
+        sharing = bench_sharing(work, cache, args.quick, shape["model"], shape["overrides"])
+        sharing_findings = None
+        if not (args.quick or args.no_findings_shape):
+            print("[bench] the same on the findings shape ...", flush=True)
+            shape = SHARING_SHAPES["findings"]
+            sharing_findings = bench_sharing(work, cache, False, shape["model"], shape["overrides"],
+                                             modes=("per_job", "shared"))
         print("[bench] one job vs plain TRL ...", flush=True)
         overhead = bench_overhead(work, cache, args.quick)
     finally:
@@ -297,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "quick": args.quick,
         "sharing": sharing,
+        "sharing_findings": sharing_findings,
         "overhead": overhead,
         "dry_run": dry,
         "collect": col,

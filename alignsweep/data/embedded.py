@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 PROMPT_PREFIX = "summarize:"
@@ -123,6 +124,10 @@ def _label(rng: random.Random, prompt: str, a: str, b: str, cfg: Any) -> tuple[s
     return (a, b) if a_wins else (b, a)
 
 
+_SETTINGS = ("seed", "n_words", "n_fillers", "min_topics", "max_topics", "n_sft", "n_train", "n_heldout", "n_eval",
+             "length_bias", "label_noise", "label_temperature")
+
+
 def generate(cfg: Any) -> dict[str, list[dict[str, Any]]]:
     """All splits of the task, deterministic in `cfg.seed`.
 
@@ -130,6 +135,8 @@ def generate(cfg: Any) -> dict[str, list[dict[str, Any]]]:
     `eval` (prompt, reference): the reference is one draw of the writer, the analogue of TL;DR's
     human summary.
     """
+    if not isinstance(cfg, SimpleNamespace):  # plain attributes: a DictConfig's cost ~10 us a read
+        cfg = SimpleNamespace(**{k: getattr(cfg, k) for k in _SETTINGS if hasattr(cfg, k)})
     if cfg.min_topics < 1 or cfg.max_topics < cfg.min_topics:
         raise ValueError(
             f"data.embedded: need 1 <= min_topics <= max_topics, got {cfg.min_topics}, {cfg.max_topics}"
