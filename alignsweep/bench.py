@@ -234,10 +234,10 @@ def machine() -> dict:
     }
 
 
-def _sharing_rows(s: dict, shape: str) -> list[str]:
+def _sharing_rows(s: dict, shape: str, cpus: int) -> list[str]:
     steps = "128 steps" if shape == "findings" else "32 steps"
     rows = [
-        f"| {s['jobs']}-job sweep, {shape} shape ({s['model']}, {steps}, 2 jobs at a time): data, reference "
+        f"| {s['jobs']}-job sweep, {shape} shape ({s['model']}, {steps}, {cpus} jobs at a time): data, reference "
         f"log-probs and step 0 shared vs per job | "
         f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['per_job_s']):.1f} s: "
         f"**{s['speedup']:.2f}x** (jobs' own time: {s['job_time_speedup']:.2f}x); metrics differ by at most "
@@ -254,9 +254,10 @@ def _sharing_rows(s: dict, shape: str) -> list[str]:
 
 def render(results: dict) -> str:
     o, d, c = results["overhead"], results["dry_run"], results["collect"]
-    sharing_rows = _sharing_rows(results["sharing"], "default")
+    cpus = results["machine"]["cpus"]
+    sharing_rows = _sharing_rows(results["sharing"], "default", cpus)
     if results.get("sharing_findings"):
-        sharing_rows += _sharing_rows(results["sharing_findings"], "findings")
+        sharing_rows += _sharing_rows(results["sharing_findings"], "findings", cpus)
     lines = [
         MARK_BEGIN,
         f"Measured {results['date']} on {results['machine']['platform']}, {results['machine']['cpus']} CPUs, "
