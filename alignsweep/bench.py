@@ -110,14 +110,16 @@ def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_t
     sweeps = {}
     # untimed: build the SFT model the sweeps start from, so that no timed sweep pays for it
     _timed(_alignsweep("logger=none", "eval.enabled=false", "data.embedded.n_train=64", f"model={model}",
-                       f"hydra.run.dir={work / 'sharing-warmup'}", f"paths.cache_dir={cache}"), work)
+                       f"hydra.run.dir={work / f'sharing-warmup-{model}'}", f"paths.cache_dir={cache}"), work)
     for repeat in range(1 if quick else 2):
         order = list(modes) if repeat % 2 == 0 else list(reversed(modes))
         for mode in order:
             share, fork = SHARING_MODES[mode]["share"], SHARING_MODES[mode]["fork"]
             for shared in ("ref_logps", "step0", "data"):
                 shutil.rmtree(cache / shared, ignore_errors=True)
-            sweep = work / f"sharing-{mode}-{repeat}"
+            sweep = work / f"sharing-{model}-{mode}-{repeat}"
+            # a sweep directory that exists would have its completed jobs skipped, not timed
+            assert not sweep.exists(), f"{sweep} exists"
             times[mode].append(_timed(_alignsweep(
                 "-m", *grid, "logger=none", f"train.share_ref_logps={share}", f"eval.share_step0={share}",
                 f"data.share_prepared={share}", f"hydra.launcher.fork_workers={fork}",
