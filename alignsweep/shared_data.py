@@ -79,3 +79,31 @@ def load_or_prepare(path: Path, prepare: Any) -> tuple[Any, bool]:
     if made:
         return made[0], hit
     return Dataset.from_dict(saved["columns"], features=Features.from_dict(saved["features"])), hit
+
+
+PART_ROWS = 32  # the fewest rows per part of a dataset prepared in parts
+MAX_PARTS = 16
+
+
+def load_or_prepare_parts(folder: Path, dataset: Any, prepare: Any) -> tuple[Any, int, int]:
+    """(prepared dataset, parts prepared here, parts): `prepare` (a row-wise preparation, such as
+    TRL's tokenisation) applied to contiguous parts of `dataset`, each shared through its own lock
+    (`sweep_cache.load_or_compute_parts`), so that jobs starting together split the work. Row-wise
+    preparation of the parts, concatenated, is the preparation of the whole."""
+    import math
+
+    from datasets import Dataset, Features
+
+    from alignsweep.sweep_cache import load_or_compute_parts
+
+    n = len(dataset)
+    n_parts = max(1, min(MAX_PARTS, n // PART_ROWS))
+    rows = math.ceil(n / n_parts)
+
+    def part(i: int) -> dict:
+        prepared = prepare(dataset.select(range(i * rows, min((i + 1) * rows, n))))
+        return {"columns": prepared.to_dict(), "features": prepared.features.to_dict()}
+
+    parts, computed = load_or_compute_parts(Path(folder), n_parts, part)
+    columns = {name: [v for p in parts for v in p["columns"][name]] for name in parts[0]["columns"]}
+    return Dataset.from_dict(columns, features=Features.from_dict(parts[0]["features"])), computed, n_parts

@@ -60,6 +60,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         self.ref_parts: tuple[int, int] | None = None  # (parts computed here, parts), one process
         self.prepared_cache_dir = prepared_cache_dir
         self.prepared_cache_hit: bool | None = None
+        self.prepared_parts: tuple[int, int] | None = None  # (parts prepared here, parts), one process
         self.step_losses: list[float] = []  # per micro-batch training loss, read by the evaluation callback
         super().__init__(*args, **kwargs)
 
@@ -68,13 +69,21 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
 
         if self.prepared_cache_dir is None or dataset_name != "train" or not isinstance(dataset, Dataset):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        from alignsweep.distributed import from_rank_zero
-        from alignsweep.shared_data import load_or_prepare, tokenised_cache_path
+        from alignsweep.distributed import distributed, from_rank_zero
+        from alignsweep.shared_data import load_or_prepare, load_or_prepare_parts, tokenised_cache_path
 
         path = from_rank_zero(str(tokenised_cache_path(self.prepared_cache_dir, dataset, processing_class, args)))
-        prepared, self.prepared_cache_hit = load_or_prepare(
-            Path(path), lambda: super(DAATrainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)
-        )
+
+        def prepare(rows: Any) -> Any:
+            return super(DAATrainer, self)._prepare_dataset(rows, processing_class, args, dataset_name)
+
+        if distributed():  # rank 0 decides, all ranks prepare together (TRL's main-process-first)
+            prepared, self.prepared_cache_hit = load_or_prepare(Path(path), lambda: prepare(dataset))
+            return prepared
+        # one process: in parts, so that jobs starting together split the tokenisation
+        prepared, computed, parts = load_or_prepare_parts(Path(path).with_suffix(""), dataset, prepare)
+        self.prepared_cache_hit = computed == 0
+        self.prepared_parts = (computed, parts)
         return prepared
 
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:

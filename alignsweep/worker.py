@@ -356,9 +356,9 @@ def shared_status(task_hit: bool | None, trainer: Any, evaluator: Any) -> dict:
         "heldout_ref_logps": None if evaluator is None else evaluator.heldout_ref_cache_hit,
     }
     status = {key: said[hit] for key, hit in found.items() if hit is not None}
-    if trainer.ref_parts is not None and 0 < trainer.ref_parts[0] < trainer.ref_parts[1]:
-        computed, parts = trainer.ref_parts  # jobs that started together split the work
-        status["ref_logps"] = f"computed {computed} of {parts} parts, read the others from the sweep's cache"
+    for key, split in (("ref_logps", trainer.ref_parts), ("data_tokenised", trainer.prepared_parts)):
+        if split is not None and 0 < split[0] < split[1]:  # jobs that started together split the work
+            status[key] = f"computed {split[0]} of {split[1]} parts, read the others from the sweep's cache"
     return status
 
 

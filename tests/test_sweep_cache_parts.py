@@ -46,3 +46,24 @@ def test_a_damaged_part_is_computed_again(tmp_path):
     damaged.write_bytes(b"half-written")
     values, computed = load_or_compute_parts(tmp_path, 3, _square)
     assert computed == 1 and [int(v) for v in values] == [0, 1, 4]
+
+
+def test_a_dataset_prepared_in_parts_is_the_dataset_prepared_whole(tmp_path):
+    """Row-wise preparation (TRL's: map, then a filter) of contiguous parts, concatenated, equals
+    the preparation of the whole: the same rows, order and column types."""
+    from datasets import Dataset
+
+    from alignsweep.shared_data import load_or_prepare_parts
+
+    rows = Dataset.from_list([{"prompt": f"p{i}", "chosen": " a" * (i % 7), "rejected": " b"} for i in range(200)])
+
+    def prepare(ds):
+        ds = ds.map(lambda r: {"chosen_ids": [len(w) for w in r["chosen"].split()], "n": len(r["chosen"])})
+        return ds.filter(lambda r: r["n"] % 3 != 1)
+
+    whole = prepare(rows)
+    parted, computed, parts = load_or_prepare_parts(tmp_path / "parts", rows, prepare)
+    assert parts == 6 and computed == 6
+    assert parted.to_dict() == whole.to_dict() and parted.features == whole.features
+    again, computed, _ = load_or_prepare_parts(tmp_path / "parts", rows, prepare)
+    assert computed == 0 and again.to_dict() == whole.to_dict()
