@@ -159,7 +159,7 @@ def bench_overhead(work: Path, cache: Path, quick: bool) -> dict:
     script = work / "plain_trl.py"
     script.write_text(PLAIN_TRL)
     ours, plain, sft_dir = [], [], None
-    for repeat in range(1 if quick else 3):
+    for repeat in range(1 if quick else 5):  # a noisy figure on a job of seconds: five pairs, the median
         for which in (("ours", "plain") if repeat % 2 == 0 else ("plain", "ours")):
             if which == "ours":
                 run = work / f"overhead-{repeat}"
