@@ -94,16 +94,15 @@ def load_or_prepare_parts(folder: Path, dataset: Any, prepare: Any) -> tuple[Any
 
     from datasets import Dataset, Features
 
-    from alignsweep.sweep_cache import load_or_compute_parts
+    from alignsweep.sweep_cache import load_or_compute_row_parts
 
     n = len(dataset)
     n_parts = max(1, min(MAX_PARTS, n // PART_ROWS))
-    rows = math.ceil(n / n_parts)
 
-    def part(i: int) -> dict:
-        prepared = prepare(dataset.select(range(i * rows, min((i + 1) * rows, n))))
+    def part(rows: range) -> dict:
+        prepared = prepare(dataset.select(rows))
         return {"columns": prepared.to_dict(), "features": prepared.features.to_dict()}
 
-    parts, computed = load_or_compute_parts(Path(folder), n_parts, part)
+    parts, computed = load_or_compute_row_parts(Path(folder), n, math.ceil(n / n_parts), part)
     columns = {name: [v for p in parts for v in p["columns"][name]] for name in parts[0]["columns"]}
-    return Dataset.from_dict(columns, features=Features.from_dict(parts[0]["features"])), computed, n_parts
+    return Dataset.from_dict(columns, features=Features.from_dict(parts[0]["features"])), computed, len(parts)

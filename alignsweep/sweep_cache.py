@@ -12,6 +12,7 @@ computed again, not trusted.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -105,3 +106,15 @@ def load_or_compute_parts(folder: Path, n_parts: int, compute_part: Callable[[in
             left = left[1:]
         pending = [i for i in left if i not in values]
     return [values[i] for i in range(n_parts)], computed
+
+
+def load_or_compute_row_parts(
+    folder: Path, n_rows: int, rows_per_part: int, compute_rows: Callable[[range], Any]
+) -> tuple[list, int]:
+    """`load_or_compute_parts` over contiguous ranges of `rows_per_part` rows of a dataset of
+    `n_rows` (the last range shorter): `compute_rows(range)` computes one part."""
+    rows_per_part = max(1, rows_per_part)
+    n_parts = max(1, math.ceil(n_rows / rows_per_part))
+    return load_or_compute_parts(
+        folder, n_parts, lambda i: compute_rows(range(i * rows_per_part, min((i + 1) * rows_per_part, n_rows)))
+    )

@@ -93,7 +93,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         from array import array
 
         from alignsweep.distributed import distributed, from_rank_zero
-        from alignsweep.sweep_cache import load_or_compute, load_or_compute_parts
+        from alignsweep.sweep_cache import load_or_compute, load_or_compute_row_parts
 
         digest = hashlib.sha256(f"{self._precompute_model_hash}|{self.args.max_length}|{self.args.truncation_mode}".encode())
         for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
@@ -110,16 +110,13 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             return self._with_ref_columns(dataset, saved)
         # one process: in parts of whole batches, so that jobs starting together split the work
         # (each part's batches are exactly the unshared loop's: the same numbers either way)
-        n_batches = math.ceil(len(dataset) / batch_size)
-        per_part = max(1, math.ceil(n_batches / REF_PARTS))
-        n_parts, rows = math.ceil(n_batches / per_part), per_part * batch_size
-
-        def part(i: int) -> dict[str, torch.Tensor]:
-            return self._reference_logps(dataset.select(range(i * rows, min((i + 1) * rows, len(dataset)))), batch_size)
-
-        parts, computed = load_or_compute_parts(Path(self.ref_cache_dir) / key, n_parts, part)
+        per_part = max(1, math.ceil(math.ceil(len(dataset) / batch_size) / REF_PARTS))  # whole batches
+        parts, computed = load_or_compute_row_parts(
+            Path(self.ref_cache_dir) / key, len(dataset), per_part * batch_size,
+            lambda rows: self._reference_logps(dataset.select(rows), batch_size),
+        )
         self.ref_cache_hit = computed == 0
-        self.ref_parts = (computed, n_parts)
+        self.ref_parts = (computed, len(parts))
         return self._with_ref_columns(dataset, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
 
     @staticmethod

@@ -46,15 +46,15 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         if not config.dry_run:
             # the fork server imports torch/TRL while the jobs are composed
-            self._worker_pool(self.fork_workers)
+            self._worker_pool()
 
-    def _worker_pool(self, fork: bool) -> Any:
+    def _worker_pool(self) -> Any:
         if self.pool is None:
             from alignsweep.worker_pool import WorkerPool
 
             env = {"ALIGNSWEEP_THREADS": str(self.threads_per_job), "OMP_NUM_THREADS": str(self.threads_per_job)}
             env["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE", "1")
-            self.pool = WorkerPool(env, fork=fork)
+            self.pool = WorkerPool(env, fork=self.fork_workers)
         return self.pool
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -82,7 +82,7 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
         from alignsweep.worker_pool import wait_any
 
         pending = list(jobs)
-        pool = self._worker_pool(self.fork_workers)
+        pool = self._worker_pool()
         running: dict[int, tuple[Any, Any]] = {}
         codes: dict[int, int] = {}
         printer = ProgressPrinter(jobs, every_s=self.progress_every_s)
