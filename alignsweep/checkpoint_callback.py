@@ -19,8 +19,12 @@ from alignsweep.plan import checkpoint_steps
 class CheckpointCallback(TrainerCallback):
     """Evaluates at step 0 and at the checkpoint steps, watches the KL budget, records progress."""
 
-    def __init__(self, trainer: Any, evaluator: Any, cfg: Any, job: Any, run_dir: Path, tracker: Any):
+    def __init__(self, trainer: Any, evaluator: Any, cfg: Any, job: Any, run_dir: Path, tracker: Any,
+                 clock: Any = None):
+        from alignsweep.phase_clock import PhaseClock
+
         self.trainer, self.evaluator, self.cfg, self.job = trainer, evaluator, cfg, job
+        self.clock = clock if clock is not None else PhaseClock()  # step0, eval: seconds
         self.run_dir, self.tracker = run_dir, tracker
         self.main = rank() == 0
         self.ckpts: list[int] = []
@@ -49,7 +53,8 @@ class CheckpointCallback(TrainerCallback):
         if self.evaluator is None or not self.cfg.eval.enabled:
             return None
         self._status(phase="eval", step=step)
-        row = self.evaluator.evaluate(self.trainer.model, step)
+        with self.clock("step0" if step == 0 else "eval"):
+            row = self.evaluator.evaluate(self.trainer.model, step)
         if row is None:
             return None
         row.update(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,11 +28,14 @@ def load_or_compute(path: Path, compute: Callable[[], Any], all_ranks: bool = Tr
     import torch
 
     from alignsweep.distributed import agree, rank, rank_zero_lock
+    from alignsweep.phase_clock import add_wait
 
     decide = agree if all_ranks else bool  # alone, the decision is this process's own
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    asked = time.perf_counter()
     with rank_zero_lock(path.with_suffix(".lock")):
+        add_wait(time.perf_counter() - asked)  # another job was computing it
         value, readable = None, False
         if rank() == 0 and path.exists():
             try:
@@ -61,6 +65,8 @@ def load_or_compute_parts(folder: Path, n_parts: int, compute_part: Callable[[in
     import torch
     from filelock import FileLock, Timeout
 
+    from alignsweep.phase_clock import add_wait
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     values: dict[int, Any] = {}
@@ -83,10 +89,13 @@ def load_or_compute_parts(folder: Path, n_parts: int, compute_part: Callable[[in
         """Compute part i under its lock unless it is there by then; False if the lock is busy."""
         nonlocal computed
         lock = FileLock(str(path(i).with_suffix(".lock")))
+        asked = time.perf_counter()
         try:
             lock.acquire(timeout=timeout)
         except Timeout:
             return False
+        if timeout != 0:
+            add_wait(time.perf_counter() - asked)  # another job was computing it
         try:
             if not read(i):
                 values[i] = compute_part(i)

@@ -51,7 +51,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
 
     def __init__(
         self, *args: Any, loss_name: str, loss_params: dict[str, Any], ref_cache_dir: str | None = None,
-        prepared_cache_dir: str | None = None, **kwargs: Any,
+        prepared_cache_dir: str | None = None, clock: Any = None, **kwargs: Any,
     ):
         self.loss_name = loss_name
         self.loss_params = dict(loss_params)
@@ -62,9 +62,16 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         self.prepared_cache_hit: bool | None = None
         self.prepared_parts: tuple[int, int] | None = None  # (parts prepared here, parts), one process
         self.step_losses: list[float] = []  # per micro-batch training loss, read by the evaluation callback
+        from alignsweep.phase_clock import PhaseClock
+
+        self.clock = clock if clock is not None else PhaseClock()  # tokenise, ref_logps: seconds
         super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        with self.clock("tokenise"):
+            return self._prepare_dataset_shared(dataset, processing_class, args, dataset_name)
+
+    def _prepare_dataset_shared(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
         from datasets import Dataset
 
         if self.prepared_cache_dir is None or dataset_name != "train" or not isinstance(dataset, Dataset):
@@ -87,6 +94,10 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         return prepared
 
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+        with self.clock("ref_logps"):
+            return self._precompute_ref_logps_shared(dataset, name, batch_size)
+
+    def _precompute_ref_logps_shared(self, dataset: Any, name: str, batch_size: int) -> Any:
         if self.ref_cache_dir is None:  # this job's own, computed exactly as the shared ones
             return self._with_ref_columns(dataset, self._reference_logps(dataset, batch_size))
         import hashlib

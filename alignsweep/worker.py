@@ -217,8 +217,10 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     from alignsweep.distributed import init_process_group
     from alignsweep.evaluation import Evaluator
     from alignsweep.judges import build_judge
+    from alignsweep.phase_clock import PhaseClock, waited
     from alignsweep.trainer import DAATrainer
 
+    clock = PhaseClock()  # where this job's time goes, in its status (`seconds`, `waited_s`)
     torch.manual_seed(job.seed)
     init_process_group()
     dev = device_kwargs(cfg)
@@ -234,19 +236,22 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
             log.warning("model.resources.strategy=%s needs several processes; this job has one: %s", asked, strategy)
         note = strategy if strategy == asked else f"{strategy} ({asked} asked, but the job has 1 process)"
         rundir.write_status(run_dir, phase="sft", strategy=note)
-    base, tokenizer = base_model_and_tokenizer(cfg)
-    task, task_hit = shared_task(cfg, tokenizer)
+    with clock("data"):
+        base, tokenizer = base_model_and_tokenizer(cfg)
+        task, task_hit = shared_task(cfg, tokenizer)
     if main:
         rundir.write_status(run_dir, data=task["report"])
-    sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, {**dev, **shard})
+    with clock("sft"):
+        sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, {**dev, **shard})
     del base
     if main:
         rundir.write_status(run_dir, sft_model=str(sft_dir))
-    policy, tokenizer = models.load_saved(sft_dir, cfg.model.dtype)
-    ref, _ = models.load_saved(sft_dir, cfg.model.dtype)
-    ref.eval().requires_grad_(False)
-    if torch.cuda.is_available():
-        ref.to("cuda")
+    with clock("load_models"):
+        policy, tokenizer = models.load_saved(sft_dir, cfg.model.dtype)
+        ref, _ = models.load_saved(sft_dir, cfg.model.dtype)
+        ref.eval().requires_grad_(False)
+        if torch.cuda.is_available():
+            ref.to("cuda")
 
     params = loss_params(cfg, job)
     n_eval = cfg.eval.prompts or len(task["eval"])
@@ -257,24 +262,25 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         sampler = VLLMSampler(
             sft_dir, dtype=cfg.model.dtype, gpu_memory_utilization=cfg.eval.vllm_gpu_memory_utilization
         )
-    evaluator = None if not ((main or lockstep) and cfg.eval.enabled) else Evaluator(
-        ref_model=ref,
-        tokenizer=tokenizer,
-        judge=build_judge(cfg.judge, data_name=cfg.data.name, cache_root=cfg.paths.cache_dir) if main else None,
-        eval_rows=task["eval"][:n_eval],
-        heldout_rows=task["heldout"],
-        loss_name=job.algo,
-        loss_params=params,
-        max_new_tokens=cfg.data.max_new_tokens,
-        temperature=cfg.eval.temperature,
-        batch_size=cfg.eval.batch_size,
-        seed=job.seed,
-        kl_estimator=cfg.eval.kl_estimator,
-        lockstep=lockstep,
-        sampler=sampler,
-        step0_cache=step0_cache_path(cfg, job, sft_dir, task, n_eval, sampler_name) if cfg.eval.share_step0 else None,
-        heldout_ref_cache=heldout_ref_cache_path(cfg, sft_dir, task) if cfg.train.share_ref_logps else None,
-    )
+    with clock("heldout_ref_logps"):  # the evaluator scores the held-out pairs with the reference
+        evaluator = None if not ((main or lockstep) and cfg.eval.enabled) else Evaluator(
+            ref_model=ref,
+            tokenizer=tokenizer,
+            judge=build_judge(cfg.judge, data_name=cfg.data.name, cache_root=cfg.paths.cache_dir) if main else None,
+            eval_rows=task["eval"][:n_eval],
+            heldout_rows=task["heldout"],
+            loss_name=job.algo,
+            loss_params=params,
+            max_new_tokens=cfg.data.max_new_tokens,
+            temperature=cfg.eval.temperature,
+            batch_size=cfg.eval.batch_size,
+            seed=job.seed,
+            kl_estimator=cfg.eval.kl_estimator,
+            lockstep=lockstep,
+            sampler=sampler,
+            step0_cache=step0_cache_path(cfg, job, sft_dir, task, n_eval, sampler_name) if cfg.eval.share_step0 else None,
+            heldout_ref_cache=heldout_ref_cache_path(cfg, sft_dir, task) if cfg.train.share_ref_logps else None,
+        )
     share_ref = bool(cfg.train.share_ref_logps) and not job.reference_free
     args = DPOConfig(
         output_dir=str(run_dir / "trainer"),
@@ -301,38 +307,47 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         **dev,
         **shard,
     )
-    trainer = DAATrainer(
-        ref_cache_dir=str(Path(cfg.paths.cache_dir) / "ref_logps") if share_ref else None,
-        prepared_cache_dir=str(Path(cfg.paths.cache_dir) / "data") if cfg.data.share_prepared else None,
-        model=policy,
-        ref_model=ref,
-        args=args,
-        train_dataset=Dataset.from_list(task["train"]),
-        processing_class=tokenizer,
-        loss_name=job.algo,
-        loss_params=params,
-    )
+    with clock("trainer_setup"):  # tokenise and ref_logps are inside: counted under their own names
+        trainer = DAATrainer(
+            ref_cache_dir=str(Path(cfg.paths.cache_dir) / "ref_logps") if share_ref else None,
+            prepared_cache_dir=str(Path(cfg.paths.cache_dir) / "data") if cfg.data.share_prepared else None,
+            model=policy,
+            ref_model=ref,
+            args=args,
+            train_dataset=Dataset.from_list(task["train"]),
+            processing_class=tokenizer,
+            loss_name=job.algo,
+            loss_params=params,
+            clock=clock,
+        )
+    clock.add("trainer_setup", -sum(clock.seconds.get(k, 0.0) for k in ("tokenise", "ref_logps")))
     if main:
         rundir.write_status(run_dir, **shared_status(task_hit, trainer, evaluator))
     from alignsweep.checkpoint_callback import CheckpointCallback
 
-    callback = CheckpointCallback(trainer, evaluator, cfg, job, run_dir, tracker)
+    callback = CheckpointCallback(trainer, evaluator, cfg, job, run_dir, tracker, clock=clock)
     trainer.add_callback(callback)
     if main:
         rundir.write_status(run_dir, phase="train")
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with clock("train"):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    # the evaluations ran inside train(): count them once, under their own names
+    clock.add("train", -sum(clock.seconds.get(k, 0.0) for k in ("step0", "eval")))
+    timing = {"seconds": clock.rounded(), "waited_s": round(waited(), 3)}
     if main and evaluator is not None and evaluator.step0_cache_hit is not None:
         rundir.write_status(run_dir, step0_eval="read from the sweep's cache" if evaluator.step0_cache_hit else "measured")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         write_rank_record(run_dir, trainer)
     if callback.diverged_at is not None:
-        return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": "non_finite_loss"}
+        return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": "non_finite_loss",
+                **timing}
     if cfg.train.save_final_model:
         if shard:
             sharding.save_full_model(trainer, run_dir / "model")  # gathered from the shards
         else:
             trainer.save_model(str(run_dir / "model"))
-    return {"state": "completed", "phase": "done", "step": callback.last_step, "stop_reason": callback.stop_reason}
+    return {"state": "completed", "phase": "done", "step": callback.last_step, "stop_reason": callback.stop_reason,
+            **timing}
 
 
 def shared_task(cfg: Any, tokenizer: Any) -> tuple[dict, bool | None]:

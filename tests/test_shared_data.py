@@ -33,6 +33,13 @@ def test_a_job_reading_the_shared_data_writes_the_rows_it_would_have_computed(cl
     for key in ("data_splits", "data_tokenised", "ref_logps", "heldout_ref_logps"):
         assert second[key] == "read from the sweep's cache", key
     assert second["data"] == status["data"]  # the same rows kept and dropped
+    # where each job's time went: every phase it paid for, within its wall time
+    phases = {"data", "sft", "load_models", "heldout_ref_logps", "tokenise", "ref_logps", "trainer_setup", "step0",
+              "eval", "train"}
+    for job in (status, first, second):
+        assert set(job["seconds"]) == phases and min(job["seconds"].values()) >= 0.0, job["seconds"]
+        assert sum(job["seconds"].values()) <= job["wall_s"] and job["waited_s"] >= 0.0
+    assert second["seconds"]["step0"] < first["seconds"]["step0"]  # read, not measured
     assert [r["step"] for r in shared] == [r["step"] for r in alone]
     for a, b in zip(alone, shared):
         assert set(a) == set(b)

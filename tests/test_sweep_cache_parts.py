@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from alignsweep.sweep_cache import load_or_compute_parts
+from alignsweep.sweep_cache import load_or_compute, load_or_compute_parts
 
 
 def _square(i: int) -> torch.Tensor:
@@ -67,3 +67,34 @@ def test_a_dataset_prepared_in_parts_is_the_dataset_prepared_whole(tmp_path):
     assert parted.to_dict() == whole.to_dict() and parted.features == whole.features
     again, computed, _ = load_or_prepare_parts(tmp_path / "parts", rows, prepare)
     assert computed == 0 and again.to_dict() == whole.to_dict()
+
+
+def _slow_value() -> int:
+    time.sleep(1.0)
+    return 7
+
+
+def _compute_or_wait(path: str, out) -> None:
+    from alignsweep.phase_clock import waited
+
+    before = waited()  # this process's count so far
+    value, hit = load_or_compute(Path(path), _slow_value, all_ranks=False)
+    out.put((value, hit, waited() - before))
+
+
+def test_a_job_waiting_for_another_says_how_long(tmp_path):
+    """The seconds a job sits on a file another job is still computing are counted (the run's
+    `waited_s`); the job that computes waits for nobody."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    first = ctx.Process(target=_compute_or_wait, args=(str(tmp_path / "v.pt"), out))
+    first.start()
+    while not (tmp_path / "v.lock").exists():
+        time.sleep(0.01)
+    time.sleep(0.2)  # the first holds the lock by now
+    _compute_or_wait(str(tmp_path / "v.pt"), out)
+    first.join(timeout=60)
+    results = sorted([out.get(timeout=60), out.get(timeout=60)], key=lambda r: r[1])
+    (value_a, hit_a, waited_a), (value_b, hit_b, waited_b) = results
+    assert value_a == value_b == 7 and (hit_a, hit_b) == (False, True)
+    assert waited_a < 0.1 and 0.4 < waited_b < 1.5, (waited_a, waited_b)
