@@ -12,7 +12,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from alignsweep import rundir
-from alignsweep.distributed import agree, any_rank, global_mean, rank
+from alignsweep.distributed import agree, any_rank, distributed, global_mean, rank
 from alignsweep.plan import checkpoint_steps
 
 
@@ -35,6 +35,8 @@ class CheckpointCallback(TrainerCallback):
         self.diverged_at: int | None = None
         self._loss_mark = 0
         self._last_progress = 0.0
+        self.step0_later = False  # another job was measuring step 0: read it before the next row
+        self.step0_deferred = False  # whether it was (for the run's status)
 
     def _status(self, **fields: Any) -> None:
         if self.main:
@@ -48,13 +50,27 @@ class CheckpointCallback(TrainerCallback):
     def _evaluate(self, step: int, reason: str | None = None) -> dict | None:
         """Evaluate the policy at `step` (rank 0; the other ranks only keep count, or, with a
         sharded model, take part in the forward passes and get None)."""
-        train_loss = self._train_loss()  # collective: every rank takes part
+        self._step0_now()  # the rows stay in step order
+        return self._row(step, self._train_loss(), reason)  # _train_loss: every rank takes part
+
+    def _step0_now(self) -> None:
+        """The step-0 row left for later (`step0_later`): read from the sweep's cache, where the job
+        that measured it stored it by now (or, if that job failed, measured here with the reference
+        model, which is the SFT model, the global RNG left as it was for training)."""
+        if self.step0_later:
+            import torch
+
+            self.step0_later = False
+            with torch.random.fork_rng():
+                self._row(0, None, None, policy=self.evaluator.ref_model)
+
+    def _row(self, step: int, train_loss: float | None, reason: str | None, policy: Any = None) -> dict | None:
         self.evaluated.add(step)
         if self.evaluator is None or not self.cfg.eval.enabled:
             return None
         self._status(phase="eval", step=step)
         with self.clock("step0" if step == 0 else "eval"):
-            row = self.evaluator.evaluate(self.trainer.model, step)
+            row = self.evaluator.evaluate(self.trainer.model if policy is None else policy, step)
         if row is None:
             return None
         row.update(
@@ -89,9 +105,20 @@ class CheckpointCallback(TrainerCallback):
         self.ckpts = checkpoint_steps(self.total, self.cfg.train.checkpoints)
         self._status(total_steps=self.total, checkpoint_steps=self.ckpts, checkpoints_done=len(self.evaluated))
         if 0 not in self.evaluated:
+            if (not distributed() and self.job.kl_budget is None and self.evaluator is not None
+                    and self.evaluator.step0_busy()):
+                # another job of the sweep is measuring this step 0 (the same for every job): train
+                # now and read its measurement before the next row, instead of waiting idle for it
+                # (one process alone; with a KL budget, step 0 decides whether to train at all)
+                self.step0_later = self.step0_deferred = True
+                self._status(step0_eval="left for later: another job is measuring it")
+                return
             row = self._evaluate(0)
             if agree(self._over_budget(row)):
                 self._stop(0, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._step0_now()  # no checkpoint came after step 0: its row is still written
 
     def on_step_end(self, args, state, control, **kwargs):
         step = self.last_step = state.global_step

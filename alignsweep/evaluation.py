@@ -296,19 +296,39 @@ class Evaluator:
         self.references = [r["reference"] for r in eval_rows]
         self.prompt_ids = [self._encode(p) for p in self.prompts]
         self.heldout = self._encode_pairs(heldout_rows)
-        self.heldout_ref: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._heldout_ref: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._heldout_ref_later: Optional[Path] = None  # another job is scoring them: read when needed
         self.heldout_ref_cache_hit: Optional[bool] = None
         if heldout_rows:
-            compute = lambda: (self._logps(ref_model, *self.heldout[0]), self._logps(ref_model, *self.heldout[1]))  # noqa: E731
             if heldout_ref_cache is None:
-                self.heldout_ref = compute()
+                self._heldout_ref = self._heldout_ref_logps()
             else:  # the same for every job of the sweep (`train.share_ref_logps`)
                 from alignsweep.sweep_cache import load_or_compute
 
-                # lockstep: every rank scores (collective forward passes); else rank 0 alone
-                self.heldout_ref, self.heldout_ref_cache_hit = load_or_compute(
-                    Path(heldout_ref_cache), compute, all_ranks=lockstep
+                # lockstep: every rank scores (collective forward passes), waiting for another job
+                # if need be; rank 0 alone does not wait: it goes on and reads them when needed
+                self._heldout_ref, self.heldout_ref_cache_hit = load_or_compute(
+                    Path(heldout_ref_cache), self._heldout_ref_logps, all_ranks=lockstep, wait=lockstep
                 )
+                if self.heldout_ref_cache_hit is None:
+                    self._heldout_ref_later = Path(heldout_ref_cache)
+
+    def _heldout_ref_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._logps(self.ref_model, *self.heldout[0]), self._logps(self.ref_model, *self.heldout[1])
+
+    @property
+    def heldout_ref(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """The reference's log-probs of the held-out (chosen, rejected) pairs; None without held-out
+        pairs. Shared ones another job was still scoring when this job started are read (waited
+        for) here, at first use: by then that job has usually finished."""
+        if self._heldout_ref_later is not None:
+            from alignsweep.sweep_cache import load_or_compute
+
+            self._heldout_ref, self.heldout_ref_cache_hit = load_or_compute(
+                self._heldout_ref_later, self._heldout_ref_logps, all_ranks=False
+            )
+            self._heldout_ref_later = None
+        return self._heldout_ref
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -429,6 +449,22 @@ class Evaluator:
         else:  # any object with compare() will do
             outcomes, judge_metrics = self.judge.compare(self.prompts, texts, self.references), {}
         return {"est": est, "outcomes": list(outcomes), "judge_metrics": dict(judge_metrics), "heldout": heldout}
+
+    def step0_busy(self) -> bool:
+        """Whether another job of the sweep is measuring the shared step 0 right now (its file is
+        not there yet and its lock is held): the caller can train first and evaluate step 0 later
+        (with the reference model, which is the SFT model), when the measurement is there to read."""
+        if self.step0_cache is None or self.judge is None or self.step0_cache.exists():
+            return False
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.step0_cache.with_suffix(".lock")))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
 
     def _shared_step0(self, policy: Any) -> dict:
         """Step 0's measurement, shared by every job of a sweep that starts from the same SFT model

@@ -16,42 +16,73 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
 
-def load_or_compute(path: Path, compute: Callable[[], Any], all_ranks: bool = True) -> tuple[Any, bool]:
+def load_or_compute(
+    path: Path, compute: Callable[[], Any], all_ranks: bool = True, wait: bool = True
+) -> tuple[Any, Optional[bool]]:
     """(value, hit): the object saved at `path` (hit), else `compute()`'s result, saved there
     atomically (written to a temporary file, then renamed). `all_ranks=False`: only this process
-    calls it (no collective; a rank other than 0 must not)."""
+    calls it (no collective; a rank other than 0 must not). `wait=False` (with `all_ranks=False`):
+    (None, None) at once when another process is computing it, so that the caller can do other
+    work first and ask again."""
     import torch
 
-    from alignsweep.distributed import agree, rank, rank_zero_lock
+    from alignsweep.distributed import agree, rank_zero_lock
     from alignsweep.phase_clock import add_wait
 
-    decide = agree if all_ranks else bool  # alone, the decision is this process's own
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not wait:
+        if all_ranks:
+            raise ValueError("load_or_compute(wait=False) is for one process alone (all_ranks=False)")
+        from filelock import FileLock, Timeout
+
+        if path.exists():  # written whole (renamed into place): readable without the lock
+            try:
+                return torch.load(path, weights_only=False), True
+            except Exception:  # damaged: decided under the lock below
+                pass
+        lock = FileLock(str(path.with_suffix(".lock")))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return None, None
+        try:
+            return _load_or_compute_locked(path, compute, bool)
+        finally:
+            lock.release()
     asked = time.perf_counter()
     with rank_zero_lock(path.with_suffix(".lock")):
         add_wait(time.perf_counter() - asked)  # another job was computing it
-        value, readable = None, False
-        if rank() == 0 and path.exists():
-            try:
-                value, readable = torch.load(path, weights_only=False), True
-            except Exception as exc:  # a damaged file is computed again, not trusted
-                log.warning("shared cache file %s unreadable (%s); computing it again", path, exc)
-        if decide(readable):
-            if rank() != 0:
-                value = torch.load(path, weights_only=False)
-            return value, True
-        value = compute()
-        if rank() == 0:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(value, tmp)
-            os.replace(tmp, path)
-        return value, False
+        return _load_or_compute_locked(path, compute, agree if all_ranks else bool)
+
+
+def _load_or_compute_locked(path: Path, compute: Callable[[], Any], decide: Callable[[bool], bool]) -> tuple[Any, bool]:
+    """`load_or_compute` under the lock; `decide`: every rank's agreement on "rank 0 read it"."""
+    import torch
+
+    from alignsweep.distributed import rank
+
+    value, readable = None, False
+    if rank() == 0 and path.exists():
+        try:
+            value, readable = torch.load(path, weights_only=False), True
+        except Exception as exc:  # a damaged file is computed again, not trusted
+            log.warning("shared cache file %s unreadable (%s); computing it again", path, exc)
+    if decide(readable):
+        if rank() != 0:
+            value = torch.load(path, weights_only=False)
+        return value, True
+    value = compute()
+    if rank() == 0:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(value, tmp)
+        os.replace(tmp, path)
+    return value, False
 
 
 def load_or_compute_parts(folder: Path, n_parts: int, compute_part: Callable[[int], Any]) -> tuple[list, int]:

@@ -334,8 +334,8 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     # the evaluations ran inside train(): count them once, under their own names
     clock.add("train", -sum(clock.seconds.get(k, 0.0) for k in ("step0", "eval")))
     timing = {"seconds": clock.rounded(), "waited_s": round(waited(), 3)}
-    if main and evaluator is not None and evaluator.step0_cache_hit is not None:
-        rundir.write_status(run_dir, step0_eval="read from the sweep's cache" if evaluator.step0_cache_hit else "measured")
+    if main:  # again: what was read after training began (step 0, the held-out pairs) is known now
+        rundir.write_status(run_dir, **shared_status(task_hit, trainer, evaluator, callback.step0_deferred))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         write_rank_record(run_dir, trainer)
     if callback.diverged_at is not None:
@@ -361,7 +361,7 @@ def shared_task(cfg: Any, tokenizer: Any) -> tuple[dict, bool | None]:
     return load_or_compute(task_cache_path(cfg, tokenizer), lambda: load_task(cfg, tokenizer))
 
 
-def shared_status(task_hit: bool | None, trainer: Any, evaluator: Any) -> dict:
+def shared_status(task_hit: bool | None, trainer: Any, evaluator: Any, step0_deferred: bool = False) -> dict:
     """What this job read from the sweep's cache and what it computed, for status.json."""
     said = {True: "read from the sweep's cache", False: "computed"}
     found = {
@@ -374,6 +374,10 @@ def shared_status(task_hit: bool | None, trainer: Any, evaluator: Any) -> dict:
     for key, split in (("ref_logps", trainer.ref_parts), ("data_tokenised", trainer.prepared_parts)):
         if split is not None and 0 < split[0] < split[1]:  # jobs that started together split the work
             status[key] = f"computed {split[0]} of {split[1]} parts, read the others from the sweep's cache"
+    if evaluator is not None and evaluator.step0_cache_hit is not None:
+        status["step0_eval"] = "read from the sweep's cache" if evaluator.step0_cache_hit else "measured"
+        if step0_deferred:  # another job was measuring it when this one began training
+            status["step0_eval"] += " after training began (another job was measuring it)"
     return status
 
 

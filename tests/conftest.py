@@ -39,9 +39,11 @@ def cli(tmp_path, sft_cache):
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
         return proc
 
-    def popen(*args: str, env: dict | None = None) -> subprocess.Popen:
+    def popen(*args: str, env: dict | None = None, stdout: Path | None = None) -> subprocess.Popen:
+        """Start it in the background; its output in a pipe, or in the file `stdout`."""
         cmd, full_env = command(*args, env=env)
-        return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = subprocess.PIPE if stdout is None else open(stdout, "w")
+        return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
     run.cwd = tmp_path
     run.popen = popen

@@ -23,7 +23,7 @@ def _run(cli, name: str, *args: str) -> tuple[list[dict], dict]:
 def test_a_job_reading_the_shared_data_writes_the_rows_it_would_have_computed(cli, tmp_path):
     # the session's SFT model (label noise changes the pairs, not the SFT split); pairs no other
     # test uses, so that nothing of theirs is in the cache yet
-    cache = "data.embedded.label_noise=0.111"
+    cache = "data.embedded.label_noise=0.177"
     alone, status = _run(cli, "alone", "algo=dpo", *OFF, cache)
     assert not {"data_splits", "data_tokenised", "ref_logps", "heldout_ref_logps"} & set(status)
     _, first = _run(cli, "first", "algo=ipo", cache)
@@ -76,3 +76,81 @@ def test_the_data_key_follows_the_data_the_tokenizer_and_the_files(tmp_path):
     before = task_cache_path(local, tok)
     data.write_text('{"prompt": "a", "chosen": " b", "rejected": " dd"}\n')
     assert task_cache_path(local, tok) != before  # an edited file is prepared again
+
+
+def test_the_reference_key_follows_every_token_id_and_ignores_how_rows_are_stored():
+    """The key of shared reference log-probs hashes the token ids: rows kept by a filter hash like
+    the same rows built directly; ids moved between rows or columns change it."""
+    import hashlib
+
+    from datasets import Dataset
+
+    from alignsweep.trainer import _token_ids_digest
+
+    def key(rows: list[dict]) -> str:
+        return _token_ids_digest(hashlib.sha256(), Dataset.from_list(rows), ("a", "b"))
+
+    rows = [{"a": [1, 2, 3], "b": [4]}, {"a": [], "b": [5, 6]}, {"a": [7], "b": [8]}]
+    filtered = Dataset.from_list(rows).filter(lambda r: len(r["a"]) > 0)
+    assert _token_ids_digest(hashlib.sha256(), filtered, ("a", "b")) == key([rows[0], rows[2]])
+    assert key(rows) != key([rows[0], rows[2]])
+    assert key([{"a": [1, 2], "b": [3, 4]}]) != key([{"a": [1, 2, 3], "b": [4]}])  # the boundary moved
+    assert key([{"a": [1, 2], "b": [3, 4]}]) != key([{"a": [3, 4], "b": [1, 2]}])  # the columns swapped
+    assert key(rows[:2]) != key([rows[0], rows[0]])
+
+
+def test_reference_columns_built_in_arrow_equal_datasets_add_column():
+    """`_with_ref_columns` (Arrow) gives the dataset `Dataset.add_column` of the same values gives:
+    rows, types and format; over a filtered dataset, and replacing a column already there."""
+    import torch
+    from datasets import Dataset
+
+    from alignsweep.trainer import DAATrainer
+
+    rows = Dataset.from_list([{"p": [1, 2], "x": 1.0}, {"p": [3], "x": 2.0}, {"p": [4, 5], "x": 3.0}])
+    kept = rows.filter(lambda r: r["x"] != 2.0)
+    values = {"ref_chosen_logps": torch.tensor([-1.5, -2.25]), "x": torch.tensor([7.0, 8.0])}
+    new = DAATrainer._with_ref_columns(kept, values)
+    old = kept
+    for column, column_values in values.items():
+        if column in old.column_names:
+            old = old.remove_columns(column)
+        old = old.add_column(column, column_values.tolist())
+    assert new.to_dict() == old.to_dict() == {"p": [[1, 2], [4, 5]], "x": [7.0, 8.0], "ref_chosen_logps": [-1.5, -2.25]}
+    assert new.features == old.features and new.format == old.format and new[1] == old[1]
+
+
+@pytest.mark.slow
+def test_a_job_goes_on_while_another_scores_the_heldout_pairs_and_reads_them_later(cli, sft_cache):
+    """The reference's held-out log-probs another job is still scoring are read at first use, not
+    waited for while the job has other work: it tokenises and prepares its training meanwhile, and
+    writes exactly the rows of a job that read them at once."""
+    import os
+    import time
+
+    from filelock import FileLock
+
+    noise = "data.embedded.label_noise=0.222"  # pairs of this test's own
+    _, first = _run(cli, "first", "algo=dpo", noise)
+    assert first["heldout_ref_logps"] == "computed"
+    heldout = max((sft_cache / "ref_logps").glob("heldout-*.pt"), key=os.path.getmtime)
+    saved = heldout.read_bytes()
+    heldout.unlink()
+    lock = FileLock(str(heldout.with_suffix(".lock")))
+    lock.acquire()  # "another job" is scoring them
+    run = cli.cwd / "later"
+    proc = cli.popen("algo=ipo", noise, *SMALL, f"hydra.run.dir={run}", stdout=cli.cwd / "later.out")
+    deadline = time.time() + 300
+    while "ref_logps" not in (rundir.read_status(run) or {}):  # set up its training past the evaluator
+        assert proc.poll() is None and time.time() < deadline, (cli.cwd / "later.out").read_text()
+        time.sleep(0.2)
+    assert "heldout_ref_logps" not in rundir.read_status(run)  # not read yet
+    tmp = heldout.with_name(".tmp-heldout")
+    tmp.write_bytes(saved)
+    os.replace(tmp, heldout)
+    lock.release()
+    assert proc.wait(timeout=300) == 0, (cli.cwd / "later.out").read_text()
+    later = rundir.read_status(run)
+    assert later["heldout_ref_logps"] == "read from the sweep's cache" and later["waited_s"] > 0
+    direct, _ = _run(cli, "direct", "algo=ipo", noise)
+    assert rundir.read_metrics(run) == direct
