@@ -41,14 +41,13 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 from alignsweep.data import embedded
-from alignsweep.data.pairs import clean_pairs
+from alignsweep.data.pairs import clean_pairs, token_lengths
 sft_dir, threads = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(threads)
 task = SimpleNamespace(seed=0, n_words=24, n_fillers=6, min_topics=3, max_topics=6, n_sft=2000, n_train=1024,
                        n_heldout=256, n_eval=256, length_bias=1.2, label_noise=0.1, label_temperature=0.1)
 tok = AutoTokenizer.from_pretrained(sft_dir)
-length = lambda p, r: len(tok(p + r, add_special_tokens=False)["input_ids"]) + 1
-rows, _ = clean_pairs(embedded.generate(task)["train"], length=length, max_length=40)
+rows, _ = clean_pairs(embedded.generate(task)["train"], lengths=token_lengths(tok), max_length=40)
 policy = AutoModelForCausalLM.from_pretrained(sft_dir)
 ref = AutoModelForCausalLM.from_pretrained(sft_dir)
 args = DPOConfig(output_dir=sys.argv[3], per_device_train_batch_size=32, learning_rate=5e-4, num_train_epochs=1,

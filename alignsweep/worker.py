@@ -44,22 +44,20 @@ def load_task(cfg: Any, tokenizer: Any) -> dict:
     from alignsweep.data import embedded, pairs
 
     columns = (cfg.data.prompt_column, cfg.data.chosen_column, cfg.data.rejected_column)
-
-    def length(prompt: str, response: str) -> int:
-        return len(tokenizer(prompt + response, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+    lengths = pairs.token_lengths(tokenizer)
 
     if cfg.data.embedded is not None:
         task = embedded.generate(cfg.data.embedded)
         reports = {}
         for split in ("train", "heldout"):
-            task[split], report = pairs.clean_pairs(task[split], length=length, max_length=cfg.data.max_length)
+            task[split], report = pairs.clean_pairs(task[split], lengths=lengths, max_length=cfg.data.max_length)
             pairs.require_enough(report, cfg.data.max_bad_fraction, f"data={cfg.data.name} ({split})")
             reports[split] = report.as_dict()
         task["report"] = reports
         return task
     where = cfg.data.path or cfg.data.hub_id
     rows = pairs.read_local(cfg.data.path) if cfg.data.path else _hub_rows(cfg.data)
-    good, report = pairs.clean_pairs(rows, columns, length=length, max_length=cfg.data.max_length)
+    good, report = pairs.clean_pairs(rows, columns, lengths=lengths, max_length=cfg.data.max_length)
     pairs.require_enough(report, cfg.data.max_bad_fraction, f"data={cfg.data.name} ({where})")
     n_heldout = min(cfg.data.heldout_size, len(good) // 2)
     train, heldout = good[: len(good) - n_heldout], good[len(good) - n_heldout :]

@@ -258,3 +258,28 @@ def test_chaos_killed_jobs_resubmitted_end_as_an_undisturbed_sweep(cli):
     for run in ("0", "1"):
         calm, stormy = rundir.read_metrics(cli.cwd / "calm" / run), rundir.read_metrics(storm / run)
         assert stormy == calm, f"run {run} differs after kills {kills}"
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.lists(row, max_size=20), max_length=st.integers(0, 40))
+def test_the_length_check_drops_exactly_the_rows_too_long(rows, max_length):
+    def lengths(texts):  # one call for all of them: characters here, tokens in a job
+        return [len(t) for t in texts]
+
+    everything, _ = pairs.clean_pairs(rows)
+    kept, report = pairs.clean_pairs(rows, lengths=lengths, max_length=max_length)
+    fits = [r for r in everything
+            if len(r["prompt"] + r["chosen"]) <= max_length and len(r["prompt"] + r["rejected"]) <= max_length]
+    assert kept == fits
+    assert report.dropped.get("too_long", 0) == len(everything) - len(fits)
+    assert report.kept + sum(report.dropped.values()) == len(rows)
+
+
+def test_token_lengths_are_each_text_tokenised_alone_plus_eos():
+    from alignsweep import models
+    from alignsweep.data import embedded
+
+    tokenizer = models.build_word_tokenizer(embedded.vocabulary(24, 6).tokens)
+    texts = ["", " a b", "x y z"] + [" ".join(embedded.vocabulary(24, 6).tokens[:k]) for k in range(1, 9)]
+    expected = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
+    assert pairs.token_lengths(tokenizer)(texts) == expected and max(expected) > 5

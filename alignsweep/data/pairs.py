@@ -139,14 +139,16 @@ def _read(file: Path) -> Iterable[dict]:
 def clean_pairs(
     rows: Iterable[Any],
     columns: tuple[str, str, str] = ("prompt", "chosen", "rejected"),
-    length: Optional[Callable[[str, str], int]] = None,
+    lengths: Optional[Callable[[list[str]], list[int]]] = None,
     max_length: Optional[int] = None,
 ) -> tuple[list[dict], CleanReport]:
     """Good rows as {prompt, chosen, rejected} dicts, and what was dropped and why.
 
     A row is good when it is a mapping whose three columns hold text, both responses are
-    non-empty (not only whitespace), they differ, and (given `length`) both prompt+response
-    fit in `max_length` tokens.
+    non-empty (not only whitespace), they differ, and (given `lengths`, the token count of each
+    of a list of texts, e.g. `token_lengths(tokenizer)`) both prompt+response fit in `max_length`
+    tokens. The lengths are asked for all at once: a tokenizer does a batch much faster than
+    the same texts one by one.
     """
     p_col, c_col, r_col = columns
     good: list[dict] = []
@@ -167,13 +169,25 @@ def clean_pairs(
         if chosen == rejected:
             report.drop("identical")
             continue
-        if length is not None and max_length is not None:
-            if max(length(prompt, chosen), length(prompt, rejected)) > max_length:
-                report.drop("too_long")
-                continue
         good.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    if lengths is not None and max_length is not None and good:
+        counts = lengths([r["prompt"] + r["chosen"] for r in good] + [r["prompt"] + r["rejected"] for r in good])
+        n = len(good)
+        fits = [max(counts[i], counts[n + i]) <= max_length for i in range(n)]
+        for _ in range(fits.count(False)):
+            report.drop("too_long")
+        good = [r for r, fit in zip(good, fits) if fit]
     report.kept = len(good)
     return good, report
+
+
+def token_lengths(tokenizer: Any) -> Callable[[list[str]], list[int]]:
+    """The token counts of texts as a training sequence has them: the text's tokens plus EOS."""
+
+    def lengths(texts: list[str]) -> list[int]:
+        return [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    return lengths
 
 
 def require_enough(report: CleanReport, max_bad_fraction: float, where: str) -> None:
