@@ -10,7 +10,9 @@ Measured side by side in one run, on this machine (they are shared and noisy: re
    cluster bills), metrics compared; on the default shape (the tiny model, 32 steps) and on the
    shape of the findings experiments (embedded_small, 128 steps).
 2. overhead: one DAA job through alignsweep (evaluation off) vs a plain TRL script doing the same
-   training (same SFT model, data, batch, steps), whole-process wall time, alternated.
+   training (the job's SFT model and its resolved settings: data, batch, steps, optimiser),
+   whole-process wall time, alternated; a job of the default shape (seconds: the fixed cost of
+   starting a job shows) and one of the findings shape.
 3. dry run of the 63-job paper grid: wall time, and whether torch was imported.
 4. collecting a sweep of 10,000 checkpoint rows.
 Writes bench/results.json and the section between the markers in BENCHMARKS.md.
@@ -35,27 +37,30 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 PLAIN_TRL = '''
-import sys, torch
+import sys, torch, yaml
 from types import SimpleNamespace
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 from alignsweep.data import embedded
 from alignsweep.data.pairs import clean_pairs, token_lengths
-sft_dir, threads = sys.argv[1], int(sys.argv[2])
+# the settings of the alignsweep job it is compared with (its resolved config.yaml), its SFT model
+job, sft_dir, threads, out = yaml.safe_load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+data, train, model = job["data"], job["train"], job["model"]
+assert job["algo"]["name"] == "dpo" and not model["gradient_checkpointing"]
 torch.set_num_threads(threads)
-task = SimpleNamespace(seed=0, n_words=24, n_fillers=6, min_topics=3, max_topics=6, n_sft=2000, n_train=1024,
-                       n_heldout=256, n_eval=256, length_bias=1.2, label_noise=0.1, label_temperature=0.1)
 tok = AutoTokenizer.from_pretrained(sft_dir)
-rows, _ = clean_pairs(embedded.generate(task)["train"], lengths=token_lengths(tok), max_length=40)
+task = SimpleNamespace(**data["embedded"])
+rows, _ = clean_pairs(embedded.generate(task)["train"], lengths=token_lengths(tok), max_length=data["max_length"])
 policy = AutoModelForCausalLM.from_pretrained(sft_dir)
 ref = AutoModelForCausalLM.from_pretrained(sft_dir)
-args = DPOConfig(output_dir=sys.argv[3], per_device_train_batch_size=32, learning_rate=5e-4, num_train_epochs=1,
-                 optim="adamw_torch", lr_scheduler_type="constant_with_warmup", max_grad_norm=10.0, max_length=40,
-                 beta=0.1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, bf16=False, seed=0,
-                 logging_steps=10)
-DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows),
-           processing_class=tok).train()
+args = DPOConfig(output_dir=out, per_device_train_batch_size=model["per_device_batch"],
+                 gradient_accumulation_steps=model["grad_accum"], learning_rate=train["lr"],
+                 num_train_epochs=train["epochs"], optim=train["optimizer"], lr_scheduler_type=train["lr_scheduler"],
+                 warmup_steps=train["warmup_steps"], max_grad_norm=train["max_grad_norm"], max_length=data["max_length"],
+                 beta=job["algo"]["beta"] if job["beta"] is None else job["beta"], save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, bf16=False,
+                 seed=job["seed"], logging_steps=10)
+DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
 '''
 
 
@@ -88,14 +93,11 @@ SHARING_MODES = {
 
 
 # The sweeps the sharing is measured on: the defaults (32 steps of the tiny model), and the shape of
-# the findings experiments (conf/experiment/overopt_embedded.yaml: 128 steps of embedded_small).
+# the findings experiments (experiment=overopt_embedded: 128 steps, its data, judge and training
+# settings), each with the grid of `bench_sharing` (the command line's grid wins over the experiment's).
 SHARING_SHAPES = {
     "default": {"model": "embedded_tiny", "overrides": []},
-    "findings": {
-        "model": "embedded_small",
-        "overrides": ["data.embedded.length_bias=2.0", "data.embedded.n_train=4096", "train.lr=1e-3",
-                      "train.warmup_steps=8"],
-    },
+    "findings": {"model": "embedded_small", "overrides": ["experiment=overopt_embedded"]},
 }
 
 
@@ -107,9 +109,11 @@ def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_t
     grid += [f"model={model}", *overrides]
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     sweeps = {}
-    # untimed: build the SFT model the sweeps start from, so that no timed sweep pays for it
-    _timed(_alignsweep("logger=none", "eval.enabled=false", "data.embedded.n_train=64", f"model={model}",
-                       f"hydra.run.dir={work / f'sharing-warmup-{model}'}", f"paths.cache_dir={cache}"), work)
+    # untimed: build the SFT model the sweeps start from (one job of the same shape, a few pairs),
+    # so that no timed sweep pays for it
+    _timed(_alignsweep("-m", f"model={model}", *overrides, "algo=dpo", "beta=0.1", "logger=none", "eval.enabled=false",
+                       "data.embedded.n_train=64", f"hydra.sweep.dir={work / f'sharing-warmup-{model}'}",
+                       f"paths.cache_dir={cache}", "hydra.launcher.collect=false"), work)
     for repeat in range(1 if quick else 2):
         order = list(modes) if repeat % 2 == 0 else list(reversed(modes))
         for mode in order:
@@ -152,25 +156,41 @@ def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_t
     return result
 
 
-def bench_overhead(work: Path, cache: Path, quick: bool) -> dict:
+# The jobs the overhead is measured on: the defaults (32 steps of the tiny model, seconds: the fixed
+# cost of starting a job shows), and a job of the findings experiments (128 steps of embedded_small).
+OVERHEAD_SHAPES = {
+    "default": [],
+    "findings": ["experiment=overopt_embedded", "hydra.mode=RUN", "model=embedded_small"],
+}
+
+
+def bench_overhead(work: Path, cache: Path, quick: bool, overrides: Sequence[str] = (), repeats: int = 5) -> dict:
     from alignsweep import rundir
 
     script = work / "plain_trl.py"
     script.write_text(PLAIN_TRL)
-    ours, plain, sft_dir = [], [], None
-    for repeat in range(1 if quick else 5):  # a noisy figure on a job of seconds: five pairs, the median
+    name = "-".join(o.split("=")[-1] for o in overrides if o.startswith("model=")) or "default"
+
+    def run_ours(run: Path) -> float:
+        return _timed(_alignsweep(
+            *overrides, "logger=none", "eval.enabled=false", "train.resumable=false", "train.share_ref_logps=false",
+            "data.share_prepared=false", f"hydra.run.dir={run}", f"paths.cache_dir={cache}",
+        ), work)
+
+    # untimed: builds the SFT model if need be; the plain script takes the job's SFT model and settings
+    run_ours(work / f"overhead-{name}-warmup")
+    sft_dir = rundir.read_status(work / f"overhead-{name}-warmup")["sft_model"]
+    job_config = work / f"overhead-{name}-warmup" / rundir.CONFIG
+    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    for repeat in range(1 if quick else repeats):  # a noisy figure: pairs alternated, the medians
         for which in (("ours", "plain") if repeat % 2 == 0 else ("plain", "ours")):
             if which == "ours":
-                run = work / f"overhead-{repeat}"
-                ours.append(_timed(_alignsweep(
-                    "logger=none", "eval.enabled=false", "train.resumable=false", "train.share_ref_logps=false",
-                    "data.share_prepared=false",
-                    f"hydra.run.dir={run}", f"paths.cache_dir={cache}",
-                ), work))
-                sft_dir = rundir.read_status(run)["sft_model"]  # the same SFT model for the plain script
+                times["ours"].append(run_ours(work / f"overhead-{name}-{repeat}"))
             else:
-                plain.append(_timed([sys.executable, str(script), sft_dir, "1", str(work / f"plain-{repeat}")], work))
-    return {"alignsweep_s": ours, "plain_trl_s": plain, "ratio": statistics.median(ours) / statistics.median(plain)}
+                times["plain"].append(_timed([sys.executable, str(script), str(job_config), sft_dir, "1",
+                                              str(work / f"plain-{name}-{repeat}")], work))
+    return {"overrides": list(overrides), "alignsweep_s": times["ours"], "plain_trl_s": times["plain"],
+            "ratio": statistics.median(times["ours"]) / statistics.median(times["plain"])}
 
 
 def bench_dry_run(work: Path, quick: bool) -> dict:
@@ -253,8 +273,22 @@ def _sharing_rows(s: dict, shape: str, cpus: int) -> list[str]:
     return rows
 
 
+def _overhead_rows(results: dict) -> list[str]:
+    rows = []
+    for key, what in (("overhead", "default shape: embedded_tiny, 32 steps"),
+                      ("overhead_findings", "findings shape: embedded_small, 128 steps")):
+        o = results.get(key)
+        if o:
+            rows.append(
+                f"| one job ({what}; evaluation off) vs a plain TRL script with its settings | "
+                f"{statistics.median(o['alignsweep_s']):.1f} s vs {statistics.median(o['plain_trl_s']):.1f} s: "
+                f"**{o['ratio']:.2f}x** ({len(o['alignsweep_s'])} pairs) | <= 1.05x |"
+            )
+    return rows
+
+
 def render(results: dict) -> str:
-    o, d, c = results["overhead"], results["dry_run"], results["collect"]
+    d, c = results["dry_run"], results["collect"]
     cpus = results["machine"]["cpus"]
     sharing_rows = _sharing_rows(results["sharing"], "default", cpus)
     if results.get("sharing_findings"):
@@ -268,8 +302,7 @@ def render(results: dict) -> str:
         "| what | measured | target |",
         "|---|---|---|",
         *sharing_rows,
-        f"| one job (evaluation off) vs plain TRL script | {statistics.median(o['alignsweep_s']):.1f} s vs "
-        f"{statistics.median(o['plain_trl_s']):.1f} s: **{o['ratio']:.2f}x** | <= 1.05x |",
+        *_overhead_rows(results),
         f"| dry run of the {d['jobs']}-job paper grid | **{d['median_s']:.2f} s**, torch imported: "
         f"{'yes' if d['torch_imported'] else 'no'} | < 3 s, no torch |",
         f"| collect {c['rows']} checkpoint rows ({c['runs']} runs) | **{c['seconds']:.2f} s** | < 2 s |",
@@ -295,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (what CI runs)")
     parser.add_argument("--no-findings-shape", action="store_true",
-                        help="measure sharing on the default shape only (the findings shape takes ~5 min)")
+                        help="measure on the default shape only (the findings shape takes ~8 min)")
     parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="file whose bench section to update")
     args = parser.parse_args(argv)
@@ -316,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             sharing_findings = bench_sharing(work, cache, False, shape["model"], shape["overrides"],
                                              modes=("per_job", "shared"))
         print("[bench] one job vs plain TRL ...", flush=True)
-        overhead = bench_overhead(work, cache, args.quick)
+        overhead = bench_overhead(work, cache, args.quick, OVERHEAD_SHAPES["default"])
+        overhead_findings = None
+        if not (args.quick or args.no_findings_shape):
+            print("[bench] one job of the findings shape vs plain TRL ...", flush=True)
+            overhead_findings = bench_overhead(work, cache, False, OVERHEAD_SHAPES["findings"], repeats=3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {
@@ -326,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "sharing": sharing,
         "sharing_findings": sharing_findings,
         "overhead": overhead,
+        "overhead_findings": overhead_findings,
         "dry_run": dry,
         "collect": col,
     }
