@@ -17,17 +17,20 @@ def main(cfg: DictConfig) -> None:
 
 def entry() -> None:
     """`main`, with exit code 2 for configuration errors Hydra reports before any job starts
-    (an unknown group option, a misspelt key, a wrong type), as for alignsweep's own checks."""
-    import sys
-
+    (an unknown group option, a misspelt key, a wrong type), as for alignsweep's own checks; a
+    process that trained ends without the interpreter's slow teardown (`process_exit`)."""
     from alignsweep.app import started
+    from alignsweep.process_exit import exit_process
 
     try:
         main()
     except SystemExit as exc:
         if exc.code == 1 and not started():
-            sys.exit(2)
-        raise
+            exit_process(2)
+        if exc.code is not None and not isinstance(exc.code, int):
+            raise  # a message: printed by the ordinary exit
+        exit_process(exc.code or 0)
+    exit_process(0)
 
 
 if __name__ == "__main__":
