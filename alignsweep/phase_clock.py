@@ -34,18 +34,31 @@ def waiting() -> Iterator[None]:
 
 
 class PhaseClock:
-    """`with clock("data"): ...` adds the seconds inside to `clock.seconds["data"]`."""
+    """`with clock("data"): ...` adds the seconds inside to `clock.seconds["data"]`. Phases nest
+    and each second is counted once: while an inner phase runs (the tokenisation inside the
+    trainer's set-up, an evaluation inside training), the outer one's clock is stopped."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._running: list[str] = []  # the phases entered and not yet left, innermost last
+        self._since = 0.0  # when the innermost one was (re)started
+
+    def _charge(self) -> float:
+        """Count the time since `_since` to the innermost running phase; returns now."""
+        now = time.perf_counter()
+        if self._running:
+            self.add(self._running[-1], now - self._since)
+        return now
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
+        self._since = self._charge()
+        self._running.append(phase)
         try:
             yield
         finally:
-            self.add(phase, time.perf_counter() - start)
+            self._since = self._charge()
+            self._running.pop()
 
     def add(self, phase: str, seconds: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds

@@ -305,7 +305,7 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
         **dev,
         **shard,
     )
-    with clock("trainer_setup"):  # tokenise and ref_logps are inside: counted under their own names
+    with clock("trainer_setup"):  # tokenise and ref_logps inside are counted under their own names
         trainer = DAATrainer(
             ref_cache_dir=str(Path(cfg.paths.cache_dir) / "ref_logps") if share_ref else None,
             prepared_cache_dir=str(Path(cfg.paths.cache_dir) / "data") if cfg.data.share_prepared else None,
@@ -318,7 +318,6 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
             loss_params=params,
             clock=clock,
         )
-    clock.add("trainer_setup", -sum(clock.seconds.get(k, 0.0) for k in ("tokenise", "ref_logps")))
     if main:
         rundir.write_status(run_dir, **shared_status(task_hit, trainer, evaluator))
     from alignsweep.checkpoint_callback import CheckpointCallback
@@ -327,10 +326,8 @@ def _train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_
     trainer.add_callback(callback)
     if main:
         rundir.write_status(run_dir, phase="train")
-    with clock("train"):
+    with clock("train"):  # step0 and eval inside are counted under their own names
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    # the evaluations ran inside train(): count them once, under their own names
-    clock.add("train", -sum(clock.seconds.get(k, 0.0) for k in ("step0", "eval")))
     timing = {"seconds": clock.rounded(), "waited_s": round(waited(), 3)}
     if main:  # again: what was read after training began (step 0, the held-out pairs) is known now
         rundir.write_status(run_dir, **shared_status(task_hit, trainer, evaluator, callback.step0_deferred))

@@ -98,3 +98,22 @@ def test_a_job_waiting_for_another_says_how_long(tmp_path):
     (value_a, hit_a, waited_a), (value_b, hit_b, waited_b) = results
     assert value_a == value_b == 7 and (hit_a, hit_b) == (False, True)
     assert waited_a < 0.1 and 0.4 < waited_b < 1.5, (waited_a, waited_b)
+
+
+def test_nested_phases_count_each_second_once():
+    """An inner phase's seconds are its own, not also its outer phase's: the phases add up to
+    the time spent inside the outermost one."""
+    from alignsweep.phase_clock import PhaseClock
+
+    clock = PhaseClock()
+    start = time.perf_counter()
+    with clock("outer"):
+        time.sleep(0.1)
+        with clock("inner"):
+            time.sleep(0.2)
+        with clock("inner"):
+            time.sleep(0.1)
+        time.sleep(0.1)
+    total = time.perf_counter() - start
+    assert 0.29 < clock.seconds["inner"] < 0.4 and 0.19 < clock.seconds["outer"] < 0.3, clock.seconds
+    assert abs(clock.seconds["inner"] + clock.seconds["outer"] - total) < 0.01
