@@ -33,8 +33,9 @@ class CleanReport:
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+    def drop(self, reason: str, rows: int = 1) -> None:
+        if rows:
+            self.dropped[reason] = self.dropped.get(reason, 0) + rows
 
     def as_dict(self) -> dict:
         return {"total": self.total, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
@@ -174,8 +175,7 @@ def clean_pairs(
         counts = lengths([r["prompt"] + r["chosen"] for r in good] + [r["prompt"] + r["rejected"] for r in good])
         n = len(good)
         fits = [max(counts[i], counts[n + i]) <= max_length for i in range(n)]
-        for _ in range(fits.count(False)):
-            report.drop("too_long")
+        report.drop("too_long", fits.count(False))
         good = [r for r, fit in zip(good, fits) if fit]
     report.kept = len(good)
     return good, report
