@@ -71,11 +71,11 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         self.loss_name = loss_name
         self.loss_params = dict(loss_params)
         self.ref_cache_dir = ref_cache_dir
-        self.ref_cache_hit: bool | None = None  # None: no shared cache used
-        self.ref_parts: tuple[int, int] | None = None  # (parts computed here, parts), one process
+        # what this job computed of the shared results: (parts computed here, parts), None when not
+        # shared; (0, n) all read from the sweep's cache; a multi-process job has one part
+        self.ref_parts: tuple[int, int] | None = None
         self.prepared_cache_dir = prepared_cache_dir
-        self.prepared_cache_hit: bool | None = None
-        self.prepared_parts: tuple[int, int] | None = None  # (parts prepared here, parts), one process
+        self.prepared_parts: tuple[int, int] | None = None
         self.step_losses: list[float] = []  # per micro-batch training loss, read by the evaluation callback
         from alignsweep.phase_clock import PhaseClock
 
@@ -100,11 +100,11 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             return super(DAATrainer, self)._prepare_dataset(rows, processing_class, args, dataset_name)
 
         if distributed():  # rank 0 decides, all ranks prepare together (TRL's main-process-first)
-            prepared, self.prepared_cache_hit = load_or_prepare(Path(path), lambda: prepare(dataset))
+            prepared, hit = load_or_prepare(Path(path), lambda: prepare(dataset))
+            self.prepared_parts = (0 if hit else 1, 1)
             return prepared
         # one process: in parts, so that jobs starting together split the tokenisation
         prepared, computed, parts = load_or_prepare_parts(Path(path).with_suffix(""), dataset, prepare)
-        self.prepared_cache_hit = computed == 0
         self.prepared_parts = (computed, parts)
         return prepared
 
@@ -124,10 +124,10 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         key = from_rank_zero(_token_ids_digest(digest, dataset, ("prompt_ids", "chosen_ids", "rejected_ids"))[:20])
         if distributed():
             # multi-process: rank 0 alone locks and decides; on a miss all ranks compute (collectives)
-            saved, self.ref_cache_hit = load_or_compute(
+            saved, hit = load_or_compute(
                 Path(self.ref_cache_dir) / f"{key}.pt", lambda: self._reference_logps(dataset, batch_size)
             )
-            self.ref_parts = None
+            self.ref_parts = (0 if hit else 1, 1)
             return self._with_ref_columns(dataset, saved)
         # one process: in parts of whole batches, so that jobs starting together split the work
         # (each part's batches are exactly the unshared loop's: the same numbers either way)
@@ -136,7 +136,6 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             Path(self.ref_cache_dir) / key, len(dataset), per_part * batch_size,
             lambda rows: self._reference_logps(dataset.select(rows), batch_size),
         )
-        self.ref_cache_hit = computed == 0
         self.ref_parts = (computed, len(parts))
         return self._with_ref_columns(dataset, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
 

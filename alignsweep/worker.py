@@ -359,16 +359,16 @@ def shared_task(cfg: Any, tokenizer: Any) -> tuple[dict, bool | None]:
 def shared_status(task_hit: bool | None, trainer: Any, evaluator: Any, step0_deferred: bool = False) -> dict:
     """What this job read from the sweep's cache and what it computed, for status.json."""
     said = {True: "read from the sweep's cache", False: "computed"}
-    found = {
-        "data_splits": task_hit,
-        "data_tokenised": trainer.prepared_cache_hit,
-        "ref_logps": trainer.ref_cache_hit,
-        "heldout_ref_logps": None if evaluator is None else evaluator.heldout_ref_cache_hit,
-    }
+    found = {"data_splits": task_hit, "heldout_ref_logps": None if evaluator is None else evaluator.heldout_ref_cache_hit}
     status = {key: said[hit] for key, hit in found.items() if hit is not None}
-    for key, split in (("ref_logps", trainer.ref_parts), ("data_tokenised", trainer.prepared_parts)):
-        if split is not None and 0 < split[0] < split[1]:  # jobs that started together split the work
-            status[key] = f"computed {split[0]} of {split[1]} parts, read the others from the sweep's cache"
+    for key, split in (("data_tokenised", trainer.prepared_parts), ("ref_logps", trainer.ref_parts)):
+        if split is None:
+            continue
+        computed, parts = split
+        status[key] = said[computed == 0] if computed in (0, parts) else (
+            # jobs that started together split the work
+            f"computed {computed} of {parts} parts, read the others from the sweep's cache"
+        )
     if evaluator is not None and evaluator.step0_cache_hit is not None:
         status["step0_eval"] = "read from the sweep's cache" if evaluator.step0_cache_hit else "measured"
         if step0_deferred:  # another job was measuring it when this one began training
