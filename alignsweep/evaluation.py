@@ -454,17 +454,9 @@ class Evaluator:
         """Whether another job of the sweep is measuring the shared step 0 right now (its file is
         not there yet and its lock is held): the caller can train first and evaluate step 0 later
         (with the reference model, which is the SFT model), when the measurement is there to read."""
-        if self.step0_cache is None or self.judge is None or self.step0_cache.exists():
-            return False
-        from filelock import FileLock, Timeout
+        from alignsweep.sweep_cache import computing_elsewhere
 
-        lock = FileLock(str(self.step0_cache.with_suffix(".lock")))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return True
-        lock.release()
-        return False
+        return self.step0_cache is not None and self.judge is not None and computing_elsewhere(self.step0_cache)
 
     def _shared_step0(self, policy: Any) -> dict:
         """Step 0's measurement, shared by every job of a sweep that starts from the same SFT model

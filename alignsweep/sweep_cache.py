@@ -21,6 +21,27 @@ from typing import Any, Callable, Optional
 log = logging.getLogger(__name__)
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file under which the shared file `path` is computed."""
+    return Path(path).with_suffix(".lock")
+
+
+def computing_elsewhere(path: Path) -> bool:
+    """Whether another process is computing the shared file `path` right now: it is not there
+    yet and its lock is held."""
+    from filelock import FileLock, Timeout
+
+    if Path(path).exists():
+        return False
+    lock = FileLock(str(lock_path(path)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def load_or_compute(
     path: Path, compute: Callable[[], Any], all_ranks: bool = True, wait: bool = True
 ) -> tuple[Any, Optional[bool]]:
@@ -46,7 +67,7 @@ def load_or_compute(
                 return torch.load(path, weights_only=False), True
             except Exception:  # damaged: decided under the lock below
                 pass
-        lock = FileLock(str(path.with_suffix(".lock")))
+        lock = FileLock(str(lock_path(path)))
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -56,7 +77,7 @@ def load_or_compute(
         finally:
             lock.release()
     asked = time.perf_counter()
-    with rank_zero_lock(path.with_suffix(".lock")):
+    with rank_zero_lock(lock_path(path)):
         add_wait(time.perf_counter() - asked)  # another job was computing it
         return _load_or_compute_locked(path, compute, agree if all_ranks else bool)
 
@@ -119,7 +140,7 @@ def load_or_compute_parts(folder: Path, n_parts: int, compute_part: Callable[[in
     def claim(i: int, timeout: float) -> bool:
         """Compute part i under its lock unless it is there by then; False if the lock is busy."""
         nonlocal computed
-        lock = FileLock(str(path(i).with_suffix(".lock")))
+        lock = FileLock(str(lock_path(path(i))))
         asked = time.perf_counter()
         try:
             lock.acquire(timeout=timeout)

@@ -130,13 +130,15 @@ def test_a_job_goes_on_while_another_scores_the_heldout_pairs_and_reads_them_lat
 
     from filelock import FileLock
 
+    from alignsweep.sweep_cache import lock_path
+
     noise = "data.embedded.label_noise=0.222"  # pairs of this test's own
     _, first = _run(cli, "first", "algo=dpo", noise)
     assert first["heldout_ref_logps"] == "computed"
     heldout = max((sft_cache / "ref_logps").glob("heldout-*.pt"), key=os.path.getmtime)
     saved = heldout.read_bytes()
     heldout.unlink()
-    lock = FileLock(str(heldout.with_suffix(".lock")))
+    lock = FileLock(str(lock_path(heldout)))
     lock.acquire()  # "another job" is scoring them
     run = cli.cwd / "later"
     proc = cli.popen("algo=ipo", noise, *SMALL, f"hydra.run.dir={run}", stdout=cli.cwd / "later.out")

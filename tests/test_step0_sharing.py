@@ -54,8 +54,10 @@ def _start_while_step0_is_busy(cli, sft_cache, step0_file, name: str, *args: str
 
     from filelock import FileLock
 
+    from alignsweep.sweep_cache import lock_path
+
     step0_file.unlink()
-    lock = FileLock(str(step0_file.with_suffix(".lock")))
+    lock = FileLock(str(lock_path(step0_file)))
     lock.acquire()
     run = cli.cwd / name
     # its output goes to a file: a pipe nobody reads would fill up and stop it
