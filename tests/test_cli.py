@@ -83,3 +83,16 @@ def test_a_model_the_hub_cannot_give_stops_the_job_with_a_way_out(cli):
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith("error: model=pythia_1b: cannot load 'EleutherAI/pythia-1b-deduped'")
     assert "model.path=DIR" in message and "Traceback" not in proc.stderr
+
+
+def test_dry_run_resolves_hydra_resolver_per_job(cli, tmp_path):
+    """`${hydra:job.num}` in an override or in a config file resolves to each job's own number
+    (the launcher skips setting Hydra's per-job config only where no `hydra:` resolver occurs)."""
+    seeds = lambda out: [int(re.search(r"seed=(\d+)", l).group(1)) for l in out.splitlines() if l.startswith("#")]
+    proc = cli("-m", "beta=0.1,0.2,0.3", "seed=${hydra:job.num}", "dry_run=true")
+    assert seeds(proc.stdout) == [0, 1, 2]
+    extra = tmp_path / "extra" / "experiment"
+    extra.mkdir(parents=True)
+    (extra / "numbered.yaml").write_text("# @package _global_\nseed: ${hydra:job.num}\n")
+    proc = cli("--config-dir", str(tmp_path / "extra"), "-m", "experiment=numbered", "beta=0.1,0.2", "dry_run=true")
+    assert seeds(proc.stdout) == [0, 1]

@@ -165,3 +165,32 @@ def test_fast_job_composition_equals_hydras(overrides):
         return container
 
     assert plain(fast) == plain(full)
+
+
+def test_composer_reads_each_file_once_and_keeps_search_paths_apart(tmp_path):
+    """The composer's file memo: a second composition with other group choices reads no file
+    again, gives Hydra's config, and a file found only on an extra search path is found there."""
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from alignsweep.launch import JobComposer
+
+    extra = tmp_path / "extra"
+    (extra / "algo").mkdir(parents=True)
+    (extra / "algo" / "mine.yaml").write_text("name: dpo\nreference_free: false\nbeta: 0.7\n")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        master = compose(config_name="config", return_hydra_config=True)
+        loader = GlobalHydra.instance().config_loader()
+        composer = JobComposer(loader, master)
+        first = composer.compose(["algo=ipo", "beta=5"])
+        files = {path for _, path in composer.files}
+        assert len(files) > 10
+        second = composer.compose(["algo=slic", "model=pythia_1b"])
+        assert {path for _, path in composer.files} - files == {"algo/slic", "model/pythia_1b", "model/family/pythia"}
+        first.algo.beta = 123.0  # a composed config is the caller's: the memo's copy is untouched
+        again = composer.compose(["algo=ipo", "model=pythia_1b"])
+        assert again.algo.beta != 123.0
+        searched = composer.compose([f"hydra.searchpath=[file://{extra}]", "algo=mine"])
+        full = loader.load_sweep_config(master, ["algo=slic", "model=pythia_1b"])
+    assert searched.algo.beta == 0.7
+    assert OmegaConf.to_yaml(second) == OmegaConf.to_yaml(full)
