@@ -68,7 +68,8 @@ class CheckpointCallback(TrainerCallback):
         self.evaluated.add(step)
         if self.evaluator is None or not self.cfg.eval.enabled:
             return None
-        self._status(phase="eval", step=step)
+        trained = max(step, self.last_step)  # the status shows training's step, also while a deferred step 0 is written
+        self._status(phase="eval", step=trained)
         with self.clock("step0" if step == 0 else "eval"):
             row = self.evaluator.evaluate(self.trainer.model if policy is None else policy, step)
         if row is None:
@@ -92,7 +93,7 @@ class CheckpointCallback(TrainerCallback):
         rundir.append_metrics(self.run_dir, row)
         self.tracker.log(row, step=step)
         self._status(
-            phase="train", step=step, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"],
+            phase="train", step=trained, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"],
             eval_batch=self.evaluator.batch_info(),
         )
         return row

@@ -75,6 +75,7 @@ def test_a_job_trains_while_another_measures_step0_and_writes_the_same_rows(cli,
     If the other job never stores it, the job measures step 0 itself with the SFT (reference)
     model, and again writes the same rows."""
     import os
+    import time
 
     _, first = _run(cli, "first", "algo=dpo", "seed=5")
     assert first["step0_eval"] == "measured"
@@ -82,6 +83,12 @@ def test_a_job_trains_while_another_measures_step0_and_writes_the_same_rows(cli,
     saved = step0_file.read_bytes()
 
     proc, later, lock = _start_while_step0_is_busy(cli, sft_cache, step0_file, "later", "algo=ipo", "seed=5")
+    deadline = time.time() + 300
+    while (rundir.read_status(later) or {}).get("phase") != "eval":  # at its next row, waiting for step 0's
+        assert proc.poll() is None and time.time() < deadline, (cli.cwd / "later.out").read_text()
+        time.sleep(0.2)
+    status = rundir.read_status(later)
+    assert status["step"] == status["total_steps"] > 0  # training's step, not the step-0 row's
     tmp = step0_file.with_name(".tmp-step0")
     tmp.write_bytes(saved)
     os.replace(tmp, step0_file)  # the other job stores its measurement, then lets go of the lock
