@@ -28,7 +28,9 @@ def _token_ids_digest(digest: Any, dataset: Any, columns: tuple[str, ...]) -> st
     import numpy as np
     import pyarrow.compute as pc
 
-    table = dataset.with_format("arrow")[:]  # honours a filter's indices mapping
+    from alignsweep.shared_data import arrow_table
+
+    table = arrow_table(dataset)
     for column in columns:
         ids = table.column(column)
         for values in (pc.list_value_length(ids), pc.list_flatten(ids)):
@@ -147,7 +149,9 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         import pyarrow as pa
         from datasets import Dataset, Value
 
-        table = dataset.with_format("arrow")[:]  # honours a filter's indices mapping
+        from alignsweep.shared_data import arrow_table
+
+        table = arrow_table(dataset)
         features = dataset.features.copy()
         for column, column_values in values.items():
             if column in table.column_names:

@@ -99,6 +99,36 @@ def test_the_reference_key_follows_every_token_id_and_ignores_how_rows_are_store
     assert key(rows[:2]) != key([rows[0], rows[0]])
 
 
+def test_the_tokenised_data_key_follows_the_rows_and_ignores_how_they_are_stored(tmp_path):
+    """TRL's tokenised pairs are keyed by the rows (hashed in Arrow), the tokenizer and the
+    settings: rows kept by a filter or concatenated from parts key like the same rows built at
+    once; an edited row, another tokenizer or another max_length change the key."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset, concatenate_datasets
+
+    from alignsweep import models
+    from alignsweep.data import embedded
+    from alignsweep.shared_data import tokenised_cache_path
+
+    tok = models.build_word_tokenizer(embedded.vocabulary(24, 6).tokens)
+    args = SimpleNamespace(max_length=64, truncation_mode="keep_end")
+    rows = [{"prompt": f"p{i}", "chosen": f" c{i}", "rejected": f" r{i}"} for i in range(50)]
+
+    def key(dataset, tokenizer=tok, settings=args):
+        return tokenised_cache_path(tmp_path, dataset, tokenizer, settings)
+
+    whole = key(Dataset.from_list(rows))
+    assert key(Dataset.from_list(rows + [{"prompt": "x", "chosen": "", "rejected": " y"}]).filter(lambda r: r["chosen"])) == whole
+    assert key(concatenate_datasets([Dataset.from_list(rows[:20]), Dataset.from_list(rows[20:])])) == whole
+    edited = [dict(r) for r in rows]
+    edited[17]["rejected"] = " r17 "
+    assert key(Dataset.from_list(edited)) != whole
+    assert key(Dataset.from_list(rows[:49])) != whole
+    assert key(Dataset.from_list(rows), models.build_word_tokenizer(embedded.vocabulary(25, 6).tokens)) != whole
+    assert key(Dataset.from_list(rows), settings=SimpleNamespace(max_length=32, truncation_mode="keep_end")) != whole
+
+
 def test_reference_columns_built_in_arrow_equal_datasets_add_column():
     """`_with_ref_columns` (Arrow) gives the dataset `Dataset.add_column` of the same values gives:
     rows, types and format; over a filtered dataset, and replacing a column already there."""
