@@ -194,3 +194,21 @@ def test_composer_reads_each_file_once_and_keeps_search_paths_apart(tmp_path):
         full = loader.load_sweep_config(master, ["algo=slic", "model=pythia_1b"])
     assert searched.algo.beta == 0.7
     assert OmegaConf.to_yaml(second) == OmegaConf.to_yaml(full)
+
+
+def test_composed_jobs_keep_the_sweeps_timestamp():
+    """`${now:...}` in the sweep directory resolves as in the sweep's own config, in every job
+    composed later (freshly or from a kept composition): one sweep, one folder."""
+    import time
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from alignsweep.launch import JobComposer
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        master = compose(config_name="config", return_hydra_config=True)
+        sweep_dir = master.hydra.sweep.dir
+        time.sleep(1.1)  # the timestamp has seconds
+        composer = JobComposer(GlobalHydra.instance().config_loader(), master)
+        jobs = [composer.compose(["algo=ipo", f"beta={beta}"]) for beta in (1, 2)]
+    assert [job.hydra.sweep.dir for job in jobs] == [sweep_dir, sweep_dir]
