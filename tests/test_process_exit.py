@@ -38,3 +38,13 @@ def test_a_process_without_torch_exits_the_ordinary_way():
     code = "import sys; from alignsweep.process_exit import exit_process; exit_process(4)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 4 and "torch" not in proc.stderr
+
+
+def test_the_submitit_entry_takes_submitits_arguments_and_refuses_others():
+    from alignsweep.submitit_entry import folder_from
+
+    assert folder_from(["-u", "-m", "submitit.core._submit", "/sweep/.submitit/12_3"]) == "/sweep/.submitit/12_3"
+    proc = subprocess.run([sys.executable, "-m", "alignsweep.submitit_entry", "some", "thing"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "usage: python -m alignsweep.submitit_entry" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import time
@@ -105,6 +106,12 @@ def test_array_with_a_failing_job_blocking_then_collected(cli, slurm_env):
     for num, state in final.items():
         rows = rundir.read_metrics(sweep / str(num))
         assert len(rows) == (6 if state == "completed" else 0)
+    # every task ran submitit's entry point through alignsweep.submitit_entry, which saved the
+    # result or the error as submitit does (the launcher read them back)
+    scripts = list((sweep / ".submitit").rglob("*_submission.sh"))
+    assert scripts and all("-m alignsweep.submitit_entry -u -m submitit.core._submit" in p.read_text() for p in scripts)
+    outcomes = sorted(pickle.loads(p.read_bytes())[0] for p in (sweep / ".submitit").rglob("*_result.pkl"))
+    assert outcomes == ["error", "error", "success", "success"]
 
     # re-submitting skips the completed jobs and re-submits the failed ones
     again = cli("-m", "algo=dpo,simpo", "train.optimizer=adamw_torch,no_such_optimizer", *SLURM,

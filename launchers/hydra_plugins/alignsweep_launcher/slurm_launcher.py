@@ -126,10 +126,14 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
         return [job_return(job, submitted.get(job.num, {}).get("job_id", "skipped")) for job in jobs]
 
     def _executor(self, sweep_dir: Path, res: dict, n_jobs: int) -> Any:
+        import shlex
+
         import submitit
 
         executor = submitit.AutoExecutor(
-            folder=str(sweep_dir / ".submitit" / "%j"), cluster="slurm", slurm_max_num_timeout=self.max_num_timeout
+            folder=str(sweep_dir / ".submitit" / "%j"), cluster="slurm", slurm_max_num_timeout=self.max_num_timeout,
+            # submitit's entry point, ended without Python's teardown once the result is saved
+            slurm_python=f"{shlex.quote(sys.executable)} -u -m alignsweep.submitit_entry",
         )
         tasks = res["tasks_per_node"]
         extra = dict(self.additional_parameters)
