@@ -102,7 +102,7 @@ SHARING_SHAPES = {
 
 
 def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_tiny",
-                  overrides: Sequence[str] = (), modes: Sequence[str] = tuple(SHARING_MODES)) -> dict:
+                  overrides: Sequence[str] = (), modes: Sequence[str] = tuple(SHARING_MODES), repeats: int = 3) -> dict:
     from alignsweep import rundir
 
     grid = ["algo=dpo,ipo,slic", "beta=0.1,1.0"] if not quick else ["algo=dpo,ipo", "beta=0.1"]
@@ -114,7 +114,7 @@ def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_t
     _timed(_alignsweep("-m", f"model={model}", *overrides, "algo=dpo", "beta=0.1", "logger=none", "eval.enabled=false",
                        "data.embedded.n_train=64", f"hydra.sweep.dir={work / f'sharing-warmup-{model}'}",
                        f"paths.cache_dir={cache}", "hydra.launcher.collect=false"), work)
-    for repeat in range(1 if quick else 2):
+    for repeat in range(1 if quick else repeats):  # the modes alternated, the medians
         order = list(modes) if repeat % 2 == 0 else list(reversed(modes))
         for mode in order:
             share, fork = SHARING_MODES[mode]["share"], SHARING_MODES[mode]["fork"]
@@ -262,7 +262,7 @@ def _sharing_rows(s: dict, shape: str, cpus: int) -> list[str]:
         f"log-probs and step 0 shared vs per job | "
         f"{statistics.median(s['shared_s']):.1f} s vs {statistics.median(s['per_job_s']):.1f} s: "
         f"**{s['speedup']:.2f}x** (jobs' own time: {s['job_time_speedup']:.2f}x); metrics differ by at most "
-        f"{s['max_metric_difference']:.1e} | >= 1.25x, <= 1e-5 |",
+        f"{s['max_metric_difference']:.1e}; medians of {len(s['shared_s'])} | >= 1.25x, <= 1e-5 |",
     ]
     if "fork_speedup" in s:
         rows.append(
