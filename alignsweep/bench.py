@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (what CI runs)")
     parser.add_argument("--no-findings-shape", action="store_true",
-                        help="measure on the default shape only (the findings shape takes ~8 min)")
+                        help="measure on the default shape only (the findings shape takes ~11 min of the ~21)")
     parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="file whose bench section to update")
     args = parser.parse_args(argv)
