@@ -52,6 +52,10 @@ def ensure_sft(cfg: Any, task: dict, build_base_model: Any, tokenizer: Any, devi
     # need them all), so rank 0 alone takes the lock and tells the others whether it is cached.
     with rank_zero_lock(root / f"{key}.lock"):
         if agree((final / "DONE").exists()):
+            if rank() == 0:
+                from alignsweep.sweep_cache import mark_used
+
+                mark_used(final)  # for `python -m alignsweep.cache --unused-for`
             return final
         main = rank() == 0
         tmp = root / f"{key}.partial"

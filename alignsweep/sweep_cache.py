@@ -26,6 +26,15 @@ def lock_path(path: Path) -> Path:
     return Path(path).with_suffix(".lock")
 
 
+def mark_used(path: Path) -> None:
+    """Record that a job used the shared entry `path` (a file, or a folder of parts or a model):
+    its modification time, by which `python -m alignsweep.cache --unused-for DAYS` prunes."""
+    try:
+        os.utime(path)
+    except OSError:  # removed meanwhile, or a read-only cache: nothing to record
+        pass
+
+
 def computing_elsewhere(path: Path) -> bool:
     """Whether another process is computing the shared file `path` right now: it is not there
     yet and its lock is held."""
@@ -64,7 +73,9 @@ def load_or_compute(
 
         if path.exists():  # written whole (renamed into place): readable without the lock
             try:
-                return torch.load(path, weights_only=False), True
+                value = torch.load(path, weights_only=False)
+                mark_used(path)
+                return value, True
             except Exception:  # damaged: decided under the lock below
                 pass
         lock = FileLock(str(lock_path(path)))
@@ -97,6 +108,8 @@ def _load_or_compute_locked(path: Path, compute: Callable[[], Any], decide: Call
     if decide(readable):
         if rank() != 0:
             value = torch.load(path, weights_only=False)
+        else:
+            mark_used(path)
         return value, True
     value = compute()
     if rank() == 0:
@@ -166,6 +179,7 @@ def load_or_compute_parts(folder: Path, n_parts: int, compute_part: Callable[[in
             claim(left[0], timeout=-1)
             left = left[1:]
         pending = [i for i in left if i not in values]
+    mark_used(folder)
     return [values[i] for i in range(n_parts)], computed
 
 
