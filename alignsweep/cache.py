@@ -70,18 +70,9 @@ def entries(cache_dir: Path) -> list[Entry]:
 
 def in_use(entry: Entry) -> bool:
     """Whether a job holds one of the entry's locks right now."""
-    from filelock import FileLock, Timeout
+    from alignsweep.sweep_cache import lock_held
 
-    for path in entry.locks:
-        if not path.exists():
-            continue
-        lock = FileLock(str(path))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return True
-        lock.release()
-    return False
+    return any(path.exists() and lock_held(path) for path in entry.locks)
 
 
 def remove(entry: Entry) -> None:

@@ -35,20 +35,23 @@ def mark_used(path: Path) -> None:
         pass
 
 
-def computing_elsewhere(path: Path) -> bool:
-    """Whether another process is computing the shared file `path` right now: it is not there
-    yet and its lock is held."""
+def lock_held(lock_file: Path) -> bool:
+    """Whether another process holds the lock `lock_file` right now (probed without waiting)."""
     from filelock import FileLock, Timeout
 
-    if Path(path).exists():
-        return False
-    lock = FileLock(str(lock_path(path)))
+    lock = FileLock(str(lock_file))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         return True
     lock.release()
     return False
+
+
+def computing_elsewhere(path: Path) -> bool:
+    """Whether another process is computing the shared file `path` right now: it is not there
+    yet and its lock is held."""
+    return not Path(path).exists() and lock_held(lock_path(path))
 
 
 def load_or_compute(
