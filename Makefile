@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast bench bench-gpu findings cluster-up cluster-down clean
+.PHONY: help install lint run test test-fast bench bench-gpu findings cluster-up cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -36,20 +36,23 @@ install: $(STAMP) ## create .venv and install alignsweep with pinned dependencie
 run: $(STAMP) ## run the embedded demo sweep (5 algorithms x 3 betas), print its table and plot path
 	$(PY) -m alignsweep experiment=demo
 
-test: $(STAMP) ## run the whole test suite (starts the local SLURM cluster for its tests)
+lint: $(STAMP) ## check the import contracts (rooms import one way; config and launch import no torch)
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) lint ## run the whole test suite (starts the local SLURM cluster for its tests)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP) ## run the fast tier (no end-to-end training)
+test-fast: $(STAMP) lint ## run the fast tier (no end-to-end training)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP) ## measure sweep overheads side by side; writes bench/results.json and BENCHMARKS.md
-	$(PY) -m alignsweep.bench
+	$(PY) -m alignsweep bench
 
 bench-gpu: $(STAMP) ## DPO step throughput and MFU on one GPU (Pythia-2.8B architecture) vs plain TRL
-	$(PY) -m alignsweep.bench_gpu
+	$(PY) -m alignsweep bench-gpu
 
 findings: $(STAMP) ## run the four embedded-scale findings and draw docs/figures/findings/ (about 30 min)
-	$(PY) -m alignsweep.findings
+	$(PY) -m alignsweep findings
 
 cluster-up: ## start a single-node SLURM cluster on localhost (Debian packages, root)
 	bash launchers/slurm/start_cluster.sh

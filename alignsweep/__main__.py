@@ -1,9 +1,27 @@
-"""`python -m alignsweep [-m] key=value ...`: compose the config and run (or, with -m, launch) it."""
+"""`python -m alignsweep [-m] key=value ...`: compose the config and run (or, with -m, launch) it.
+
+`python -m alignsweep TOOL ...` runs one of the tools on a sweep directory instead (each answers
+`--help`): collect, report, status, cache, findings, bench, bench-gpu.
+"""
+
+import importlib
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from alignsweep.schema import register
+from alignsweep.config.schema import register
+
+# `python -m alignsweep TOOL ...`: the tool's module, whose `main(argv)` returns the exit code
+TOOLS = {
+    "collect": "alignsweep.analysis.summarize",
+    "report": "alignsweep.analysis.report",
+    "status": "alignsweep.results.status",
+    "cache": "alignsweep.cache.cli",
+    "findings": "alignsweep.analysis.findings",
+    "bench": "alignsweep.bench.overhead",
+    "bench-gpu": "alignsweep.bench.gpu",
+}
 
 register()
 
@@ -15,13 +33,21 @@ def main(cfg: DictConfig) -> None:
     run_or_exit(cfg)
 
 
-def entry() -> None:
-    """`main`, with exit code 2 for configuration errors Hydra reports before any job starts
-    (an unknown group option, a misspelt key, a wrong type), as for alignsweep's own checks; a
-    process that trained ends without the interpreter's slow teardown (`process_exit`)."""
-    from alignsweep.app import started
-    from alignsweep.process_exit import exit_process
+def run_tool(name: str, argv: list[str]) -> int:
+    """Run the tool `name` (a key of `TOOLS`) with its arguments; returns its exit code."""
+    return importlib.import_module(TOOLS[name]).main(argv)
 
+
+def entry() -> None:
+    """A tool when the first argument names one; else `main`, with exit code 2 for configuration
+    errors Hydra reports before any job starts (an unknown group option, a misspelt key, a wrong
+    type), as for alignsweep's own checks; a process that trained ends without the interpreter's
+    slow teardown (`alignsweep.runtime.process_exit`)."""
+    from alignsweep.errors import started
+    from alignsweep.runtime.process_exit import exit_process
+
+    if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
+        sys.exit(run_tool(sys.argv[1], sys.argv[2:]))
     try:
         main()
     except SystemExit as exc:

@@ -7,46 +7,15 @@ through a launcher, which prepares the run directories and starts the workers it
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from alignsweep import rundir
-from alignsweep.plan import ConfigError, resolve_job
-
-
-_started = False
-
-
-def mark_started() -> None:
-    """A job or a launcher has begun: from now on a failure is not a configuration error."""
-    global _started
-    _started = True
-
-
-def started() -> bool:
-    return _started
-
-
-def resolved_container(cfg: DictConfig) -> dict:
-    """The job's config as plain data, every interpolation resolved (Hydra's own node dropped)."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    container.pop("hydra", None)
-    container = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
-    # Absolute paths: the worker may run elsewhere (another directory, a cluster node).
-    container["paths"] = {k: os.path.abspath(v) for k, v in container["paths"].items()}
-    return container
-
-
-def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
-    """config.yaml for people and the worker, config.json (the same) for fast collection."""
-    import json
-
-    container = resolved_container(cfg)
-    rundir.atomic_write_text(run_dir / rundir.CONFIG, OmegaConf.to_yaml(container))
-    rundir.atomic_write_text(run_dir / rundir.CONFIG_JSON, json.dumps(container, sort_keys=True))
+from alignsweep.config.resolve import resolve_job
+from alignsweep.config.run_config import write_run_config
+from alignsweep.errors import ConfigError, mark_started
+from alignsweep.results import rundir
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
@@ -60,7 +29,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
         run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, cfg)
-    from alignsweep import worker
+    from alignsweep.worker import job as worker
 
     status = worker.run(worker.load_config(run_dir / rundir.CONFIG), run_dir)
     print(f"run directory: {run_dir} ({status['state']})", flush=True)

@@ -18,10 +18,10 @@ from types import SimpleNamespace
 
 import torch
 
-from alignsweep import models
+from alignsweep.train import models
 from alignsweep.data import embedded
-from alignsweep.evaluation import Evaluator
-from alignsweep.judges import GoldJudge
+from alignsweep.evaluate.evaluator import Evaluator
+from alignsweep.evaluate.judges import GoldJudge
 
 
 def main() -> None:

@@ -18,13 +18,17 @@ def sft_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sft-cache")
 
 
+TOOLS = ("collect", "report", "status", "cache", "findings", "bench", "bench-gpu")
+
+
 @pytest.fixture
 def cli(tmp_path, sft_cache):
     """Run `python -m alignsweep ...` in a scratch directory; returns the CompletedProcess."""
 
     def command(*args: str, module: str = "alignsweep", env: dict | None = None) -> tuple[list[str], dict]:
         cmd = [sys.executable, "-m", module, *args]
-        if module == "alignsweep" and not any(a.startswith("paths.cache_dir=") for a in args):
+        tool = bool(args) and args[0] in TOOLS  # `python -m alignsweep collect DIR`: no Hydra overrides
+        if module == "alignsweep" and not tool and not any(a.startswith("paths.cache_dir=") for a in args):
             cmd.append(f"paths.cache_dir={sft_cache}")
         full_env = dict(os.environ, TQDM_DISABLE="1")
         for var in ("WANDB_API_KEY", "WANDB_MODE"):  # no key: alignsweep must choose offline by itself

@@ -1,4 +1,4 @@
-"""The over-optimization fits of alignsweep.analysis against data with known parameters.
+"""The over-optimization fits of alignsweep.analysis.fits against data with known parameters.
 
 Expected values are written here from the formulas (Gao et al. 2022; Rafailov et al. 2024),
 never taken from the code under test:
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignsweep.analysis import FitResult, TooFewPoints, fit_groups, fit_overoptimization
+from alignsweep.analysis.fits import FitResult, TooFewPoints, fit_groups, fit_overoptimization
 
 # (alpha, beta, baseline) with a peak inside the sampled range of d
 TRUE = {"log": (0.30, 0.15, 0.30), "quadratic": (0.20, 0.02, 0.30)}
@@ -296,5 +296,5 @@ def test_analysis_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, alignsweep.analysis; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, alignsweep.analysis.fits; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,7 +17,7 @@ def test_bench_quick_runs_and_writes_its_results(tmp_path, sft_cache):
     markdown = tmp_path / "BENCHMARKS.md"
     markdown.write_text("# Benchmarks\n\nintro\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "alignsweep.bench", "--quick", "--out", str(tmp_path), "--markdown", str(markdown)],
+        [sys.executable, "-m", "alignsweep", "bench", "--quick", "--out", str(tmp_path), "--markdown", str(markdown)],
         capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "ALIGNSWEEP_BENCH_CACHE": str(sft_cache)},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -34,7 +34,7 @@ def test_gpu_benchmark_script_runs_on_the_tiny_architecture(tmp_path):
     """CI has no GPU: `--tiny` trains the embedded architecture through both trainers, so the
     script that a GPU machine runs (`make bench-gpu`) is known to work."""
     proc = subprocess.run(
-        [sys.executable, "-m", "alignsweep.bench_gpu", "--tiny", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)],
+        [sys.executable, "-m", "alignsweep", "bench-gpu", "--tiny", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -45,12 +45,12 @@ def test_gpu_benchmark_script_runs_on_the_tiny_architecture(tmp_path):
 
 
 def test_gpu_benchmark_without_a_gpu_says_so():
-    proc = subprocess.run([sys.executable, "-m", "alignsweep.bench_gpu"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "alignsweep", "bench-gpu"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_model_flops_count():
-    from alignsweep.bench_gpu import model_flops_per_token, peak_flops
+    from alignsweep.bench.gpu import model_flops_per_token, peak_flops
 
     # PaLM's count: 6N + 12 L H S for the policy, 2N + 4 L H S for the reference's forward pass
     assert model_flops_per_token(100, 2, 8, 10, reference=False) == 6 * 100 + 12 * 2 * 8 * 10

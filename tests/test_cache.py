@@ -1,4 +1,4 @@
-"""`python -m alignsweep.cache`: the shared cache's entries (made by the real sharing functions),
+"""`python -m alignsweep cache`: the shared cache's entries (made by the real sharing functions),
 marked used when jobs read them, pruned by age, never while a job holds an entry's lock."""
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from types import SimpleNamespace
 
 import torch
 
-from alignsweep import sft, sweep_cache
+from alignsweep.train import sft
+
+from alignsweep.cache import store as sweep_cache
 
 DAY = 86400
 
 
 def cache_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alignsweep.cache", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "alignsweep", "cache", *args], capture_output=True, text=True, timeout=120)
 
 
 def age(path, days: float) -> None:
@@ -26,7 +28,7 @@ def age(path, days: float) -> None:
 
 
 def make_sft(cfg, tokenizer):
-    from alignsweep import models
+    from alignsweep.train import models
 
     arch = SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position_embeddings=64)
     return sft.ensure_sft(cfg, {}, lambda: models.build_tiny_model(arch, tokenizer, 0), tokenizer, {"use_cpu": True})
@@ -35,7 +37,7 @@ def make_sft(cfg, tokenizer):
 def test_entries_are_marked_used_listed_and_pruned_by_age_unless_locked(tmp_path):
     from filelock import FileLock
 
-    from alignsweep import models
+    from alignsweep.train import models
     from alignsweep.data import embedded
     from tests.test_config import compose_cfg
 

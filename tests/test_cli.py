@@ -53,7 +53,7 @@ def test_missing_local_model_path_is_named(cli):
 
 
 def test_collect_refuses_a_directory_without_runs(cli):
-    proc = cli(str(cli.cwd), module="alignsweep.collect", check=False)
+    proc = cli("collect", str(cli.cwd), check=False)
     assert proc.returncode == 2 and "no run directories" in proc.stderr
 
 

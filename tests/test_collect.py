@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 from .wandb_log import history
 
@@ -92,7 +92,7 @@ def test_collecting_a_copied_half_finished_damaged_sweep(sweep, tmp_path):
     lines[2] = "{not json\n"
     (runs[1] / rundir.METRICS).write_text("".join(lines))
     (runs[2] / rundir.CONFIG).write_text("algo: [unclosed\n")
-    proc = subprocess.run([sys.executable, "-m", "alignsweep.collect", str(laptop)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "alignsweep", "collect", str(laptop)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert f"{runs[1] / rundir.METRICS}:3" in proc.stderr and str(runs[2] / rundir.CONFIG) in proc.stderr
     table = pd.read_csv(laptop / "results.csv")
@@ -104,13 +104,13 @@ def test_collecting_a_copied_half_finished_damaged_sweep(sweep, tmp_path):
     # incremental: the run goes on, collecting again picks up its new rows
     (runs[0] / rundir.METRICS).write_text("".join((sweep / runs[0].name / rundir.METRICS).read_text()))
     rundir.write_status(runs[0], state="completed")
-    subprocess.run([sys.executable, "-m", "alignsweep.collect", str(laptop)], capture_output=True, check=True)
+    subprocess.run([sys.executable, "-m", "alignsweep", "collect", str(laptop)], capture_output=True, check=True)
     table = pd.read_csv(laptop / "results.csv")
     assert (table["run"] == int(runs[0].name)).sum() == 6
 
 
 def test_report_prints_tables_and_writes_a_self_contained_page(sweep):
-    proc = subprocess.run([sys.executable, "-m", "alignsweep.report", str(sweep)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "alignsweep", "report", str(sweep)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "Results (per run)" in proc.stdout and "Scaling-law fits" in proc.stdout
     page = (sweep / "report.html").read_text()

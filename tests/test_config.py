@@ -1,4 +1,4 @@
-"""Composition: every option of every group, typed schemas, and the checks of alignsweep.plan."""
+"""Composition: every option of every group, typed schemas, and the checks of alignsweep.config.resolve."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from alignsweep.plan import ConfigError, checkpoint_steps, resolve_job
-from alignsweep.schema import register
+from alignsweep.errors import ConfigError
+
+from alignsweep.config.resolve import resolve_job
+from alignsweep.train.checkpoints import checkpoint_steps
+from alignsweep.config.schema import register
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["algo", "model", "data", "judge", "logger", "experiment"]
@@ -149,7 +152,7 @@ def test_fast_job_composition_equals_hydras(overrides):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from alignsweep.launch import JobComposer
+    from alignsweep.launch.composer import JobComposer
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         master = compose(config_name="config", return_hydra_config=True)
@@ -173,7 +176,7 @@ def test_composer_reads_each_file_once_and_keeps_search_paths_apart(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from alignsweep.launch import JobComposer
+    from alignsweep.launch.composer import JobComposer
 
     extra = tmp_path / "extra"
     (extra / "algo").mkdir(parents=True)
@@ -203,7 +206,7 @@ def test_composed_jobs_keep_the_sweeps_timestamp():
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from alignsweep.launch import JobComposer
+    from alignsweep.launch.composer import JobComposer
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         master = compose(config_name="config", return_hydra_config=True)

@@ -77,8 +77,8 @@ def test_bad_sizes_are_named():
 
 
 def test_sft_split_does_not_depend_on_the_pair_settings():
-    """The SFT cache key leaves these out (alignsweep.sft.PAIR_ONLY_KEYS): it must be true."""
-    from alignsweep.sft import PAIR_ONLY_KEYS
+    """The SFT cache key leaves these out (alignsweep.train.sft.PAIR_ONLY_KEYS): it must be true."""
+    from alignsweep.train.sft import PAIR_ONLY_KEYS
 
     base = e.generate(task_cfg())["sft"]
     changed = {"n_train": 50, "n_heldout": 7, "n_eval": 3, "length_bias": 0.0, "label_noise": 0.4, "label_temperature": 1.0}

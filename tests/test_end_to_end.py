@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 from .wandb_log import history, run_record
 
@@ -90,7 +90,7 @@ def test_local_multirun_with_a_failing_job(cli):
     )
     assert again.stdout.count("already completed, skipped") == (states == "completed").sum()
     # collecting twice gives the same table
-    cli(str(sweep), module="alignsweep.collect")
+    cli("collect", str(sweep))
     first = pd.read_csv(sweep / "results.csv")
-    cli(str(sweep), module="alignsweep.collect")
+    cli("collect", str(sweep))
     pd.testing.assert_frame_equal(first, pd.read_csv(sweep / "results.csv"))

@@ -13,12 +13,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignsweep import eval_batching, models
+from alignsweep.evaluate import batching as eval_batching
+
+from alignsweep.train import models
 from alignsweep.data import embedded
-from alignsweep.eval_batching import BatchSizer, estimate_batch_size, generation_bytes, is_oom, scoring_bytes
-from alignsweep.evaluation import Evaluator, prompt_seed, sample
-from alignsweep.judges import GoldJudge
-from alignsweep.plan import ConfigError
+from alignsweep.evaluate.batching import BatchSizer, estimate_batch_size, generation_bytes, is_oom, scoring_bytes
+from alignsweep.evaluate.evaluator import Evaluator
+from alignsweep.evaluate.sequences import prompt_seed, sample
+from alignsweep.evaluate.judges import GoldJudge
+from alignsweep.errors import ConfigError
 
 ARCH = SimpleNamespace(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64)
 TASK = SimpleNamespace(
@@ -121,8 +124,8 @@ MEMORY_LIMITED = textwrap.dedent(
     from types import SimpleNamespace
     import torch
     torch.set_num_threads(1)
-    from alignsweep import models
-    from alignsweep.evaluation import Evaluator
+    from alignsweep.train import models
+    from alignsweep.evaluate.evaluator import Evaluator
 
     class Judge:
         def compare(self, prompts, samples, references):

@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignsweep import models
+from alignsweep.train import models
 from alignsweep.data import embedded
-from alignsweep.evaluation import Evaluator
-from alignsweep.sampling_vllm import VLLMSampler, vllm_installed
+from alignsweep.evaluate.evaluator import Evaluator
+from alignsweep.evaluate.vllm_sampler import VLLMSampler, vllm_installed
 
 CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")]
@@ -81,7 +81,7 @@ def test_cuda_out_of_memory_halves_the_batch_and_auto_fits_the_free_memory():
 def summary(est: dict, eos_id: int, max_new: int) -> dict:
     """Mean length, truncation, both KL estimators and the policy's mean log-probability of the
     samples (minus the sampler's entropy if it sampled the policy), with standard errors."""
-    from alignsweep.evaluation import mean_se
+    from alignsweep.evaluate.sequences import mean_se
 
     lengths = [len(r) - (1 if r and r[-1] == eos_id else 0) for r in est["responses"]]
     out = {k: est[k] for k in ("kl_mc", "kl_mc_se", "kl_exact_token", "kl_exact_token_se")}

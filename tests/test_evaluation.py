@@ -7,10 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignsweep import models
+from alignsweep.train import models
 from alignsweep.data import embedded
-from alignsweep.evaluation import Evaluator, make_batch, mean_se, sample, sequence_logps
-from alignsweep.judges import GoldJudge
+from alignsweep.evaluate.evaluator import Evaluator
+from alignsweep.evaluate.sequences import make_batch, mean_se, sample, sequence_logps
+from alignsweep.evaluate.judges import GoldJudge
 
 ARCH = SimpleNamespace(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64)
 

@@ -1,5 +1,5 @@
 """The findings target: each experiment config composes to the jobs its docs promise, and
-`alignsweep.findings` runs a (reduced) experiment end to end and draws its figures and numbers."""
+`alignsweep.analysis.findings` runs a (reduced) experiment end to end and draws its figures and numbers."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_findings_runs_an_experiment_and_draws_it(cli, tmp_path):
     args = ["overopt_embedded", "--sweeps", str(tmp_path / "sweeps"), "--out", str(out)]
     for o in SMALL + ["algo=dpo,ipo", "beta=0.5", "model=embedded_tiny"]:
         args += ["--override", o]
-    cli(*args, module="alignsweep.findings", env={"ALIGNSWEEP_THREADS": "1"})
+    cli("findings", *args, env={"ALIGNSWEEP_THREADS": "1"})
     numbers = json.loads((out / "overopt_embedded.json").read_text())
     assert numbers["runs"] == 2
     groups = {(g["algo"], g["model"]) for g in numbers["groups"]}
@@ -52,8 +52,7 @@ def test_findings_runs_an_experiment_and_draws_it(cli, tmp_path):
     assert {"overopt_embedded_fig1.png", "overopt_embedded_dynamics.png"} <= set(numbers["figures"])
     # redrawing an existing sweep needs no training and gives the same numbers
     again = tmp_path / "again"
-    cli("overopt_embedded", "--no-run", "--sweeps", str(tmp_path / "sweeps"), "--out", str(again),
-        module="alignsweep.findings")
+    cli("findings", "overopt_embedded", "--no-run", "--sweeps", str(tmp_path / "sweeps"), "--out", str(again))
     assert json.loads((again / "overopt_embedded.json").read_text())["groups"] == numbers["groups"]
 
 
@@ -63,20 +62,19 @@ def test_alpha_shape_finding_on_a_reduced_grid(cli, tmp_path):
     args = ["alphapo_shape", "--sweeps", str(tmp_path / "sweeps"), "--out", str(out)]
     for o in SMALL + ["alpha=-0.5,0.0,0.5"]:
         args += ["--override", o]
-    cli(*args, module="alignsweep.findings", env={"ALIGNSWEEP_THREADS": "1"})
+    cli("findings", *args, env={"ALIGNSWEEP_THREADS": "1"})
     numbers = json.loads((out / "alphapo_shape.json").read_text())
     assert sorted(g["alpha"] for g in numbers["groups"]) == [-0.5, 0.0, 0.5]
     assert (out / "alphapo_shape.png").exists() and (out / "alphapo_shape.svg").exists()
 
 
 def test_unknown_finding_is_refused(cli):
-    proc = cli("overopt_everything", module="alignsweep.findings", check=False)
+    proc = cli("findings", "overopt_everything", check=False)
     assert proc.returncode == 2
     assert "unknown finding(s) overopt_everything" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_redrawing_a_sweep_that_was_never_run_says_so(cli, tmp_path):
-    proc = cli("alphapo_shape", "--no-run", "--sweeps", str(tmp_path), "--out", str(tmp_path / "f"),
-               module="alignsweep.findings", check=False)
+    proc = cli("findings", "alphapo_shape", "--no-run", "--sweeps", str(tmp_path), "--out", str(tmp_path / "f"), check=False)
     assert proc.returncode != 0
     assert "run experiment=alphapo_shape first" in proc.stderr and "Traceback" not in proc.stderr

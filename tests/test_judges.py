@@ -1,5 +1,5 @@
 """Judges: the reward-model judge on tiny reward models saved locally, verdict parsing, the judge
-checks of alignsweep.plan, and win rates with unparseable verdicts through the evaluator."""
+checks of alignsweep.config.resolve, and win rates with unparseable verdicts through the evaluator."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from alignsweep import models
+from alignsweep.train import models
 from alignsweep.data import embedded
-from alignsweep.judges import GoldJudge, build_judge
-from alignsweep.judges.llm import parse_verdict
-from alignsweep.judges.prompts import render
-from alignsweep.plan import ConfigError, resolve_job
-from alignsweep.schema import JudgeConfig, register
+from alignsweep.evaluate.judges import GoldJudge, build_judge
+from alignsweep.evaluate.judges.llm import parse_verdict
+from alignsweep.evaluate.judges.prompts import render
+from alignsweep.errors import ConfigError
+from alignsweep.config.resolve import resolve_job
+from alignsweep.config.schema import JudgeConfig, register
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register()
@@ -116,7 +117,7 @@ def test_reward_model_judge_is_refused_without_a_model_or_with_a_bad_one(tmp_pat
 
 def test_evaluator_with_the_reward_model_judge(random_rm):
     """A full checkpoint evaluation judged by a reward model: its metrics land in the row."""
-    from alignsweep.evaluation import Evaluator
+    from alignsweep.evaluate.evaluator import Evaluator
 
     tok = word_tokenizer()
     arch = SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position_embeddings=32)

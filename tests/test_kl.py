@@ -14,10 +14,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignsweep import models
+from alignsweep.train import models
 from alignsweep.data import embedded
-from alignsweep.evaluation import Evaluator, make_batch, sequence_logps, sequence_stats
-from alignsweep.plan import ConfigError
+from alignsweep.evaluate.evaluator import Evaluator
+from alignsweep.evaluate.sequences import make_batch, sequence_logps, sequence_stats
+from alignsweep.errors import ConfigError
 
 ARCH = SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position_embeddings=16)
 MAX_NEW = 3

@@ -19,8 +19,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from alignsweep.judges import JudgeError, build_judge
-from alignsweep.judges.llm import LLMJudge, parse_verdict, presentation_order
+from alignsweep.evaluate.judges import JudgeError, build_judge
+from alignsweep.evaluate.judges.llm import LLMJudge, parse_verdict, presentation_order
 from tests.openai_server import ChatModel, OpenAIServer, gguf_folder, load_smollm2
 
 PROMPTS = [
@@ -200,9 +200,11 @@ def test_unparseable_answers_are_counted_and_left_out_and_the_key_is_never_writt
     """Through the evaluator on a tiny policy: every second answer has no verdict."""
     import torch
 
-    from alignsweep import models, rundir
+    from alignsweep.train import models
+
+    from alignsweep.results import rundir
     from alignsweep.data import embedded
-    from alignsweep.evaluation import Evaluator
+    from alignsweep.evaluate.evaluator import Evaluator
 
     caplog.set_level(logging.DEBUG)
     vocab = embedded.vocabulary(12, 4)
@@ -256,8 +258,8 @@ def test_unparseable_answers_are_counted_and_left_out_and_the_key_is_never_writt
 def test_build_judge_from_config_uses_the_server_and_the_env_key(server, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from alignsweep.plan import ConfigError
-    from alignsweep.schema import JudgeConfig
+    from alignsweep.errors import ConfigError
+    from alignsweep.config.schema import JudgeConfig
 
     cfg = OmegaConf.merge(
         OmegaConf.structured(JudgeConfig),
@@ -282,7 +284,7 @@ def test_build_judge_from_config_uses_the_server_and_the_env_key(server, tmp_pat
 def test_a_job_judged_by_the_llm_over_http_keeps_its_key_secret(server, cli):
     """A whole job (SFT, training, two evaluations of 4 prompts) judged through the worker's judge;
     the key is passed only in the job's environment and reaches no file the job writes."""
-    from alignsweep import rundir
+    from alignsweep.results import rundir
 
     server.reset(required_key=SECRET)
     cache = cli.cwd / "cache"

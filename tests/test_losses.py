@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignsweep.losses import daa_loss
+from alignsweep.train.losses import daa_loss
 
 T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
 

@@ -10,7 +10,7 @@ import sys
 SCRIPT = r"""
 import atexit, logging, sys, threading, time
 import torch  # noqa: F401  (what makes it skip the teardown)
-from alignsweep.process_exit import exit_process
+from alignsweep.runtime.process_exit import exit_process
 out = sys.argv[1]
 def late():
     time.sleep(0.5)
@@ -35,16 +35,16 @@ def test_exit_process_finishes_what_an_exit_must_and_keeps_the_code(tmp_path):
 
 
 def test_a_process_without_torch_exits_the_ordinary_way():
-    code = "import sys; from alignsweep.process_exit import exit_process; exit_process(4)"
+    code = "import sys; from alignsweep.runtime.process_exit import exit_process; exit_process(4)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 4 and "torch" not in proc.stderr
 
 
 def test_the_submitit_entry_takes_submitits_arguments_and_refuses_others():
-    from alignsweep.submitit_entry import folder_from
+    from alignsweep.launch.submitit_entry import folder_from
 
     assert folder_from(["-u", "-m", "submitit.core._submit", "/sweep/.submitit/12_3"]) == "/sweep/.submitit/12_3"
-    proc = subprocess.run([sys.executable, "-m", "alignsweep.submitit_entry", "some", "thing"],
+    proc = subprocess.run([sys.executable, "-m", "alignsweep.launch.submitit_entry", "some", "thing"],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "usage: python -m alignsweep.submitit_entry" in proc.stderr
+    assert proc.returncode == 2 and "usage: python -m alignsweep.launch.submitit_entry" in proc.stderr  # argparse: usage mistake
     assert "Traceback" not in proc.stderr

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 from alignsweep.data import pairs
 
 
@@ -44,7 +44,7 @@ def test_data_file_without_the_needed_columns(cli, tmp_path):
 
 
 def test_tokenizer_that_cannot_pad(cli, tmp_path):
-    from alignsweep import models
+    from alignsweep.train import models
     from alignsweep.data import embedded
 
     folder = tmp_path / "model"
@@ -74,14 +74,14 @@ def test_unwritable_output_directory(cli, tmp_path):
 
 
 def _word_tokenizer():
-    from alignsweep import models
+    from alignsweep.train import models
     from alignsweep.data import embedded
 
     return models.build_word_tokenizer(embedded.vocabulary(24, 6).tokens)
 
 
 def test_bad_rows_are_counted_dropped_and_mostly_bad_data_stops_the_run(tmp_path):
-    from alignsweep.worker import load_task
+    from alignsweep.worker.task import load_task
 
     good = [{"prompt": "summarize: apple river =>", "chosen": f" apple river{' very' * (i % 3)}",
              "rejected": " tiger"} for i in range(30)]
@@ -179,7 +179,7 @@ def test_sft_is_built_once_by_concurrent_jobs_and_a_crashed_build_is_not_used(cl
     sft_root.mkdir(parents=True)
     args = ["logger=none", f"paths.cache_dir={cache}", "sft.epochs=1", "data.embedded.n_train=256"]
     # a builder that crashed earlier left a partial folder behind
-    from alignsweep.sft import sft_key
+    from alignsweep.train.sft import sft_key
     from tests.test_config import compose_cfg
 
     key = sft_key(compose_cfg(*args[1:]))
@@ -200,7 +200,7 @@ def test_non_finite_loss_stops_the_run_as_diverged(cli):
     status = rundir.read_status(cli.cwd / "run")
     assert status["state"] == "diverged" and status["stop_reason"] == "non_finite_loss"
     assert 0 < status["step"] < status["total_steps"]
-    cli(str(cli.cwd / "run"), module="alignsweep.collect")
+    cli("collect", str(cli.cwd / "run"))
     assert "diverged" in (cli.cwd / "run" / "results.csv").read_text()
 
 
@@ -276,7 +276,7 @@ def test_the_length_check_drops_exactly_the_rows_too_long(rows, max_length):
 
 
 def test_token_lengths_are_each_text_tokenised_alone_plus_eos():
-    from alignsweep import models
+    from alignsweep.train import models
     from alignsweep.data import embedded
 
     tokenizer = models.build_word_tokenizer(embedded.vocabulary(24, 6).tokens)

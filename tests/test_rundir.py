@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 
 def test_status_merges_and_replaces_atomically(tmp_path):

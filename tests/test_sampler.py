@@ -17,11 +17,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignsweep import models, rundir, sampling_vllm
+from alignsweep.train import models
+
+from alignsweep.results import rundir
+
+from alignsweep.evaluate import vllm_sampler as sampling_vllm
 from alignsweep.data import embedded
-from alignsweep.evaluation import Evaluator, make_batch, prompt_seed, sequence_logps
-from alignsweep.plan import ConfigError
-from alignsweep.sampling_vllm import VLLMSampler, resolve_sampler
+from alignsweep.evaluate.evaluator import Evaluator
+from alignsweep.evaluate.sequences import make_batch, prompt_seed, sequence_logps
+from alignsweep.errors import ConfigError
+from alignsweep.evaluate.vllm_sampler import VLLMSampler, resolve_sampler
 
 ARCH = SimpleNamespace(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64)
 TASK = SimpleNamespace(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 from .test_slurm import all_final, slurm_env, wait_until  # noqa: F401  (slurm_env: a fixture)
 from .wandb_log import history
@@ -98,12 +98,13 @@ def test_sharded_evaluation_equals_a_single_process_evaluation_of_the_same_weigh
     against the Evaluator run in this one process on the gathered final weights."""
     import torch
 
-    from alignsweep import models
-    from alignsweep.evaluation import Evaluator
-    from alignsweep.judges import build_judge
-    from alignsweep.plan import resolve_job
-    from alignsweep.schema import load_run_config
-    from alignsweep.worker import load_task, loss_params
+    from alignsweep.train import models
+    from alignsweep.evaluate.evaluator import Evaluator
+    from alignsweep.evaluate.judges import build_judge
+    from alignsweep.config.resolve import resolve_job
+    from alignsweep.config.schema import load_run_config
+    from alignsweep.train.losses import loss_params
+    from alignsweep.worker.task import load_task
 
     run = fsdp_run
     cfg = load_run_config(run / "config.yaml")
@@ -179,9 +180,9 @@ def test_dry_run_prints_the_strategy_and_a_one_process_fsdp_job_degrades_to_sing
 def test_strategy_to_trainer_arguments(monkeypatch, tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from alignsweep import sharding
-    from alignsweep.plan import ConfigError
-    from alignsweep.schema import register
+    from alignsweep.train import sharding
+    from alignsweep.errors import ConfigError
+    from alignsweep.config.schema import register
 
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -212,7 +213,7 @@ def test_the_layer_class_to_wrap_comes_from_the_checkpoint_config(family, tmp_pa
 
     from transformers import GPTNeoXConfig, LlamaConfig, MistralConfig
 
-    from alignsweep import sharding
+    from alignsweep.train import sharding
 
     config = {"mistral": MistralConfig, "llama": LlamaConfig, "gpt_neox": GPTNeoXConfig}[family]()
     config.save_pretrained(tmp_path)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 SMALL = ["data.embedded.n_train=64", "eval.prompts=48", "logger=none", "train.checkpoints=1"]
 OFF = ["data.share_prepared=false", "train.share_ref_logps=false", "eval.share_step0=false"]
@@ -54,9 +54,9 @@ def test_a_job_reading_the_shared_data_writes_the_rows_it_would_have_computed(cl
 
 
 def test_the_data_key_follows_the_data_the_tokenizer_and_the_files(tmp_path):
-    from alignsweep import models
+    from alignsweep.train import models
     from alignsweep.data import embedded
-    from alignsweep.shared_data import task_cache_path, tokenizer_fingerprint
+    from alignsweep.data.shared import task_cache_path, tokenizer_fingerprint
     from tests.test_config import compose_cfg
 
     tok = models.build_word_tokenizer(embedded.vocabulary(24, 6).tokens)
@@ -85,7 +85,7 @@ def test_the_reference_key_follows_every_token_id_and_ignores_how_rows_are_store
 
     from datasets import Dataset
 
-    from alignsweep.trainer import _token_ids_digest
+    from alignsweep.train.trainer import _token_ids_digest
 
     def key(rows: list[dict]) -> str:
         return _token_ids_digest(hashlib.sha256(), Dataset.from_list(rows), ("a", "b"))
@@ -107,9 +107,9 @@ def test_the_tokenised_data_key_follows_the_rows_and_ignores_how_they_are_stored
 
     from datasets import Dataset, concatenate_datasets
 
-    from alignsweep import models
+    from alignsweep.train import models
     from alignsweep.data import embedded
-    from alignsweep.shared_data import tokenised_cache_path
+    from alignsweep.data.shared import tokenised_cache_path
 
     tok = models.build_word_tokenizer(embedded.vocabulary(24, 6).tokens)
     args = SimpleNamespace(max_length=64, truncation_mode="keep_end")
@@ -135,7 +135,7 @@ def test_reference_columns_built_in_arrow_equal_datasets_add_column():
     import torch
     from datasets import Dataset
 
-    from alignsweep.trainer import DAATrainer
+    from alignsweep.train.trainer import DAATrainer
 
     rows = Dataset.from_list([{"p": [1, 2], "x": 1.0}, {"p": [3], "x": 2.0}, {"p": [4, 5], "x": 3.0}])
     kept = rows.filter(lambda r: r["x"] != 2.0)
@@ -160,7 +160,7 @@ def test_a_job_goes_on_while_another_scores_the_heldout_pairs_and_reads_them_lat
 
     from filelock import FileLock
 
-    from alignsweep.sweep_cache import lock_path
+    from alignsweep.cache.store import lock_path
 
     noise = "data.embedded.label_noise=0.222"  # pairs of this test's own
     _, first = _run(cli, "first", "algo=dpo", noise)

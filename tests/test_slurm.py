@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 from .wandb_log import history
 
@@ -52,7 +52,7 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.5):
 
 
 def states(sweep: Path) -> dict[int, str]:
-    from alignsweep.status import rows
+    from alignsweep.results.status import rows
 
     return {r["num"]: r["state"] for r in rows(sweep)}
 
@@ -75,7 +75,7 @@ def test_users_command_is_one_array_of_nine_and_the_paper_grid_one_array_per_tie
         assert sorted(e["array_index"] for e in manifest.values()) == list(range(9))
         assert {e["array_id"] for e in manifest.values()} == {arrays[0][0]}
         assert manifest["0"]["overrides"][:3] == ["algo=dpo", "model=pythia_2_8b", "beta=0.01"]
-        status = cli(str(cli.cwd / "users"), module="alignsweep.status").stdout
+        status = cli("status", str(cli.cwd / "users")).stdout
         assert status.count(" pending ") == 9
     finally:
         for array_id, _ in arrays:
@@ -98,7 +98,7 @@ def test_array_with_a_failing_job_blocking_then_collected(cli, slurm_env):
     sweep = cli.cwd / "sweep"
     final = states(sweep)
     assert sorted(final.values()) == ["completed", "completed", "failed", "failed"]
-    out = cli(str(sweep), module="alignsweep.status").stdout
+    out = cli("status", str(sweep)).stdout
     assert "no_such_optimizer" in out and "log: " in out
     log = re.search(r"log: (\S+)", out).group(1)
     assert "no_such_optimizer" in Path(log).read_text()
@@ -106,10 +106,10 @@ def test_array_with_a_failing_job_blocking_then_collected(cli, slurm_env):
     for num, state in final.items():
         rows = rundir.read_metrics(sweep / str(num))
         assert len(rows) == (6 if state == "completed" else 0)
-    # every task ran submitit's entry point through alignsweep.submitit_entry, which saved the
+    # every task ran submitit's entry point through alignsweep.launch.submitit_entry, which saved the
     # result or the error as submitit does (the launcher read them back)
     scripts = list((sweep / ".submitit").rglob("*_submission.sh"))
-    assert scripts and all("-m alignsweep.submitit_entry -u -m submitit.core._submit" in p.read_text() for p in scripts)
+    assert scripts and all("-m alignsweep.launch.submitit_entry -u -m submitit.core._submit" in p.read_text() for p in scripts)
     outcomes = sorted(pickle.loads(p.read_bytes())[0] for p in (sweep / ".submitit").rglob("*_result.pkl"))
     assert outcomes == ["error", "error", "success", "success"]
 

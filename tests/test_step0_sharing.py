@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def _start_while_step0_is_busy(cli, sft_cache, step0_file, name: str, *args: str
 
     from filelock import FileLock
 
-    from alignsweep.sweep_cache import lock_path
+    from alignsweep.cache.store import lock_path
 
     step0_file.unlink()
     lock = FileLock(str(lock_path(step0_file)))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from alignsweep.sweep_cache import load_or_compute, load_or_compute_parts
+from alignsweep.cache.store import load_or_compute, load_or_compute_parts
 
 
 def _square(i: int) -> torch.Tensor:
@@ -53,7 +53,7 @@ def test_a_dataset_prepared_in_parts_is_the_dataset_prepared_whole(tmp_path):
     the preparation of the whole: the same rows, order and column types."""
     from datasets import Dataset
 
-    from alignsweep.shared_data import load_or_prepare_parts
+    from alignsweep.data.shared import load_or_prepare_parts
 
     rows = Dataset.from_list([{"prompt": f"p{i}", "chosen": " a" * (i % 7), "rejected": " b"} for i in range(200)])
 
@@ -75,7 +75,7 @@ def _slow_value() -> int:
 
 
 def _compute_or_wait(path: str, out) -> None:
-    from alignsweep.phase_clock import waited
+    from alignsweep.runtime.phase_clock import waited
 
     before = waited()  # this process's count so far
     value, hit = load_or_compute(Path(path), _slow_value, all_ranks=False)
@@ -103,7 +103,7 @@ def test_a_job_waiting_for_another_says_how_long(tmp_path):
 def test_nested_phases_count_each_second_once():
     """An inner phase's seconds are its own, not also its outer phase's: the phases add up to
     the time spent inside the outermost one."""
-    from alignsweep.phase_clock import PhaseClock
+    from alignsweep.runtime.phase_clock import PhaseClock
 
     clock = PhaseClock()
     start = time.perf_counter()

@@ -10,11 +10,11 @@ import torch
 from datasets import Dataset
 from trl import DPOConfig
 
-from alignsweep import models
+from alignsweep.train import models
 from alignsweep.data import embedded
-from alignsweep.evaluation import make_batch, sequence_logps
-from alignsweep.losses import daa_loss
-from alignsweep.trainer import DAATrainer
+from alignsweep.evaluate.sequences import make_batch, sequence_logps
+from alignsweep.train.losses import daa_loss
+from alignsweep.train.trainer import DAATrainer
 
 PARAMS = {
     "dpo": {"beta": 0.3},

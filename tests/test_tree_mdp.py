@@ -17,9 +17,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from alignsweep import tree_mdp as T
-from alignsweep.losses import daa_loss
-from alignsweep.schema import TreeMDPConfig
+from alignsweep.toys import tree_mdp as T
+from alignsweep.train.losses import daa_loss
+from alignsweep.config.schema import TreeMDPConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -317,8 +317,8 @@ def test_dry_run_imports_no_torch_and_refuses_bad_combinations(cli):
     code = (
         "import sys\n"
         "from hydra import compose, initialize_config_dir\n"
-        "from alignsweep.schema import register\n"
-        "from alignsweep.plan import resolve_job\n"
+        "from alignsweep.config.schema import register\n"
+        "from alignsweep.config.resolve import resolve_job\n"
         "register()\n"
         f"with initialize_config_dir(config_dir={str(CONF)!r}, version_base='1.3'):\n"
         "    job = resolve_job(compose(config_name='config', overrides=['experiment=tree_mdp']))\n"
@@ -354,7 +354,7 @@ def test_tree_mdp_experiment_end_to_end(cli):
     sweep = cli.cwd / "sweep"
     for path in sorted(sweep.glob("figures/tree_mdp_ood_mass.*")):
         path.unlink()  # the launcher collected already; collect again from the directory alone
-    cli(str(sweep), module="alignsweep.collect")
+    cli("collect", str(sweep))
     table = pd.read_csv(sweep / "results.csv")
     assert table.groupby("run").size().eq(31).all() and table["run"].nunique() == 12
     assert (table["status"] == "completed").all() and table["model"].isin(["tabular", "tree_mlp"]).all()
@@ -370,7 +370,7 @@ def test_tree_mdp_experiment_end_to_end(cli):
     assert end.loc[("tabular", "dpo", 1.0), "ood_mass"] == pytest.approx(0.198, abs=0.01)
     assert end.loc[("tree_mlp", "dpo", 1.0), "ood_mass"] == pytest.approx(0.733, abs=0.01)
     assert not (sweep / "figures" / "fig2_length.png").exists()  # every trajectory is equally long
-    status = cli(str(sweep), module="alignsweep.status").stdout
+    status = cli("status", str(sweep)).stdout
     assert "total: 12 completed" in status and "300/300" in status
     job = json.loads((sweep / "0" / "status.json").read_text())
     assert job["state"] == "completed" and job["data"]["in_distribution"] == [9, 17, 22, 24, 25, 26]

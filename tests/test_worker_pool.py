@@ -1,5 +1,5 @@
 """The local launcher's workers, forked from a server that imported torch/TRL once
-(`alignsweep.worker_pool`): the same job, the same rows, exit codes and signals as a fresh
+(`alignsweep.launch.local_pool`): the same job, the same rows, exit codes and signals as a fresh
 `python -m alignsweep.worker` process."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignsweep import rundir
-from alignsweep.app import write_run_config
-from alignsweep.worker_pool import WorkerPool, wait_any
+from alignsweep.results import rundir
+from alignsweep.config.run_config import write_run_config
+from alignsweep.launch.local_pool import WorkerPool, wait_any
 
 ENV = {"ALIGNSWEEP_THREADS": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "WANDB_MODE": "offline"}
 

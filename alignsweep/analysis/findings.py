@@ -1,4 +1,4 @@
-"""`python -m alignsweep.findings [NAME ...]` (`make findings`): the papers' findings at embedded scale.
+"""`python -m alignsweep findings [NAME ...]` (`make findings`): the papers' findings at embedded scale.
 
 Each finding is an experiment config (`conf/experiment/NAME.yaml`). For each one named (all by
 default) this runs the sweep with the local launcher, `python -m alignsweep -m experiment=NAME`
@@ -6,14 +6,13 @@ default) this runs the sweep with the local launcher, `python -m alignsweep -m e
 resumes), collects it, and draws its figures into `docs/figures/findings/` together with a
 `NAME.json` of the headline numbers that `docs/findings.md` quotes. Nothing is drawn by hand.
 
-    python -m alignsweep.findings                       # all four, sweeps under outputs/findings/
-    python -m alignsweep.findings overopt_embedded      # one
-    python -m alignsweep.findings --no-run tree_mdp     # redraw from an existing sweep
+    python -m alignsweep findings                       # all four, sweeps under outputs/findings/
+    python -m alignsweep findings overopt_embedded      # one
+    python -m alignsweep findings --no-run tree_mdp     # redraw from an existing sweep
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import subprocess
@@ -23,9 +22,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from alignsweep.plots import _colors, _evaluated, _legend, _plt, _save, figure_length, figure_overoptimization
+from alignsweep.analysis.plots import (
+    _colors,
+    _evaluated,
+    _legend,
+    _plt,
+    _save,
+    figure_length,
+    figure_overoptimization,
+)
+from alignsweep.cli_style import tool_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _num(x: Any) -> float | None:
@@ -142,7 +150,7 @@ def figure_frontier(table, path: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. the Tree MDP (alignsweep.plots.plot_tree_mdp draws it)
+# 3. the Tree MDP (alignsweep.analysis.plots.plot_tree_mdp draws it)
 
 
 def tree_numbers(table, fitted) -> dict:
@@ -162,7 +170,7 @@ def tree_numbers(table, fitted) -> dict:
 
 
 def draw_tree(table, fitted, out: Path) -> list[Path]:
-    from alignsweep.plots import plot_tree_mdp
+    from alignsweep.analysis.plots import plot_tree_mdp
 
     return plot_tree_mdp(table, out)
 
@@ -272,7 +280,8 @@ def run_sweep(name: str, sweep_dir: Path, overrides: list[str]) -> None:
 
 def draw(name: str, sweep_dir: Path, out: Path) -> dict:
     """Collect `sweep_dir` and draw finding `name` into `out`; returns the headline numbers."""
-    from alignsweep.collect import collect, fits, run_dirs
+    from alignsweep.analysis.summarize import fits
+    from alignsweep.results.collect import collect, run_dirs
 
     if not sweep_dir.is_dir() or not run_dirs(sweep_dir):
         raise SystemExit(f"[findings] {sweep_dir} holds no runs: run experiment={name} first")
@@ -290,7 +299,7 @@ def draw(name: str, sweep_dir: Path, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser("python -m alignsweep findings", __doc__)
     parser.add_argument("names", nargs="*", help=f"findings to produce (default: all): {', '.join(FINDINGS)}")
     parser.add_argument("--sweeps", default="outputs/findings", help="folder of the sweeps (one per finding)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "figures" / "findings"), help="figures and numbers")

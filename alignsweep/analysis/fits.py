@@ -15,7 +15,7 @@ KL budget beyond which more optimization makes the policy worse.
 For a fixed baseline, R - baseline is linear in (alpha, beta), so ordinary least squares is
 exact and needs no starting point or iteration; a free baseline is one more (intercept) column.
 `fit_overoptimization` fits one set of points; `fit_groups` fits one curve per group of a
-collected sweep table (`alignsweep.collect`), using the step-0 evaluations as the baseline.
+collected sweep table (`alignsweep.results.collect`), using the step-0 evaluations as the baseline.
 """
 
 from __future__ import annotations

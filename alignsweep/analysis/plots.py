@@ -2,7 +2,7 @@
 
 1. `figure_overoptimization`: the paper's Figure 1. One column per algorithm, win rate against
    sqrt(KL), one colour per model; top row final checkpoints, bottom row every checkpoint; dotted
-   curves are the fitted scaling laws (`alignsweep.analysis`).
+   curves are the fitted scaling laws (`alignsweep.analysis.fits`).
 2. `figure_length`: R^2 of the implicit reward regressed on response length against KL, per model.
 3. `figure_dynamics`: win rate and sqrt(KL) against training progress, one line per beta.
 4. `figure_likelihood`: chosen and rejected log-likelihood of held-out pairs against progress.

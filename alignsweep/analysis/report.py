@@ -1,4 +1,4 @@
-"""`python -m alignsweep.report SWEEP_DIR`: the sweep's results and fits in the terminal, and a
+"""`python -m alignsweep report SWEEP_DIR`: the sweep's results and fits in the terminal, and a
 self-contained `report.html` (tables and figures inlined) that can be mailed or archived alone."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ import base64
 import html
 import sys
 from pathlib import Path
+
+from alignsweep.cli_style import tool_parser
 
 FIT_COLUMNS = ["algo", "model", "form", "checkpoints", "n", "alpha", "beta", "baseline", "d_peak", "peak", "rmse",
                "alpha_se", "beta_se", "error"]
@@ -21,8 +23,9 @@ def fit_table(fitted):
 def build(sweep_dir: Path) -> Path:
     import pandas as pd
 
-    from alignsweep.collect import collect, fits, summary
-    from alignsweep.plots import draw_all
+    from alignsweep.analysis.plots import draw_all
+    from alignsweep.analysis.summarize import fits
+    from alignsweep.results.collect import collect, summary
 
     sweep_dir = Path(sweep_dir)
     table = collect(sweep_dir)
@@ -63,13 +66,11 @@ def build(sweep_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from alignsweep.collect import run_dirs
+    from alignsweep.results.collect import run_dirs
 
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m alignsweep.report SWEEP_DIR", file=sys.stderr)
-        return 2
-    sweep_dir = Path(argv[0])
+    parser = tool_parser("python -m alignsweep report", __doc__)
+    parser.add_argument("sweep_dir", type=Path, help="a sweep directory (or one run directory)")
+    sweep_dir = parser.parse_args(argv).sweep_dir
     if not sweep_dir.is_dir() or not run_dirs(sweep_dir):
         print(f"error: {sweep_dir} holds no run directories (no */config.yaml)", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`python -m alignsweep.bench_gpu` (`make bench-gpu`): DPO training throughput and MFU on one GPU.
+"""`python -m alignsweep bench-gpu` (`make bench-gpu`): DPO training throughput and MFU on one GPU.
 
 One DPO training step for the Pythia-2.8B architecture (weights randomly initialised from the
 architecture: throughput does not depend on them), in bf16, with the per-device batch, gradient
@@ -21,7 +21,6 @@ script works (what CI does); its numbers mean nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -31,7 +30,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from alignsweep.cli_style import tool_parser
+
+ROOT = Path(__file__).resolve().parents[2]
 MARK_BEGIN, MARK_END = "<!-- bench-gpu:begin -->", "<!-- bench-gpu:end -->"
 
 # Public architectures of the Pythia suite (EleutherAI), as in their config.json files.
@@ -65,7 +66,7 @@ def _compose(model: str, data: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from alignsweep.schema import register
+    from alignsweep.config.schema import register
 
     register()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
@@ -75,7 +76,7 @@ def _compose(model: str, data: str) -> dict:
 
 def _tokenizer(vocab_size: int):
     from alignsweep.data import embedded
-    from alignsweep.models import build_word_tokenizer
+    from alignsweep.train.models import build_word_tokenizer
 
     specials = [embedded.PAD, embedded.EOS, embedded.UNK]
     return build_word_tokenizer(specials + [f"w{i}" for i in range(vocab_size - len(specials))])
@@ -125,7 +126,7 @@ def run_variant(which: str, spec: dict, work: Path) -> dict:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from alignsweep.trainer import DAATrainer
+    from alignsweep.train.trainer import DAATrainer
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda and spec["dtype"] == "bfloat16" else torch.float32
@@ -192,7 +193,7 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser("python -m alignsweep bench-gpu", __doc__)
     parser.add_argument("--model", default="pythia_2_8b", choices=sorted(PYTHIA))
     parser.add_argument("--data", default="tldr", help="data config whose max_length sets the sequence length")
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / ("gpu_results_tiny.json" if args.tiny else "gpu_results.json")).write_text(json.dumps(results, indent=1))
     section = render(results)
     if not args.tiny:
-        from alignsweep.bench import write_section
+        from alignsweep.bench.overhead import write_section
 
         write_section(Path(args.markdown), section, MARK_BEGIN, MARK_END)
     print(section)

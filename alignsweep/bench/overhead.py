@@ -1,4 +1,4 @@
-"""`python -m alignsweep.bench [--quick]` (`make bench`): what a sweep costs beyond its training.
+"""`python -m alignsweep bench [--quick]` (`make bench`): what a sweep costs beyond its training.
 
 Measured side by side in one run, on this machine (they are shared and noisy: read the ratios):
 1. sharing: a sweep of reference-based jobs with what its jobs have in common shared through the
@@ -20,7 +20,6 @@ Writes bench/results.json and the section between the markers in BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -34,7 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
+from alignsweep.cli_style import tool_parser
+
+ROOT = Path(__file__).resolve().parents[2]
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 PLAIN_TRL = '''
 import sys, torch, yaml
@@ -103,7 +104,7 @@ SHARING_SHAPES = {
 
 def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_tiny",
                   overrides: Sequence[str] = (), modes: Sequence[str] = tuple(SHARING_MODES), repeats: int = 3) -> dict:
-    from alignsweep import rundir
+    from alignsweep.results import rundir
 
     grid = ["algo=dpo,ipo,slic", "beta=0.1,1.0"] if not quick else ["algo=dpo,ipo", "beta=0.1"]
     grid += [f"model={model}", *overrides]
@@ -165,7 +166,7 @@ OVERHEAD_SHAPES = {
 
 
 def bench_overhead(work: Path, cache: Path, quick: bool, overrides: Sequence[str] = (), repeats: int = 5) -> dict:
-    from alignsweep import rundir
+    from alignsweep.results import rundir
 
     script = work / "plain_trl.py"
     script.write_text(PLAIN_TRL)
@@ -211,8 +212,8 @@ def bench_dry_run(work: Path, quick: bool) -> dict:
 def bench_collect(work: Path, rows: int) -> dict:
     import yaml
 
-    from alignsweep import rundir
-    from alignsweep.collect import collect
+    from alignsweep.results import rundir
+    from alignsweep.results.collect import collect
 
     sweep = work / "big-sweep"
     base = _default_run_config(work)
@@ -325,7 +326,7 @@ def write_section(md: Path, section: str, begin: str, end: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser("python -m alignsweep bench", __doc__)
     parser.add_argument("--quick", action="store_true", help="reduced sizes (what CI runs)")
     parser.add_argument("--no-findings-shape", action="store_true",
                         help="measure on the default shape only (the findings shape takes ~11 min of the ~21)")

@@ -1,4 +1,4 @@
-"""`python -m alignsweep.cache [CACHE_DIR] [--unused-for DAYS [--prune]]`: what the sweeps' shared
+"""`python -m alignsweep cache [CACHE_DIR] [--unused-for DAYS [--prune]]`: what the sweeps' shared
 cache holds, and removing what no job has used for a while.
 
 `paths.cache_dir` (default `.cache/alignsweep`) keeps what the jobs of a sweep share, keyed by a
@@ -14,12 +14,13 @@ torch.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from alignsweep.cli_style import tool_parser
 
 KINDS = ("sft", "data", "ref_logps", "step0")
 DEFAULT_DIR = ".cache/alignsweep"  # paths.cache_dir's default, relative to where sweeps run
@@ -35,7 +36,7 @@ class Entry:
     @property
     def locks(self) -> list[Path]:
         """The locks under which a job computes it (its own; each part's for a folder of parts)."""
-        from alignsweep.sweep_cache import lock_path
+        from alignsweep.cache.store import lock_path
 
         own = [lock_path(self.path)]
         return own + (sorted(self.path.glob("*.lock")) if self.path.is_dir() else [])
@@ -70,7 +71,7 @@ def entries(cache_dir: Path) -> list[Entry]:
 
 def in_use(entry: Entry) -> bool:
     """Whether a job holds one of the entry's locks right now."""
-    from alignsweep.sweep_cache import lock_held
+    from alignsweep.cache.store import lock_held
 
     return any(path.exists() and lock_held(path) for path in entry.locks)
 
@@ -100,7 +101,7 @@ def _age(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alignsweep.cache", description=__doc__.splitlines()[0])
+    parser = tool_parser("python -m alignsweep cache", __doc__)
     parser.add_argument("cache_dir", nargs="?", default=DEFAULT_DIR, help=f"paths.cache_dir (default {DEFAULT_DIR})")
     parser.add_argument("--unused-for", type=float, metavar="DAYS",
                         help="list the entries no job has used for DAYS days")

@@ -28,7 +28,7 @@ def lock_path(path: Path) -> Path:
 
 def mark_used(path: Path) -> None:
     """Record that a job used the shared entry `path` (a file, or a folder of parts or a model):
-    its modification time, by which `python -m alignsweep.cache --unused-for DAYS` prunes."""
+    its modification time, by which `python -m alignsweep cache --unused-for DAYS` prunes."""
     try:
         os.utime(path)
     except OSError:  # removed meanwhile, or a read-only cache: nothing to record
@@ -64,8 +64,8 @@ def load_or_compute(
     work first and ask again."""
     import torch
 
-    from alignsweep.distributed import agree, rank_zero_lock
-    from alignsweep.phase_clock import add_wait
+    from alignsweep.runtime.distributed import agree, rank_zero_lock
+    from alignsweep.runtime.phase_clock import add_wait
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def _load_or_compute_locked(path: Path, compute: Callable[[], Any], decide: Call
     """`load_or_compute` under the lock; `decide`: every rank's agreement on "rank 0 read it"."""
     import torch
 
-    from alignsweep.distributed import rank
+    from alignsweep.runtime.distributed import rank
 
     value, readable = None, False
     if rank() == 0 and path.exists():
@@ -133,7 +133,7 @@ def load_or_compute_parts(folder: Path, n_parts: int, compute_part: Callable[[in
     import torch
     from filelock import FileLock, Timeout
 
-    from alignsweep.phase_clock import add_wait
+    from alignsweep.runtime.phase_clock import add_wait
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from alignsweep.errors import ConfigError
+
 ALGORITHMS = ("dpo", "ipo", "slic", "simpo", "alphapo", "rdpo")
 SAMPLERS = ("auto", "transformers", "vllm")  # eval.sampler; whether vllm can run is checked when the job starts
-
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration: reported as one message, exit code 2, no traceback."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +52,8 @@ class Job:
 
 
 def _strategy(res: Mapping[str, Any]) -> str:
-    """The strategy, and what it degrades to when the job has a single process (alignsweep.sharding)."""
-    from alignsweep.sharding import planned
+    """The strategy, and what it degrades to when the job has a single process (alignsweep.train.strategy)."""
+    from alignsweep.train.strategy import planned
 
     runs = planned(res["strategy"], res["nodes"] * res["tasks_per_node"])
     return res["strategy"] if runs == res["strategy"] else f"{res['strategy']}->{runs}(1 process)"
@@ -131,7 +129,7 @@ def resolve_job(cfg: Any) -> Job:
             f"has {embedded.n_eval} (data.embedded.n_eval)"
         )
     if cfg.data.path is not None:
-        from alignsweep.data.pairs import check_local
+        from alignsweep.data.files import check_local
 
         check_local(cfg.data.path, (cfg.data.prompt_column, cfg.data.chosen_column, cfg.data.rejected_column))
         if cfg.eval.prompts is not None and cfg.eval.prompts > cfg.data.heldout_size:
@@ -144,7 +142,8 @@ def resolve_job(cfg: Any) -> Job:
     if tree is not None or tree_policy is not None:
         check_tree_job(cfg, tree)
     else:
-        from alignsweep.judges import check_judge  # gold needs the embedded task; llm needs base_url, ...
+        # gold needs the embedded task; llm needs base_url, ... (torch-free checks)
+        from alignsweep.evaluate.judges.checks import check_judge
 
         check_judge(cfg.judge, embedded=embedded is not None, data_name=cfg.data.name)
     if tree_policy is None and model.arch is None and model.hub_id is None and model.path is None:
@@ -165,7 +164,7 @@ def resolve_job(cfg: Any) -> Job:
             raise ConfigError(f"model.resources.{key}: must be >= 1, got {resources[key]!r} (model={model.name})")
     if resources["gpus"] < 0:
         raise ConfigError(f"model.resources.gpus: must be >= 0, got {resources['gpus']!r}")
-    from alignsweep.sharding import check_strategy
+    from alignsweep.train.strategy import check_strategy
 
     check_strategy(resources["strategy"], model.name)
     return Job(
@@ -182,7 +181,7 @@ def resolve_job(cfg: Any) -> Job:
     )
 
 
-# model.tree_policy: how a Tree MDP policy computes its logits (alignsweep.tree_mdp.TreePolicy)
+# model.tree_policy: how a Tree MDP policy computes its logits (alignsweep.toys.tree_mdp.TreePolicy)
 TREE_POLICIES = {"tabular": "tabular", "depth_shared": "depth-shared", "mlp": "tree MLP"}
 
 
@@ -274,10 +273,3 @@ def check_tokenizer_can_pad(folder: str) -> None:
             "cannot be padded; add one to its tokenizer_config.json"
         )
 
-
-def checkpoint_steps(total_steps: int, checkpoints: int) -> list[int]:
-    """Evenly spaced evaluation steps within `total_steps`, the last one at the end (step 0 aside)."""
-    if total_steps < 1:
-        raise ConfigError(f"training has {total_steps} optimizer steps; the data is smaller than one batch")
-    steps = sorted({max(1, round(total_steps * k / checkpoints)) for k in range(1, checkpoints + 1)})
-    return steps

@@ -3,7 +3,7 @@
 `conf/config.yaml` names `config_schema` first in its defaults list, so every YAML file is merged
 into these dataclasses: a misspelt key or a value of the wrong type fails when the config is
 composed, before anything trains or is submitted. Values are checked further (ranges, combinations)
-by `alignsweep.plan`.
+by `alignsweep.config.resolve`.
 
 This module imports neither torch nor Hydra's launcher machinery: composing a config is cheap.
 """
@@ -51,7 +51,7 @@ class TinyArchConfig:
 
 @dataclass
 class TreeNetConfig:
-    """The network of model.tree_policy=mlp (`alignsweep.tree_mdp.TreePolicy`): logits at a state from
+    """The network of model.tree_policy=mlp (`alignsweep.toys.tree_mdp.TreePolicy`): logits at a state from
     its features (one-hot of the actions taken so far, by position, and of the depth) through one
     hidden layer. Its output layer starts at zero, so pi_0 = pi_ref exactly."""
 
@@ -98,7 +98,7 @@ class EmbeddedTaskConfig:
 
 @dataclass
 class TreeMDPConfig:
-    """The Tree MDP toy of Rafailov et al. 2024 (`alignsweep.tree_mdp`), trained by a tree policy
+    """The Tree MDP toy of Rafailov et al. 2024 (`alignsweep.toys.tree_mdp`), trained by a tree policy
     (`model.tree_policy`: model=tabular, tree_mlp or tree_depth_shared).
 
     Every quantity is computed exactly by enumerating the actions**depth trajectories; nothing is
@@ -142,7 +142,7 @@ class DataConfig:
 
 @dataclass
 class JudgeConfig:
-    """Who decides win rates (`alignsweep.judges` documents each judge)."""
+    """Who decides win rates (`alignsweep.evaluate.judges` documents each judge)."""
 
     name: str = MISSING  # gold | reward_model | llm
     model: Optional[str] = None  # hub id / local path (reward_model) or model name (llm)
@@ -218,7 +218,7 @@ class EvalConfig:
     # model, data, seed, judge and sampler: measure it once (samples, log-probs, verdicts) and let the
     # other jobs read it from paths.cache_dir/step0 (their loss-specific metrics are still their own).
     share_step0: bool = True
-    # Who draws the samples: transformers (alignsweep.evaluation.sample) or vLLM (the `vllm` extra,
+    # Who draws the samples: transformers (alignsweep.evaluate.sequences.sample) or vLLM (the `vllm` extra,
     # one CUDA GPU, single-process jobs); auto = vllm when it is importable and CUDA is available,
     # else transformers. Log-probabilities and KL always come from transformers, for both models.
     # vllm without vLLM or CUDA fails when the job starts (exit 2).

@@ -3,7 +3,7 @@
 Every job of a sweep reads, cleans and tokenises the same preference pairs: the cleaned splits
 (`worker.load_task`: generation or reading, and the length check that tokenises every pair) and
 TRL's tokenised training set (`DPOTrainer._prepare_dataset`). With sharing on, the first job stores
-each under `paths.cache_dir/data/` (through `alignsweep.sweep_cache`), keyed by a hash of what it
+each under `paths.cache_dir/data/` (through `alignsweep.cache.store`), keyed by a hash of what it
 depends on, and the other jobs read it. On a GPU node this is CPU work that holds the GPU idle:
 minutes per job for a dataset of TL;DR's size.
 """
@@ -104,7 +104,7 @@ def _from_saved(saved: list[dict]) -> Any:
 
 def load_or_prepare(path: Path, prepare: Any) -> tuple[Any, bool]:
     """`prepare()`'s datasets.Dataset, or the one a job of the sweep stored at `path`."""
-    from alignsweep.sweep_cache import load_or_compute
+    from alignsweep.cache.store import load_or_compute
 
     made = []
 
@@ -129,7 +129,7 @@ def load_or_prepare_parts(folder: Path, dataset: Any, prepare: Any) -> tuple[Any
     preparation of the parts, concatenated, is the preparation of the whole."""
     import math
 
-    from alignsweep.sweep_cache import load_or_compute_row_parts
+    from alignsweep.cache.store import load_or_compute_row_parts
 
     n = len(dataset)
     n_parts = max(1, min(MAX_PARTS, n // PART_ROWS))

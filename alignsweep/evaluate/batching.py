@@ -22,21 +22,20 @@ Whatever the starting size, a batch that fails with an allocation failure (CUDA'
 OutOfMemoryError, a MemoryError, or the CPU allocator's "can't allocate memory") is retried at
 half the size, and that size is remembered as the ceiling of its kind for the rest of the run.
 The results do not depend on the size: the sampler seeds each prompt's draws by its index
-(`alignsweep.evaluation.prompt_seed`), never by its batch.
+(`alignsweep.evaluate.evaluator.prompt_seed`), never by its batch.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
-log = logging.getLogger("alignsweep.evaluation")
+log = logging.getLogger("alignsweep.evaluate.evaluator")
 
 CPU_CAP = 256  # prompts per batch on CPU (the former fixed default); memory permitting
 CUDA_CAP = 1024
@@ -203,7 +202,7 @@ class BatchSizer:
         elif isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
             self.fixed = setting
         else:
-            from alignsweep.plan import ConfigError
+            from alignsweep.errors import ConfigError
 
             raise ConfigError(f"eval.batch_size: expected auto or an integer >= 1, got {setting!r}")
         self.ceiling: dict[str, int] = {}  # kind -> largest size not known to fail
@@ -216,7 +215,7 @@ class BatchSizer:
             size = estimate_batch_size(device, bytes_per_sequence) or CPU_CAP
         size = max(1, min(size, self.ceiling.get(kind, size), max(n, 1)))
         if self.lockstep:
-            from alignsweep.distributed import global_min
+            from alignsweep.runtime.distributed import global_min
 
             size = global_min(size)
         return size

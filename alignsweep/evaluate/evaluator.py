@@ -24,7 +24,7 @@ Definitions (the paper's protocol):
 - win rate: the mean judge outcome of sample vs reference response (ties count 1/2) over the
   comparisons with a verdict, with its standard error; `ties` counts ties, `unparseable` the
   comparisons without a verdict (an LLM judge's unreadable answer, never guessed; left out of
-  the win rate), `n_eval` all comparisons. Judges add their own metrics (`alignsweep.judges`);
+  the win rate), `n_eval` all comparisons. Judges add their own metrics (`alignsweep.evaluate.judges`);
 - length: mean response length and the regression of the implicit reward on response length
   over the samples (`length_slope`, `length_r2`);
 - on the held-out preference pairs: mean summed log-likelihood of chosen and rejected responses
@@ -34,9 +34,9 @@ Sampling is seeded per prompt: prompt i of an evaluation draws from its own gene
 `prompt_seed(seed, i)`, so the samples (and every metric) are the same whatever the batch size,
 and the same when a batch is retried smaller after running out of memory. Generation and scoring
 run in batches sized by `eval.batch_size` (`auto`: to the device's free memory; see
-`alignsweep.eval_batching`); the reference model, the tokenised prompts and the reference's
+`alignsweep.evaluate.batching`); the reference model, the tokenised prompts and the reference's
 log-probabilities of the held-out pairs are prepared once per run. With `eval.sampler=vllm` the
-samples come from vLLM (`alignsweep.sampling_vllm`) and everything else, the log-probabilities of
+samples come from vLLM (`alignsweep.evaluate.vllm_sampler`) and everything else, the log-probabilities of
 both models included, from the same transformers code: the metric definitions do not change.
 Step 0 evaluates the SFT model itself, identical for every job of a sweep: with a `step0_cache`
 file (`eval.share_step0`) the first job measures it and the others read the measurement (samples,
@@ -46,193 +46,29 @@ loss-specific metrics (the implicit-reward length regression, the reward accurac
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
-from alignsweep.eval_batching import BatchSizer, generation_bytes, scoring_bytes
-from alignsweep.losses import daa_loss
+from alignsweep.evaluate.batching import BatchSizer, generation_bytes, scoring_bytes
+from alignsweep.evaluate.sequences import (
+    accepts_logits_to_keep,
+    least_squares,
+    make_batch,
+    mean_se,
+    model_device,
+    prompt_seed,
+    sample,
+    sequence_logps,
+    sequence_stats,
+)
+from alignsweep.train.losses import daa_loss
 
 KL_ESTIMATORS = ("mc", "exact_token")
-log = logging.getLogger("alignsweep.evaluation")
-
-
-@dataclass
-class Batch:
-    """Prompts (left-padded) followed by responses (right-padded), one row per sequence."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor  # 1 on response tokens (those scored)
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.response_mask.sum(dim=1)
-
-
-def make_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int) -> Batch:
-    p_len = max(len(p) for p in prompt_ids)
-    r_len = max(len(r) for r in response_ids)
-    rows, attn, resp = [], [], []
-    for p, r in zip(prompt_ids, response_ids, strict=True):
-        left, right = p_len - len(p), r_len - len(r)
-        rows.append([pad_id] * left + list(p) + list(r) + [pad_id] * right)
-        attn.append([0] * left + [1] * (len(p) + len(r)) + [0] * right)
-        resp.append([0] * p_len + [1] * len(r) + [0] * right)
-    return Batch(torch.tensor(rows), torch.tensor(attn), torch.tensor(resp))
-
-
-@torch.no_grad()
-def sequence_logps(model: Any, batch: Batch) -> torch.Tensor:
-    """Summed log-probability of each row's response tokens under `model`."""
-    device = next(model.parameters()).device
-    ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
-    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False).logits
-    logps = torch.log_softmax(logits[:, :-1], dim=-1, dtype=torch.float32)
-    del logits
-    token_logps = logps.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return (token_logps * batch.response_mask[:, 1:].to(device)).sum(dim=1).cpu()
-
-
-def prompt_seed(seed: int, index: int) -> int:
-    """The seed of prompt `index`'s draws in the evaluation seeded `seed` (63 bits): a prompt's
-    sample depends on its index, never on the batch it is generated in."""
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-@torch.no_grad()
-def sample(
-    model: Any,
-    prompt_ids: Sequence[Sequence[int]],
-    *,
-    eos_id: int,
-    pad_id: int,
-    max_new_tokens: int,
-    temperature: float,
-    seed: int,
-    first_index: int = 0,
-    sync: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-) -> list[list[int]]:
-    """One response per prompt, from the untruncated distribution at `temperature`; each ends with
-    EOS unless it ran out of tokens.
-
-    Row i draws its tokens from its own generator seeded `prompt_seed(seed, first_index + i)`, by
-    inverting the cumulative distribution (float64) at one uniform draw per token, so its sample
-    does not depend on the other rows of the batch. `sync` (sharded evaluation) replaces each
-    step's tokens by rank 0's, so that every rank takes the same path."""
-    device = next(model.parameters()).device
-    batch = make_batch(prompt_ids, [[] for _ in prompt_ids], pad_id)
-    generators = [
-        torch.Generator(device="cpu").manual_seed(prompt_seed(seed, first_index + i)) for i in range(len(prompt_ids))
-    ]
-    ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
-    out = [[] for _ in prompt_ids]
-    done = torch.zeros(len(prompt_ids), dtype=torch.bool)
-    past = None
-    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
-    step_ids = ids
-    last_only = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    for _ in range(max_new_tokens):
-        result = model(
-            input_ids=step_ids, attention_mask=attn, position_ids=position_ids, past_key_values=past, use_cache=True,
-            **last_only,
-        )
-        past = result.past_key_values
-        cdf = torch.softmax(result.logits[:, -1].double() / temperature, dim=-1).cumsum_(dim=-1)
-        del result
-        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(device)
-        # the first token whose cumulative probability exceeds u * total: token k with probability p_k
-        nxt = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-        nxt = nxt.clamp_(max=cdf.shape[1] - 1).cpu()
-        del cdf
-        if sync is not None:
-            nxt = sync(nxt)
-        for i, tok in enumerate(nxt.tolist()):
-            if not done[i]:
-                out[i].append(tok)
-        done |= nxt == eos_id
-        if bool(done.all()):
-            break
-        step_ids = nxt.unsqueeze(1).to(device)
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        position_ids = position_ids[:, -1:] + 1
-    return out
-
-
-@torch.no_grad()
-def sequence_stats(policy: Any, ref: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row: log pi(y|x), log pi_ref(y|x) and sum_t KL(pi(.|x,y_<t) || pi_ref(.|x,y_<t)) over
-    the response positions (both models see the same batch; one forward pass each)."""
-    mask = batch.response_mask[:, 1:]
-    cols = mask.any(dim=0).nonzero()
-    if len(cols) == 0:
-        zeros = torch.zeros(batch.input_ids.shape[0])
-        return zeros, zeros.clone(), zeros.clone()
-    lo, hi = int(cols[0]), int(cols[-1]) + 1  # logits at column c predict token c + 1
-
-    def log_probs(model: Any) -> torch.Tensor:
-        device = next(model.parameters()).device
-        ids, attn = batch.input_ids[:, : hi + 1].to(device), batch.attention_mask[:, : hi + 1].to(device)
-        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False).logits
-        return torch.log_softmax(logits[:, lo:hi], dim=-1, dtype=torch.float32)
-
-    lp = log_probs(policy)
-    lq = log_probs(ref).to(lp.device)
-    targets = batch.input_ids[:, lo + 1 : hi + 1].to(lp.device).unsqueeze(-1)
-    m = mask[:, lo:hi].to(lp.device, lp.dtype)
-    pol = (lp.gather(-1, targets).squeeze(-1) * m).sum(dim=1)
-    refl = (lq.gather(-1, targets).squeeze(-1) * m).sum(dim=1)
-    # sum_v p_v (log p_v - log q_v), a token of probability 0 contributing 0; in place, so the
-    # batch holds four vocabulary-sized float32 tensors per scored position, not seven
-    p = lp.exp()
-    kl_terms = lp.sub_(lq)
-    del lq
-    kl_terms.mul_(p).masked_fill_(p == 0, 0.0)
-    token_kl = kl_terms.sum(dim=-1)
-    return pol.cpu(), refl.cpu(), (token_kl * m).sum(dim=1).cpu()
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
-
-
-def _regression(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Slope and R^2 of the least-squares line of y on x."""
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    if sxx == 0 or syy == 0:
-        return 0.0, 0.0
-    return sxy / sxx, sxy * sxy / (sxx * syy)
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+log = logging.getLogger("alignsweep.evaluate.evaluator")
 
 
 class Evaluator:
@@ -240,9 +76,9 @@ class Evaluator:
     log-probs of the held-out pairs are prepared once and reused at every checkpoint (with
     `heldout_ref_cache`, a file shared by the jobs of a sweep, once per sweep).
 
-    `batch_size`: `"auto"` or a maximum number of prompts per batch (`alignsweep.eval_batching`);
+    `batch_size`: `"auto"` or a maximum number of prompts per batch (`alignsweep.evaluate.batching`);
     `sampler`: None to sample with `sample()` here, or an object with the `generate()` of
-    `alignsweep.sampling_vllm.VLLMSampler` to take the samples from elsewhere (scoring stays here)."""
+    `alignsweep.evaluate.vllm_sampler.VLLMSampler` to take the samples from elsewhere (scoring stays here)."""
 
     def __init__(
         self,
@@ -269,7 +105,7 @@ class Evaluator:
         sampled tokens are rank 0's on every rank. Ranks given `judge=None` only take part in the
         forward passes: `evaluate` returns None there."""
         if kl_estimator not in KL_ESTIMATORS:
-            from alignsweep.plan import ConfigError
+            from alignsweep.errors import ConfigError
 
             raise ConfigError(f"eval.kl_estimator: expected one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}")
         self.kl_estimator = kl_estimator
@@ -288,7 +124,7 @@ class Evaluator:
         self.step0_cache_hit: Optional[bool] = None
         self.sync = None
         if lockstep:
-            from alignsweep.distributed import broadcast_tokens
+            from alignsweep.runtime.distributed import broadcast_tokens
 
             self.sync = broadcast_tokens
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -303,7 +139,7 @@ class Evaluator:
             if heldout_ref_cache is None:
                 self._heldout_ref = self._heldout_ref_logps()
             else:  # the same for every job of the sweep (`train.share_ref_logps`)
-                from alignsweep.sweep_cache import load_or_compute
+                from alignsweep.cache.store import load_or_compute
 
                 # lockstep: every rank scores (collective forward passes), waiting for another job
                 # if need be; rank 0 alone does not wait: it goes on and reads them when needed
@@ -322,7 +158,7 @@ class Evaluator:
         pairs. Shared ones another job was still scoring when this job started are read (waited
         for) here, at first use: by then that job has usually finished."""
         if self._heldout_ref_later is not None:
-            from alignsweep.sweep_cache import load_or_compute
+            from alignsweep.cache.store import load_or_compute
 
             self._heldout_ref, self.heldout_ref_cache_hit = load_or_compute(
                 self._heldout_ref_later, self._heldout_ref_logps, all_ranks=False
@@ -356,7 +192,7 @@ class Evaluator:
             "heldout",
             len(prompt_ids),
             lambda s: sequence_logps(model, make_batch(prompt_ids[s], response_ids[s], self.pad_id)),
-            device=_device(model),
+            device=model_device(model),
             bytes_per_sequence=scoring_bytes(model, longest, longest),
         )
         return torch.cat(parts)
@@ -388,10 +224,10 @@ class Evaluator:
                 first_index=s.start,
                 sync=self.sync,
             ),
-            device=_device(policy),
+            device=model_device(policy),
             bytes_per_sequence=generation_bytes(
                 policy, max(len(p) for p in prompt_ids), self.max_new_tokens,
-                full_prefill_logits=not _accepts_logits_to_keep(policy),
+                full_prefill_logits=not accepts_logits_to_keep(policy),
             ),
         )
         return [r for part in parts for r in part]
@@ -407,7 +243,7 @@ class Evaluator:
             "score",
             len(prompt_ids),
             lambda s: sequence_stats(policy, self.ref_model, make_batch(prompt_ids[s], responses[s], self.pad_id)),
-            device=_device(policy),
+            device=model_device(policy),
             bytes_per_sequence=scoring_bytes(policy, longest, max((len(r) for r in responses), default=1)),
         )
         pol_t, ref_t, tok_t = (torch.cat([part[k] for part in parts]) if parts else torch.zeros(0) for k in range(3))
@@ -454,7 +290,7 @@ class Evaluator:
         """Whether another job of the sweep is measuring the shared step 0 right now (its file is
         not there yet and its lock is held): the caller can train first and evaluate step 0 later
         (with the reference model, which is the SFT model), when the measurement is there to read."""
-        from alignsweep.sweep_cache import computing_elsewhere
+        from alignsweep.cache.store import computing_elsewhere
 
         return self.step0_cache is not None and self.judge is not None and computing_elsewhere(self.step0_cache)
 
@@ -462,7 +298,7 @@ class Evaluator:
         """Step 0's measurement, shared by every job of a sweep that starts from the same SFT model
         with the same evaluation settings (the policy is the reference there, whatever the loss):
         read from `step0_cache` when a job already made it, else made and stored there."""
-        from alignsweep.sweep_cache import load_or_compute
+        from alignsweep.cache.store import load_or_compute
 
         # rank 0 alone evaluates here (sharded, lockstep evaluation has no step-0 cache): no collectives
         measured, self.step0_cache_hit = load_or_compute(
@@ -498,7 +334,7 @@ class Evaluator:
         }
         beta = self.loss_params["beta"]
         implicit = (beta * (est["policy_logps"] - est["ref_logps"])).tolist()
-        slope, r2 = _regression([float(x) for x in lengths], implicit)
+        slope, r2 = least_squares([float(x) for x in lengths], implicit)
         row.update({"length_slope": slope, "length_r2": r2})
         row.update(measured["judge_metrics"])
         if measured["heldout"] is not None:

@@ -2,9 +2,9 @@
 
 Only the samples come from vLLM: each prompt's response is drawn at `eval.temperature` with no
 top-k/top-p/min-p truncation and no repetition penalty, ending at the tokenizer's EOS (kept, as
-`alignsweep.evaluation.sample` keeps it) or after `max_new_tokens`, seeded per prompt with the
+`alignsweep.evaluate.sequences.sample` keeps it) or after `max_new_tokens`, seeded per prompt with the
 same `prompt_seed(seed, i)` as the transformers sampler. The log-probabilities of both models, and
-so both KL estimators, are then computed by `alignsweep.evaluation.sequence_stats` exactly as for
+so both KL estimators, are then computed by `alignsweep.evaluate.evaluator.sequence_stats` exactly as for
 transformers samples: the metric definitions are the same. vLLM's kernels are not transformers',
 so the samples are not the same sequences: the two samplers agree in distribution, not draw for
 draw (tests/test_vllm_gpu.py compares them on a GPU).
@@ -39,9 +39,9 @@ import socket
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from alignsweep.plan import ConfigError
+from alignsweep.errors import ConfigError
 
-log = logging.getLogger("alignsweep.evaluation")
+log = logging.getLogger("alignsweep.evaluate.evaluator")
 
 
 def vllm_installed() -> bool:

@@ -4,7 +4,7 @@ Shared by the local and SLURM launchers so that a sweep directory looks the same
 
     SWEEP_DIR/multirun.yaml    Hydra's record of the sweep
     SWEEP_DIR/manifest.json    every job: number, overrides, run directory, resolved values, resources
-    SWEEP_DIR/<num>/           one run directory per job (see alignsweep.rundir)
+    SWEEP_DIR/<num>/           one run directory per job (see alignsweep.results.rundir)
 
 Imports no torch.
 """
@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, open_dict
 
-from alignsweep import rundir
-from alignsweep.app import write_run_config
-from alignsweep.plan import ConfigError, Job, resolve_job
+from alignsweep.config.resolve import Job, resolve_job
+from alignsweep.config.run_config import write_run_config
+from alignsweep.errors import ConfigError
+from alignsweep.results import rundir
 
 MANIFEST = "manifest.json"
 
@@ -165,7 +166,7 @@ def prepare_jobs(
     """
     from hydra.core.hydra_config import HydraConfig
 
-    from alignsweep.app import mark_started
+    from alignsweep.errors import mark_started
 
     jobs, errors = [], []
     composer = JobComposer(hydra_context.config_loader, config)

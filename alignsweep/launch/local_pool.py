@@ -3,7 +3,7 @@
 A fresh `python -m alignsweep.worker RUN_DIR` spends seconds importing torch, transformers and
 TRL before it does anything, and every job of a sweep pays that again. With `fork=True` the
 jobs are forked from a `multiprocessing` fork server that imported them once
-(`alignsweep.worker_preload`): each job is still its own process, with its own run directory,
+(`alignsweep.worker.preload`): each job is still its own process, with its own run directory,
 log, exit code and memory, and starts from the same clean state (the server runs nothing), but
 starts in milliseconds. Where a fork server is not available the fresh interpreter is used.
 
@@ -12,6 +12,7 @@ This module imports no torch (the launcher imports it).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import subprocess
@@ -20,7 +21,10 @@ from pathlib import Path
 from typing import Optional
 
 log = logging.getLogger(__name__)
-PRELOAD = ["alignsweep.worker_preload"]
+# The launcher starts the worker as a program, by module name, like `python -m alignsweep.worker`:
+# it never imports the worker (or torch) itself; only the fork server and its children do.
+WORKER = "alignsweep.worker"
+PRELOAD = [f"{WORKER}.preload"]
 
 
 def run_forked(run_dir: str, log_path: str, env: dict) -> None:
@@ -32,10 +36,8 @@ def run_forked(run_dir: str, log_path: str, env: dict) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    sys.argv = [sys.executable, "-m", "alignsweep.worker", run_dir]
-    from alignsweep import worker
-
-    code = worker.main([run_dir])
+    sys.argv = [sys.executable, "-m", WORKER, run_dir]
+    code = importlib.import_module(f"{WORKER}.job").main([run_dir])
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
@@ -110,7 +112,7 @@ class WorkerPool:
             return Job(process, process.sentinel)
         logf = open(log_path, "a")
         process = subprocess.Popen(
-            [sys.executable, "-m", "alignsweep.worker", str(run_dir)],
+            [sys.executable, "-m", WORKER, str(run_dir)],
             stdout=logf,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 
 def job_label(job: Any) -> str:

@@ -8,6 +8,7 @@ Importing this module imports neither torch nor the worker: it is pickled by the
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import submitit
@@ -24,9 +25,8 @@ class WorkerTask(submitit.helpers.Checkpointable):
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus:
             os.environ.setdefault("ALIGNSWEEP_THREADS", cpus)
-        from alignsweep.worker import run_prepared
-
-        status = run_prepared(run_dir)
+        # by name: this module is pickled by the launcher, which never imports the worker (or torch)
+        status = importlib.import_module("alignsweep.worker.job").run_prepared(run_dir)
         if status["state"] != "completed":
             raise RuntimeError(f"run {run_dir} ended {status['state']}: {status.get('error') or status.get('stop_reason')}")
         return status["state"]

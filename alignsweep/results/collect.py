@@ -1,10 +1,10 @@
-"""`python -m alignsweep.collect SWEEP_DIR`: one tidy table of a sweep, from its directory alone.
+"""One tidy table of a sweep, from its directory alone (the first half of `python -m alignsweep collect`).
 
 A row per (run, evaluated checkpoint), plus one row for each run that has none yet (pending,
 running or failed), so nothing disappears from the table. Besides the job's identity (algorithm,
 model, beta, alpha, gamma, KL budget, seed) every other config value that differs between the
-runs of the sweep is a `cfg.<key>` column. Written as `results.csv` and `results.parquet`, with the
-scaling-law fits in `fits.csv` and the figures in `figures/`. Running it again gives the same
+runs of the sweep is a `cfg.<key>` column. Written as `results.csv` and `results.parquet`
+(`alignsweep.analysis.summarize` adds the fits and figures). Running it again gives the same
 files; running it while jobs still run gives the rows so far. Unreadable files and lines are
 reported by name, never silently dropped. Needs no cluster: a copied sweep directory is enough.
 """
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 ID_COLUMNS = ["run", "status", "algo", "model", "data", "beta", "alpha", "gamma", "kl_budget", "seed", "step",
               "epoch", "progress"]
@@ -153,22 +153,6 @@ def _natural(col):
     return col
 
 
-def fits(table):
-    """Both scaling-law forms per (algorithm, model), over final checkpoints and over all."""
-    import pandas as pd
-
-    from alignsweep.analysis import fit_groups
-
-    if table.empty or "win_rate" not in table.columns:
-        return pd.DataFrame()
-    parts = [
-        fit_groups(table, by=("algo", "model"), form=form, checkpoints=which)
-        for form in ("log", "quadratic")
-        for which in ("final", "all")
-    ]
-    return pd.concat(parts, ignore_index=True)
-
-
 def summary(table) -> Any:
     """Per run: final sqrt(KL) and win rate, the best win rate and where it occurred."""
     import pandas as pd
@@ -200,65 +184,3 @@ def summary(table) -> Any:
             if frame[optional].isna().all() or frame[optional].nunique() == 1 and optional == "model":
                 frame = frame.drop(columns=[optional])
     return frame
-
-
-def collect_and_report(sweep_dir: Path, figures: bool = True) -> None:
-    """Collect, fit, draw; print the results table and where the files are."""
-    import pandas as pd
-
-    from alignsweep.plots import draw_all, plot_winrate_vs_kl
-
-    sweep_dir = Path(sweep_dir)
-    table = collect(sweep_dir)
-    if table.empty or "win_rate" not in table.columns:
-        print(f"[alignsweep] no evaluated checkpoints yet in {sweep_dir}")
-        return
-    fitted = fits(table)
-    _atomic(lambda tmp: fitted.to_csv(tmp, index=False), sweep_dir / "fits.csv")
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
-        print(summary(table).to_string(index=False))
-    plot = plot_winrate_vs_kl(table, sweep_dir / "winrate_vs_sqrt_kl.png")
-    drawn = draw_all(table, sweep_dir / "figures", fits=fitted) if figures else {}
-    logger = _sweep_logger(sweep_dir)
-    if logger is not None and logger.name == "wandb":
-        from alignsweep.tracking import log_sweep_summary
-
-        summary_dir = log_sweep_summary(logger, sweep_dir, table, fitted, drawn)
-        print(f"[alignsweep] wandb summary run: {summary_dir}")
-    print(f"[alignsweep] table: {sweep_dir / 'results.csv'} (fits: fits.csv, figures: figures/)")
-    print(f"[alignsweep] plot:  {plot}")
-    unfinished = table[~table["status"].isin(["completed"])]["run"].unique()
-    if len(unfinished):
-        print(f"[alignsweep] {len(unfinished)} run(s) not completed: {', '.join(map(str, unfinished))}")
-
-
-def _sweep_logger(sweep_dir: Path):
-    """The logger settings the sweep's jobs used (from its first readable run config)."""
-    from alignsweep.schema import load_run_config
-
-    for run_dir in run_dirs(sweep_dir):
-        try:
-            return load_run_config(run_dir / rundir.CONFIG).logger
-        except Exception:
-            continue
-    return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m alignsweep.collect SWEEP_DIR", file=sys.stderr)
-        return 2
-    sweep_dir = Path(argv[0])
-    if not sweep_dir.is_dir():
-        print(f"error: {sweep_dir} is not a directory", file=sys.stderr)
-        return 2
-    if not run_dirs(sweep_dir):
-        print(f"error: {sweep_dir} holds no run directories (no */{rundir.CONFIG})", file=sys.stderr)
-        return 2
-    collect_and_report(sweep_dir)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

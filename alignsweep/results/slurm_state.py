@@ -1,6 +1,6 @@
 """What SLURM says about a sweep's jobs (through `sacct`, or `squeue` where sacct has nothing).
 
-Imports no torch; used by the SLURM launcher and `python -m alignsweep.status`.
+Imports no torch; used by the SLURM launcher and `python -m alignsweep status`.
 """
 
 from __future__ import annotations

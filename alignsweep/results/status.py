@@ -1,4 +1,4 @@
-"""`python -m alignsweep.status SWEEP_DIR`: where every job of a sweep stands.
+"""`python -m alignsweep status SWEEP_DIR`: where every job of a sweep stands.
 
 One line per job: its state (pending, running, requeued, completed, failed, diverged, ...), its
 progress, the scheduler's job id and, for failures, the error and where the log is. Works for
@@ -11,7 +11,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from alignsweep import cluster, rundir
+from alignsweep.cli_style import tool_parser
+from alignsweep.results import rundir
+from alignsweep.results import slurm_state as cluster
 
 
 def rows(sweep_dir: Path) -> list[dict]:
@@ -48,11 +50,9 @@ def rows(sweep_dir: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m alignsweep.status SWEEP_DIR", file=sys.stderr)
-        return 2
-    sweep_dir = Path(argv[0])
+    parser = tool_parser("python -m alignsweep status", __doc__)
+    parser.add_argument("sweep_dir", type=Path, help="a launched sweep directory (holds manifest.json)")
+    sweep_dir = parser.parse_args(argv).sweep_dir
     if not (sweep_dir / "manifest.json").exists():
         print(f"error: {sweep_dir / 'manifest.json'} does not exist: not a launched sweep directory", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """The few collective decisions a multi-process job needs, on top of torch.distributed.
 
 Every rank trains; rank 0 alone writes (and, unless the model is sharded, alone evaluates: under
-FSDP every rank takes part in evaluation forward passes, see alignsweep.sharding). Decisions that change the control flow
+FSDP every rank takes part in evaluation forward passes, see alignsweep.train.sharding). Decisions that change the control flow
 (stop for the KL budget, stop on a non-finite loss) must be the same on every rank, or the others
 wait forever in the next collective: rank 0 decides and broadcasts them. Imports torch lazily.
 """
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alignsweep import rundir
+from alignsweep.results import rundir
 
 
 def rank() -> int:

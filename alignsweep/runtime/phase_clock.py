@@ -1,6 +1,6 @@
 """Where a job's time went: seconds per phase, and seconds spent waiting for other jobs.
 
-The worker writes both into the run's status (`seconds`, `waited_s`), so `alignsweep.status` and
+The worker writes both into the run's status (`seconds`, `waited_s`), so `alignsweep.results.status` and
 the collector show what a job paid for (data, SFT, reference log-probs, step 0, training,
 evaluation) and how long it sat idle on a file another job of the sweep was still computing.
 """

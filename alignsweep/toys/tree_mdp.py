@@ -14,7 +14,7 @@ The policy (`model.tree_policy`, see `TreePolicy`): model=tabular has one logit 
 state; model=tree_depth_shared one per depth; model=tree_mlp computes them with a small network of
 state features shared by all states (function approximation, as a language model has). Each starts
 exactly at the reference (uniform, or a seeded random softmax) and is trained with full-batch
-optimizer steps on `alignsweep.losses.daa_loss` with log-probabilities summed over the trajectory's
+optimizer steps on `alignsweep.train.losses.daa_loss` with log-probabilities summed over the trajectory's
 actions, exactly as the transformer jobs are.
 Every logged quantity is exact, by enumeration: ID and OOD mass, KL(pi || pi_ref) and
 KL(pi_ref || pi), the mean log-ratio log pi/pi_ref of chosen and rejected trajectories, the loss,
@@ -260,7 +260,7 @@ def _train(tree, data, ref_logits, *, algo, loss_params, steps, lr, optimizer, l
            on_row, policy, policy_args) -> TrainResult:
     import torch
 
-    from alignsweep.losses import daa_loss
+    from alignsweep.train.losses import daa_loss
 
     torch_dtype = getattr(torch, dtype)
     ref = torch.tensor(ref_logits, dtype=torch_dtype)
@@ -328,13 +328,13 @@ def policy_args(cfg: Any) -> dict:
 
 
 def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_from: Any = None) -> dict:
-    """The worker's job for data=tree_mdp (`alignsweep.worker.run` calls it in place of TRL
+    """The worker's job for data=tree_mdp (`alignsweep.worker.job.run` calls it, through `alignsweep.worker.kinds`, in place of TRL
     training): metric rows to RUN_DIR/metrics.jsonl as they come, progress in status.json.
 
     `resume_from` is always None: the job writes no trainer checkpoints, and a requeued job starts
     over (the worker sets earlier rows aside), which costs seconds and gives the same rows."""
-    from alignsweep import rundir
-    from alignsweep.worker import loss_params
+    from alignsweep.results import rundir
+    from alignsweep.train.losses import loss_params
 
     tree_cfg = cfg.data.tree
     tree = build_tree(tree_cfg.depth, tree_cfg.actions)

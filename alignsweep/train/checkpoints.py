@@ -11,9 +11,15 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from alignsweep import rundir
-from alignsweep.distributed import agree, any_rank, distributed, global_mean, rank
-from alignsweep.plan import checkpoint_steps
+from alignsweep.errors import ConfigError
+from alignsweep.results import rundir
+from alignsweep.runtime.distributed import (
+    agree,
+    any_rank,
+    distributed,
+    global_mean,
+    rank,
+)
 
 
 class CheckpointCallback(TrainerCallback):
@@ -21,7 +27,7 @@ class CheckpointCallback(TrainerCallback):
 
     def __init__(self, trainer: Any, evaluator: Any, cfg: Any, job: Any, run_dir: Path, tracker: Any,
                  clock: Any = None):
-        from alignsweep.phase_clock import PhaseClock
+        from alignsweep.runtime.phase_clock import PhaseClock
 
         self.trainer, self.evaluator, self.cfg, self.job = trainer, evaluator, cfg, job
         self.clock = clock if clock is not None else PhaseClock()  # step0, eval: seconds
@@ -154,3 +160,11 @@ class CheckpointCallback(TrainerCallback):
         self.last_step = step
         control.should_training_stop = True
         self._status(stop_reason="kl_budget", stopped_at=step)
+
+
+def checkpoint_steps(total_steps: int, checkpoints: int) -> list[int]:
+    """Evenly spaced evaluation steps within `total_steps`, the last one at the end (step 0 aside)."""
+    if total_steps < 1:
+        raise ConfigError(f"training has {total_steps} optimizer steps; the data is smaller than one batch")
+    steps = sorted({max(1, round(total_steps * k / checkpoints)) for k in range(1, checkpoints + 1)})
+    return steps

@@ -1,6 +1,6 @@
 """The direct alignment losses, exactly as published, in one place.
 
-Every trainer in alignsweep computes its loss through `daa_loss` (see `alignsweep.trainer`), so the
+Every trainer in alignsweep computes its loss through `daa_loss` (see `alignsweep.train.trainer`), so the
 formulas below are the ones a sweep optimises. Inputs are 1-D tensors with one entry per pair:
 log-probabilities **summed** over response tokens and response lengths in tokens. With
 
@@ -23,7 +23,7 @@ gamma = 0.25); the configs in `conf/algo/` are written in absolute terms.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -145,3 +145,15 @@ def daa_loss(
     if name == "rdpo":
         return rdpo(beta, length_coef, pc, pr, rc, rr, lc, lr)
     raise ValueError(f"unknown loss {name!r}")
+
+
+def loss_params(cfg: Any, job: Any) -> dict:
+    """The keyword arguments of `daa_loss` for a resolved job (`alignsweep.config.resolve.Job`):
+    beta, alpha, gamma, and the algorithm's own switches from `cfg.algo` (IPO's length
+    normalisation, R-DPO's length coefficient). The one place config names become loss arguments."""
+    params: dict = {"beta": job.beta, "alpha": job.alpha, "gamma": job.gamma}
+    if job.algo == "ipo":
+        params["length_normalized"] = bool(cfg.algo.length_normalized)
+    if job.algo == "rdpo":
+        params["length_coef"] = float(cfg.algo.length_coef or 0.0)
+    return params

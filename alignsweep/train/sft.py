@@ -42,7 +42,7 @@ def sft_key(cfg: Any) -> str:
 def ensure_sft(cfg: Any, task: dict, build_base_model: Any, tokenizer: Any, device_kwargs: dict) -> Path:
     """Path of the cached SFT model, building it first if no job has yet (`build_base_model()` is
     called only then, so a cache hit never loads the base weights)."""
-    from alignsweep.distributed import agree, barrier, rank, rank_zero_lock
+    from alignsweep.runtime.distributed import agree, barrier, rank, rank_zero_lock
 
     root = Path(cfg.paths.cache_dir) / "sft"
     root.mkdir(parents=True, exist_ok=True)
@@ -53,9 +53,9 @@ def ensure_sft(cfg: Any, task: dict, build_base_model: Any, tokenizer: Any, devi
     with rank_zero_lock(root / f"{key}.lock"):
         if agree((final / "DONE").exists()):
             if rank() == 0:
-                from alignsweep.sweep_cache import mark_used
+                from alignsweep.cache.store import mark_used
 
-                mark_used(final)  # for `python -m alignsweep.cache --unused-for`
+                mark_used(final)  # for `python -m alignsweep cache --unused-for`
             return final
         main = rank() == 0
         tmp = root / f"{key}.partial"
@@ -96,14 +96,14 @@ def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_k
         completion_only_loss=True,
         **device_kwargs,
     )
-    from alignsweep.sharding import CPUFSDPMixin
+    from alignsweep.train.sharding import CPUFSDPMixin
 
     trainer_class = type("SFTTrainer", (CPUFSDPMixin, SFTTrainer), {})
     trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
     state = None
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        from alignsweep.sharding import full_state_dict
+        from alignsweep.train.sharding import full_state_dict
 
         state = full_state_dict(trainer)  # collective: the shards gathered on rank 0
     trainer.accelerator.wait_for_everyone()

@@ -22,7 +22,7 @@ A sharding strategy needs several processes. A job that asks for one with a sing
 in `status.json` (`strategy`). The worker decides from the processes it actually has
 (`WORLD_SIZE`), so `torchrun --nproc_per_node N -m alignsweep.worker RUN_DIR` shards too.
 
-Imports torch lazily; `planned` is used by the dry run and imports nothing heavy.
+Imports torch lazily; the strategy names and `planned` live in `alignsweep.train.strategy` (torch-free, for the dry run).
 """
 
 from __future__ import annotations
@@ -33,39 +33,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from alignsweep.plan import ConfigError
+from alignsweep.errors import ConfigError
+from alignsweep.train.strategy import effective
 
 log = logging.getLogger(__name__)
-
-STRATEGIES = ("single", "fsdp", "deepspeed_zero3")
-SHARDED = ("fsdp", "deepspeed_zero3")
-
-
-def check_strategy(strategy: str, model_name: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ConfigError(
-            f"model.resources.strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r} (model={model_name})"
-        )
-
-
-def planned(strategy: str, processes: int) -> str:
-    """The strategy a job of `processes` processes runs with (a sharding strategy needs two or more)."""
-    return strategy if processes > 1 else "single"
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def effective(strategy: str) -> str:
-    """The strategy this process's job runs with, from the processes it actually has."""
-    return planned(strategy, world_size())
-
-
-def lockstep_evaluation(strategy: str) -> bool:
-    """True when every rank must take part in evaluation forward passes (the model is sharded)."""
-    return effective(strategy) in SHARDED
-
 
 def layer_classes(cfg: Any) -> list[str]:
     """The model's transformer layer class names (its `_no_split_modules`: GPTNeoXLayer for
@@ -140,7 +111,7 @@ def training_kwargs(cfg: Any, run_dir: Path) -> dict:
         ) from None
     path = Path(run_dir) / "deepspeed_zero3.json"
     if int(os.environ.get("RANK", "0")) == 0:
-        from alignsweep import rundir
+        from alignsweep.results import rundir
 
         rundir.atomic_write_text(path, json.dumps(zero3_config(cfg), indent=1))
     return {"deepspeed": str(path)}

@@ -1,4 +1,4 @@
-"""TRL's DPOTrainer with its loss routed through `alignsweep.losses.daa_loss`.
+"""TRL's DPOTrainer with its loss routed through `alignsweep.train.losses.daa_loss`.
 
 TRL keeps the data pipeline (tokenisation, padding, the fused log-prob head, accelerate,
 distributed training); the objective is ours, so every algorithm (reference-based or not) is
@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from trl import DPOTrainer
 
-from alignsweep.losses import REFERENCE_FREE, daa_loss
-from alignsweep.sharding import CPUFSDPMixin
-
+from alignsweep.train.losses import REFERENCE_FREE, daa_loss
+from alignsweep.train.sharding import CPUFSDPMixin
 
 REF_PARTS = 16  # the shared reference log-probs are computed in up to this many parts
 
@@ -28,7 +27,7 @@ def _token_ids_digest(digest: Any, dataset: Any, columns: tuple[str, ...]) -> st
     import numpy as np
     import pyarrow.compute as pc
 
-    from alignsweep.shared_data import arrow_table
+    from alignsweep.data.shared import arrow_table
 
     table = arrow_table(dataset)
     for column in columns:
@@ -64,7 +63,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
     the same data from the same reference reads them instead of running the reference model
     (TRL's own precompute repeats it per job); without it, this job computes them the same way.
     `prepared_cache_dir`: TRL's tokenised training set is stored there the same way
-    (`alignsweep.shared_data`)."""
+    (`alignsweep.data.shared`)."""
 
     def __init__(
         self, *args: Any, loss_name: str, loss_params: dict[str, Any], ref_cache_dir: str | None = None,
@@ -79,7 +78,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         self.prepared_cache_dir = prepared_cache_dir
         self.prepared_parts: tuple[int, int] | None = None
         self.step_losses: list[float] = []  # per micro-batch training loss, read by the evaluation callback
-        from alignsweep.phase_clock import PhaseClock
+        from alignsweep.runtime.phase_clock import PhaseClock
 
         self.clock = clock if clock is not None else PhaseClock()  # tokenise, ref_logps: seconds
         super().__init__(*args, **kwargs)
@@ -93,8 +92,12 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
 
         if self.prepared_cache_dir is None or dataset_name != "train" or not isinstance(dataset, Dataset):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        from alignsweep.distributed import distributed, from_rank_zero
-        from alignsweep.shared_data import load_or_prepare, load_or_prepare_parts, tokenised_cache_path
+        from alignsweep.data.shared import (
+            load_or_prepare,
+            load_or_prepare_parts,
+            tokenised_cache_path,
+        )
+        from alignsweep.runtime.distributed import distributed, from_rank_zero
 
         path = from_rank_zero(str(tokenised_cache_path(self.prepared_cache_dir, dataset, processing_class, args)))
 
@@ -119,8 +122,8 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             return self._with_ref_columns(dataset, self._reference_logps(dataset, batch_size))
         import hashlib
 
-        from alignsweep.distributed import distributed, from_rank_zero
-        from alignsweep.sweep_cache import load_or_compute, load_or_compute_row_parts
+        from alignsweep.cache.store import load_or_compute, load_or_compute_row_parts
+        from alignsweep.runtime.distributed import distributed, from_rank_zero
 
         digest = hashlib.sha256(f"{self._precompute_model_hash}|{self.args.max_length}|{self.args.truncation_mode}".encode())
         key = from_rank_zero(_token_ids_digest(digest, dataset, ("prompt_ids", "chosen_ids", "rejected_ids"))[:20])
@@ -149,7 +152,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         import pyarrow as pa
         from datasets import Dataset, Value
 
-        from alignsweep.shared_data import arrow_table
+        from alignsweep.data.shared import arrow_table
 
         table = arrow_table(dataset)
         features = dataset.features.copy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from alignsweep.data import embedded
-from alignsweep.judges.base import JudgeResult, outcome_from_scores
+from alignsweep.evaluate.judges.base import JudgeResult, outcome_from_scores
 
 
 class GoldJudge:

@@ -1,7 +1,7 @@
 """A pairwise LLM judge over an OpenAI-compatible chat-completions API.
 
 For each comparison the judge is shown the task prompt and the two answers (policy sample and
-reference) and asked which is better (`alignsweep.judges.prompts`):
+reference) and asked which is better (`alignsweep.evaluate.judges.prompts`):
 
 - **Position bias**: the two answers are presented in a pseudo-random order, drawn per comparison
   from a hash of (`judge.seed`, prompt, sample, reference): half the samples are shown first, the
@@ -47,8 +47,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
-from alignsweep.judges import prompts as templates
-from alignsweep.judges.base import NO_VERDICT, REFERENCE_WINS, SAMPLE_WINS, TIE, JudgeError, JudgeResult
+from alignsweep.evaluate.judges import prompts as templates
+from alignsweep.evaluate.judges.base import (
+    NO_VERDICT,
+    REFERENCE_WINS,
+    SAMPLE_WINS,
+    TIE,
+    JudgeError,
+    JudgeResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +331,7 @@ class LLMJudge:
 
 def api_key_from_env(env_var: Optional[str]) -> Optional[str]:
     """The API key from the environment variable `env_var` (None: the server needs no key)."""
-    from alignsweep.plan import ConfigError
+    from alignsweep.errors import ConfigError
 
     if not env_var:
         return None

@@ -3,7 +3,7 @@ win-rate prompts that Rafailov et al. 2024 reuse.
 
 A template has three fields, `{prompt}`, `{first}` and `{second}`: the task prompt and the two
 answers in the order they are presented ("A" is `first`). The judge is asked to end with a line
-`<label>: A` or `<label>: B`; `alignsweep.judges.llm.parse_verdict` reads it.
+`<label>: A` or `<label>: B`; `alignsweep.evaluate.judges.llm.parse_verdict` reads it.
 """
 
 from __future__ import annotations

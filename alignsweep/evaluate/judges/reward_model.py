@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from alignsweep.judges.base import JudgeResult, outcome_from_scores
+from alignsweep.evaluate.judges.base import JudgeResult, outcome_from_scores
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -37,7 +37,7 @@ class RewardModelJudge:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from alignsweep.plan import ConfigError
+        from alignsweep.errors import ConfigError
 
         if dtype not in DTYPES:
             raise ConfigError(f"judge.dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")

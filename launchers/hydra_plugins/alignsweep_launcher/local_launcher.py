@@ -3,7 +3,7 @@
 Every job is composed and validated before any starts (a typo in the 9th job stops the sweep
 before the 1st trains). Each job gets a run directory holding its resolved config, then a worker
 process, forked from a server that imported torch, transformers and TRL once (`fork_workers`,
-`alignsweep.worker_pool`) or a fresh `python -m alignsweep.worker RUN_DIR`; at most
+`alignsweep.launch.local_pool`) or a fresh `python -m alignsweep.worker RUN_DIR`; at most
 `max_parallel` run at once. Progress is read
 from the run directories' status files and printed as one line per change, at most every
 `progress_every_s` per job. When the jobs end, the sweep is collected (table + plot).
@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 
-from alignsweep.launch import SweepLauncher, job_return
+from alignsweep.launch.composer import SweepLauncher, job_return
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
 
     def _worker_pool(self) -> Any:
         if self.pool is None:
-            from alignsweep.worker_pool import WorkerPool
+            from alignsweep.launch.local_pool import WorkerPool
 
             env = {"ALIGNSWEEP_THREADS": str(self.threads_per_job), "OMP_NUM_THREADS": str(self.threads_per_job)}
             env["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE", "1")
@@ -66,20 +66,20 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
             f"sweep directory: {sweep_dir}",
             flush=True,
         )
-        from alignsweep.launch import write_manifest
+        from alignsweep.launch.composer import write_manifest
 
         write_manifest(sweep_dir, jobs, launcher="local")
         returns = self._run_all(jobs)
         if self.collect:
-            from alignsweep.collect import collect_and_report
+            from alignsweep.analysis.summarize import collect_and_report
 
             collect_and_report(sweep_dir)
         return returns
 
     def _run_all(self, jobs: list) -> list[JobReturn]:
-        from alignsweep import rundir
-        from alignsweep.progress import ProgressPrinter
-        from alignsweep.worker_pool import wait_any
+        from alignsweep.launch.local_pool import wait_any
+        from alignsweep.launch.progress import ProgressPrinter
+        from alignsweep.results import rundir
 
         pending = list(jobs)
         pool = self._worker_pool()

@@ -25,7 +25,7 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
-from alignsweep.launch import SweepLauncher, job_return
+from alignsweep.launch.composer import SweepLauncher, job_return
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
         self.poll_s = poll_s
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from alignsweep import cluster
-        from alignsweep.launch import tier_of, write_manifest
+        from alignsweep.launch.composer import tier_of, write_manifest
+        from alignsweep.results import slurm_state as cluster
 
         jobs, sweep_dir = self.prepare(job_overrides, initial_job_idx)
         if self.config.dry_run:
@@ -84,7 +84,7 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
         start = time.time()
         for tier, members in tiers.items():
             executor = self._executor(sweep_dir, dict(tier), len(members))
-            from alignsweep.cluster_task import WorkerTask
+            from alignsweep.launch.slurm_task import WorkerTask
 
             try:
                 handles = executor.map_array(WorkerTask(), [str(job.run_dir) for job in members])
@@ -115,12 +115,12 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
         print(
             f"[alignsweep] {len(submitted)} job(s) submitted in {time.time() - start:.1f}s, {len(skipped)} skipped; "
             f"sweep directory: {sweep_dir}\n"
-            f"[alignsweep] follow it with: python -m alignsweep.status {sweep_dir}",
+            f"[alignsweep] follow it with: python -m alignsweep status {sweep_dir}",
             flush=True,
         )
         if self.wait and submitted:
             cluster.wait_for(sweep_dir, poll_s=self.poll_s)
-            from alignsweep.collect import collect_and_report
+            from alignsweep.analysis.summarize import collect_and_report
 
             collect_and_report(sweep_dir)
         return [job_return(job, submitted.get(job.num, {}).get("job_id", "skipped")) for job in jobs]
@@ -133,7 +133,7 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
         executor = submitit.AutoExecutor(
             folder=str(sweep_dir / ".submitit" / "%j"), cluster="slurm", slurm_max_num_timeout=self.max_num_timeout,
             # submitit's entry point, ended without Python's teardown once the result is saved
-            slurm_python=f"{shlex.quote(sys.executable)} -u -m alignsweep.submitit_entry",
+            slurm_python=f"{shlex.quote(sys.executable)} -u -m alignsweep.launch.submitit_entry",
         )
         tasks = res["tasks_per_node"]
         extra = dict(self.additional_parameters)

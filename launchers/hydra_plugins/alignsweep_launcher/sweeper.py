@@ -1,6 +1,6 @@
 """Hydra's basic sweeper (cross product of the swept values), without its own pre-launch
 composition of every job: alignsweep's launchers compose and validate every job before they start
-any (alignsweep.launch.prepare_jobs), so composing twice only doubled the wait on large grids."""
+any (alignsweep.launch.composer.prepare_jobs), so composing twice only doubled the wait on large grids."""
 
 from __future__ import annotations
 
