@@ -1,4 +1,4 @@
-"""Sharded training (model.resources.strategy=fsdp, alignsweep/sharding.py), proven on CPU:
+"""Sharded training (model.resources.strategy=fsdp, alignsweep/train/sharding.py), proven on CPU:
 a 2-process FSDP job (gloo) through the local SLURM cluster, its evaluation against a
 single-process evaluation of the same weights, resuming from its sharded checkpoint, and the
 configuration checks."""
