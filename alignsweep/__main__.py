@@ -10,6 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from alignsweep.config.help import CONF, register_help
 from alignsweep.config.schema import register
 
 # `python -m alignsweep TOOL ...`: the tool's module, whose `main(argv)` returns the exit code
@@ -24,9 +25,12 @@ TOOLS = {
 }
 
 register()
+register_help()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute path: as a console script (`alignsweep`) Hydra would read a relative one as the
+# package `conf`, which does not exist, and find no config at all.
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 def main(cfg: DictConfig) -> None:
     from alignsweep.app import run_or_exit
 
@@ -35,7 +39,33 @@ def main(cfg: DictConfig) -> None:
 
 def run_tool(name: str, argv: list[str]) -> int:
     """Run the tool `name` (a key of `TOOLS`) with its arguments; returns its exit code."""
-    return importlib.import_module(TOOLS[name]).main(argv)
+    from alignsweep.cli_style import run_tool as guarded
+
+    return guarded(importlib.import_module(TOOLS[name]).main, argv)
+
+
+def complete() -> int:
+    """Hydra's bash completion (`eval "$(alignsweep -sc install=bash)"`), internal groups left out."""
+    import contextlib
+    import io
+
+    import os
+    import re
+
+    from alignsweep.config.help import offered
+
+    # Hydra reads `python -m alignsweep ...` as a script name followed by `-m` (multirun)
+    line = os.environ.get("COMP_LINE", "")
+    os.environ["COMP_LINE"] = re.sub(r"^\s*\S*python[\d.]*\s+-m\s+alignsweep\b", "alignsweep", line)
+    answer = io.StringIO()
+    with contextlib.redirect_stdout(answer):
+        try:
+            main()
+        except SystemExit as exc:
+            if exc.code:
+                return int(exc.code) if isinstance(exc.code, int) else 1
+    print(offered(answer.getvalue()))
+    return 0
 
 
 def entry() -> None:
@@ -48,6 +78,8 @@ def entry() -> None:
 
     if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
         sys.exit(run_tool(sys.argv[1], sys.argv[2:]))
+    if {"-sc", "--shell-completion"} & set(sys.argv) and "query=bash" in sys.argv:
+        sys.exit(complete())
     try:
         main()
     except SystemExit as exc:

@@ -18,15 +18,26 @@ from alignsweep.errors import ConfigError, mark_started
 from alignsweep.results import rundir
 
 
+def _hydra_run_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir).absolute() if HydraConfig.initialized() else None
+
+
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
-    job = resolve_job(cfg)
+    try:
+        job = resolve_job(cfg)
+    except ConfigError:
+        if run_dir is None and _hydra_run_dir() is not None:
+            rundir.discard_if_untouched(_hydra_run_dir())  # refused: leave no empty run directory
+        raise
     if cfg.dry_run:
         print(job.describe(), flush=True)
+        if run_dir is None and _hydra_run_dir() is not None:
+            rundir.discard_if_untouched(_hydra_run_dir())
         return None
     if run_dir is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
+        run_dir = _hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, cfg)
     from alignsweep.worker import job as worker

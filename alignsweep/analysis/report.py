@@ -79,4 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from alignsweep.cli_style import run_tool
+
+    sys.exit(run_tool(main, sys.argv[1:]))

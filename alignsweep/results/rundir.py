@@ -120,3 +120,20 @@ def _rows(path: Path, problems: list[str] | None) -> Iterator[dict]:
             problems.append(message)
             continue
         yield row
+
+
+# What Hydra writes into a run or sweep directory before alignsweep decides anything.
+HYDRA_BOOKKEEPING = (".hydra", "multirun.yaml", "__main__.log", "alignsweep.log")
+
+
+def discard_if_untouched(folder: Path) -> bool:
+    """Remove `folder` if it holds nothing but Hydra's bookkeeping (a dry run, or a run refused
+    before it started, leaves no empty timestamped directory behind); True if it was removed.
+    A folder with anything else in it (a config, metrics, a user's file) is kept as it is."""
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir() or any(p.name not in HYDRA_BOOKKEEPING for p in folder.iterdir()):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()

@@ -2,11 +2,14 @@
 
 One line per job: its state (pending, running, requeued, completed, failed, diverged, ...), its
 progress, the scheduler's job id and, for failures, the error and where the log is. Works for
-sweeps of any launcher, and on a copy of the sweep directory without a cluster.
+sweeps of any launcher, on a copy of the sweep directory without a cluster, and on a single run's
+directory (`python -m alignsweep` without -m). `--json` prints the same rows as a JSON object
+(`{"jobs": [...], "total": {state: count}}`) for scripts.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,9 +19,23 @@ from alignsweep.results import rundir
 from alignsweep.results import slurm_state as cluster
 
 
+def single_run_jobs(run_dir: Path) -> dict:
+    """A manifest's `jobs` for a single run's directory (its config.json / config.yaml)."""
+    config = json.loads((run_dir / rundir.CONFIG_JSON).read_text()) if (run_dir / rundir.CONFIG_JSON).exists() else {}
+    if not config:
+        import yaml
+
+        config = yaml.safe_load((run_dir / rundir.CONFIG).read_text()) or {}
+    algo = config.get("algo", {})
+    pick = lambda key: config.get(key) if config.get(key) is not None else algo.get(key)  # noqa: E731
+    return {"0": {"run_dir": ".", "algo": algo.get("name", "?"), "model": config.get("model", {}).get("name", "?"),
+                  "beta": pick("beta"), "alpha": pick("alpha"), "launcher": "local"}}
+
+
 def rows(sweep_dir: Path) -> list[dict]:
     sweep_dir = Path(sweep_dir)
-    jobs = cluster.manifest(sweep_dir)["jobs"]
+    single = not (sweep_dir / "manifest.json").exists() and (sweep_dir / rundir.CONFIG).exists()
+    jobs = single_run_jobs(sweep_dir) if single else cluster.manifest(sweep_dir)["jobs"]
     states = cluster.slurm_states([e["job_id"] for e in jobs.values() if e.get("job_id")])
     out = []
     for num in sorted(jobs, key=int):
@@ -30,7 +47,7 @@ def rows(sweep_dir: Path) -> list[dict]:
         step, total = status.get("step"), status.get("total_steps")
         row = {
             "num": int(num),
-            "job": f"{entry['algo']} {entry['model']} beta={entry['beta']:g}"
+            "job": f"{entry['algo']} {entry['model']} beta={_g(entry['beta'])}"
             + (f" alpha={entry['alpha']:g}" if entry.get("alpha") is not None else ""),
             "state": state,
             "slurm": slurm or "-",
@@ -49,14 +66,25 @@ def rows(sweep_dir: Path) -> list[dict]:
     return out
 
 
+def _g(value) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser("python -m alignsweep status", __doc__)
-    parser.add_argument("sweep_dir", type=Path, help="a launched sweep directory (holds manifest.json)")
-    sweep_dir = parser.parse_args(argv).sweep_dir
-    if not (sweep_dir / "manifest.json").exists():
-        print(f"error: {sweep_dir / 'manifest.json'} does not exist: not a launched sweep directory", file=sys.stderr)
+    parser.add_argument("sweep_dir", type=Path, help="a launched sweep directory (manifest.json) or a run directory")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    args = parser.parse_args(argv)
+    sweep_dir = args.sweep_dir
+    if not (sweep_dir / "manifest.json").exists() and not (sweep_dir / rundir.CONFIG).exists():
+        print(f"error: {sweep_dir} is neither a launched sweep directory (no manifest.json) nor a run directory "
+              f"(no {rundir.CONFIG})", file=sys.stderr)
         return 2
     table = rows(sweep_dir)
+    counts = Counter(r["state"] for r in table)
+    if args.json:
+        print(json.dumps({"jobs": table, "total": dict(sorted(counts.items()))}, indent=1))
+        return 0
     width = max(len(r["job"]) for r in table)
     print(f"{'#':>3}  {'job':<{width}}  {'state':<10} {'progress':>9}  {'try':>3}  {'slurm id':<12} slurm state")
     for r in table:
@@ -66,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if r["error"] or r["log"]:
             print(f"       {r['error'] or ''}" + (f"\n       log: {r['log']}" if r["log"] else ""))
-    counts = Counter(r["state"] for r in table)
     print("total: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from alignsweep.cli_style import run_tool
+
+    sys.exit(run_tool(main, sys.argv[1:]))
