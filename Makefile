@@ -46,13 +46,13 @@ test-fast: $(STAMP) lint ## run the fast tier (no end-to-end training)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP) ## measure sweep overheads side by side; writes bench/results.json and BENCHMARKS.md
-	$(PY) -m alignsweep bench
+	$(PY) -m alignsweep bench --out bench --markdown BENCHMARKS.md
 
 bench-gpu: $(STAMP) ## DPO step throughput and MFU on one GPU (Pythia-2.8B architecture) vs plain TRL
-	$(PY) -m alignsweep bench-gpu
+	$(PY) -m alignsweep bench-gpu --out bench --markdown BENCHMARKS.md
 
 findings: $(STAMP) ## run the four embedded-scale findings and draw docs/figures/findings/ (about 30 min)
-	$(PY) -m alignsweep findings
+	$(PY) -m alignsweep findings --all --out docs/figures/findings
 
 cluster-up: ## start a single-node SLURM cluster on localhost (Debian packages, root)
 	bash launchers/slurm/start_cluster.sh

@@ -154,3 +154,41 @@ def test_a_refused_relaunch_keeps_an_existing_sweep_directory(tmp_path):
     proc = run([SCRIPT, "-m", "beta=0.1,-1", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 2
     assert (sweep / "0" / "metrics.jsonl").exists() and (sweep / "multirun.yaml").exists()
+
+
+def test_the_default_cache_dir_does_not_depend_on_the_folder(tmp_path):
+    """paths.cache_dir: the same folder from any working directory (so no SFT model is rebuilt);
+    $ALIGNSWEEP_CACHE_DIR wins; the user cache dir (platformdirs) otherwise."""
+    import platformdirs
+
+    env = {k: v for k, v in os.environ.items() if k != "ALIGNSWEEP_CACHE_DIR"}
+
+    def cache_dir(cwd: Path, extra: dict | None = None) -> str:
+        cwd.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([SCRIPT, "--cfg", "job", "--resolve"], cwd=cwd, capture_output=True, text=True,
+                              timeout=120, env={**env, **(extra or {})})
+        assert proc.returncode == 0, proc.stderr
+        import yaml
+
+        return yaml.safe_load(proc.stdout)["paths"]["cache_dir"]
+
+    first, second = cache_dir(tmp_path / "a"), cache_dir(tmp_path / "b" / "c")
+    assert first == second == platformdirs.user_cache_dir("alignsweep")
+    assert cache_dir(tmp_path / "a", {"ALIGNSWEEP_CACHE_DIR": str(tmp_path / "shared")}) == str(tmp_path / "shared")
+    proc = subprocess.run([SCRIPT, "cache", "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert platformdirs.user_cache_dir("alignsweep") in proc.stdout.replace("\n", " ")
+
+
+def test_findings_without_arguments_lists_the_experiments(tmp_path):
+    proc = run([SCRIPT, "findings"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("overopt_embedded", "length_embedded", "tree_mdp", "alphapo_shape"):
+        assert name in proc.stdout
+    assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
+def test_findings_and_bench_write_outside_the_checkout_by_default():
+    """Their defaults are folders under the working directory's outputs/, not the source tree."""
+    for module in ("alignsweep.analysis.findings", "alignsweep.bench.overhead", "alignsweep.bench.gpu"):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+        assert "outputs/" in proc.stdout and str(ROOT) not in proc.stdout, (module, proc.stdout)

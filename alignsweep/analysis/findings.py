@@ -3,10 +3,12 @@
 Each finding is an experiment config (`conf/experiment/NAME.yaml`). For each one named (all by
 default) this runs the sweep with the local launcher, `python -m alignsweep -m experiment=NAME`
 (completed jobs of an earlier run of the same sweep directory are skipped, so an interrupted run
-resumes), collects it, and draws its figures into `docs/figures/findings/` together with a
-`NAME.json` of the headline numbers that `docs/findings.md` quotes. Nothing is drawn by hand.
+resumes), collects it, and draws its figures into `--out` (default outputs/findings/figures/;
+`make findings`: docs/figures/findings/) together with a `NAME.json` of the headline numbers that
+`docs/findings.md` quotes. Nothing is drawn by hand.
 
-    python -m alignsweep findings                       # all four, sweeps under outputs/findings/
+    python -m alignsweep findings                       # list the findings
+    python -m alignsweep findings --all                 # all four, sweeps under outputs/findings/
     python -m alignsweep findings overopt_embedded      # one
     python -m alignsweep findings --no-run tree_mdp     # redraw from an existing sweep
 """
@@ -298,11 +300,21 @@ def draw(name: str, sweep_dir: Path, out: Path) -> dict:
     return result
 
 
+def _about(name: str) -> str:
+    """The first comment line of the finding's experiment config."""
+    for line in (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("#") and line.strip("# ") and "@package" not in line:
+            return line.lstrip("# ").strip()
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser("python -m alignsweep findings", __doc__)
-    parser.add_argument("names", nargs="*", help=f"findings to produce (default: all): {', '.join(FINDINGS)}")
+    parser.add_argument("names", nargs="*", help=f"findings to produce: {', '.join(FINDINGS)} (none: list them)")
+    parser.add_argument("--all", action="store_true", help="produce every finding (about 30 min on 2 CPUs)")
     parser.add_argument("--sweeps", default="outputs/findings", help="folder of the sweeps (one per finding)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "figures" / "findings"), help="figures and numbers")
+    parser.add_argument("--out", default="outputs/findings/figures",
+                        help="folder for the figures and numbers (default: %(default)s; make findings: docs/figures/findings)")
     parser.add_argument("--no-run", action="store_true", help="only collect and draw existing sweeps")
     parser.add_argument("--override", action="append", default=[], help="extra override for every sweep")
     args = parser.parse_args(argv)
@@ -311,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown finding(s) {', '.join(unknown)}; expected some of: {', '.join(FINDINGS)}",
               file=sys.stderr)
         return 2
+    if not args.names and not args.all:
+        print("The findings (conf/experiment/NAME.yaml); produce one with `python -m alignsweep findings NAME`, "
+              "all with --all:")
+        for name in FINDINGS:
+            print(f"  {name:<18} {_about(name)}")
+        return 0
     for name in args.names or list(FINDINGS):
         sweep_dir = Path(args.sweeps).resolve() / name
         if not args.no_run:

@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     parser.add_argument("--grad-accum", type=int, default=None, help="override the model config's grad_accum")
     parser.add_argument("--tiny", action="store_true", help="embedded tiny architecture: check the script runs")
-    parser.add_argument("--out", default=str(ROOT / "bench"))
-    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--out", default="outputs/bench", help="folder for gpu_results.json (default: %(default)s; make bench-gpu: bench/)")
+    parser.add_argument("--markdown", default=None,
+                        help="a file whose bench-gpu section to update (make bench-gpu: BENCHMARKS.md); default: none")
     args = parser.parse_args(argv)
 
     import torch
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / ("gpu_results_tiny.json" if args.tiny else "gpu_results.json")).write_text(json.dumps(results, indent=1))
     section = render(results)
-    if not args.tiny:
+    if not args.tiny and args.markdown:
         from alignsweep.bench.overhead import write_section
 
         write_section(Path(args.markdown), section, MARK_BEGIN, MARK_END)

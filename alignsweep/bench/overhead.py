@@ -330,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="reduced sizes (what CI runs)")
     parser.add_argument("--no-findings-shape", action="store_true",
                         help="measure on the default shape only (the findings shape takes ~11 min of the ~21)")
-    parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json")
-    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="file whose bench section to update")
+    parser.add_argument("--out", default="outputs/bench", help="folder for results.json (default: %(default)s; make bench: bench/)")
+    parser.add_argument("--markdown", default=None,
+                        help="a file whose bench section to update (make bench: BENCHMARKS.md); default: none")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="alignsweep-bench-"))
     cache = Path(os.environ.get("ALIGNSWEEP_BENCH_CACHE", ROOT / ".cache" / "alignsweep"))
@@ -372,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     section = render(results)
-    write_section(Path(args.markdown), section, MARK_BEGIN, MARK_END)
+    if args.markdown:
+        write_section(Path(args.markdown), section, MARK_BEGIN, MARK_END)
     print(section)
     return 0
 

@@ -1,7 +1,7 @@
 """`python -m alignsweep cache [CACHE_DIR] [--unused-for DAYS [--prune]]`: what the sweeps' shared
 cache holds, and removing what no job has used for a while.
 
-`paths.cache_dir` (default `.cache/alignsweep`) keeps what the jobs of a sweep share, keyed by a
+`paths.cache_dir` (default `$ALIGNSWEEP_CACHE_DIR`, else the user cache dir, `~/.cache/alignsweep`) keeps what the jobs of a sweep share, keyed by a
 hash of its content: SFT models (`sft/`), cleaned and tokenised data (`data/`), reference
 log-probs (`ref_logps/`) and step-0 evaluations (`step0/`). Entries are never removed by a sweep
 (a later sweep on the same model and data reads them), so the folder grows with every new
@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignsweep.cache.location import ENV, default_cache_dir
 from alignsweep.cli_style import tool_parser
 
 KINDS = ("sft", "data", "ref_logps", "step0")
-DEFAULT_DIR = ".cache/alignsweep"  # paths.cache_dir's default, relative to where sweeps run
 
 
 @dataclass
@@ -102,7 +102,8 @@ def _age(seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser("python -m alignsweep cache", __doc__)
-    parser.add_argument("cache_dir", nargs="?", default=DEFAULT_DIR, help=f"paths.cache_dir (default {DEFAULT_DIR})")
+    parser.add_argument("cache_dir", nargs="?", default=default_cache_dir(),
+                        help=f"paths.cache_dir (default: ${ENV}, else {default_cache_dir()})")
     parser.add_argument("--unused-for", type=float, metavar="DAYS",
                         help="list the entries no job has used for DAYS days")
     parser.add_argument("--prune", action="store_true", help="remove those entries (needs --unused-for)")

@@ -257,6 +257,9 @@ class Config:
 def register() -> None:
     from hydra.core.config_store import ConfigStore
 
+    from alignsweep.cache.location import register_paths
+
+    register_paths()  # ${alignsweep_cache_dir:} in conf/config.yaml
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
