@@ -43,8 +43,23 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
     from alignsweep.worker import job as worker
 
     status = worker.run(worker.load_config(run_dir / rundir.CONFIG), run_dir)
+    print(results_line(run_dir), flush=True)
     print(f"run directory: {run_dir} ({status['state']})", flush=True)
     return status
+
+
+def results_line(run_dir: Path) -> str:
+    """What a single run ends with: its final and best win rate, sqrt(KL) at each, and the step
+    of the best (from its metrics.jsonl, as `collect` reads it)."""
+    rows = [r for r in rundir.read_metrics(run_dir, problems=[]) if r.get("win_rate") is not None]
+    if not rows:
+        return "results: no evaluated checkpoint"
+    final, best = rows[-1], max(rows, key=lambda r: r["win_rate"])
+    return (
+        f"results: final win rate {final['win_rate']:.3f} at sqrt(KL) {final['sqrt_kl']:.2f} (step {final['step']}); "
+        f"best {best['win_rate']:.3f} at sqrt(KL) {best['sqrt_kl']:.2f} (step {best['step']}, "
+        f"{len(rows)} evaluations)"
+    )
 
 
 def run_or_exit(cfg: DictConfig) -> None:

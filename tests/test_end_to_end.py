@@ -26,6 +26,10 @@ def test_one_job_end_to_end_with_wandb_offline(cli):
     proc = cli("algo=dpo", "beta=0.1")
     run = single_run_dir(cli.cwd)
     assert f"run directory: {run}" in proc.stdout
+    # it ends with its results, and without warnings caused by how we pass arguments to libraries
+    assert "results: final win rate " in proc.stdout and "best " in proc.stdout
+    log = (run / rundir.LOG).read_text() if (run / rundir.LOG).exists() else ""
+    assert "is deprecated" not in proc.stderr + proc.stdout + log, (proc.stderr + log)[-3000:]
     status = rundir.read_status(run)
     assert status["state"] == "completed" and status["stop_reason"] == "end_of_training"
     rows = rundir.read_metrics(run)

@@ -142,7 +142,7 @@ def run_variant(which: str, spec: dict, work: Path) -> dict:
     device = {"bf16": dtype == torch.bfloat16} if cuda else {"use_cpu": True, "bf16": False}
     args = DPOConfig(
         output_dir=str(work / which), per_device_train_batch_size=spec["batch"],
-        gradient_accumulation_steps=spec["grad_accum"], gradient_checkpointing=spec["gradient_checkpointing"],
+        gradient_accumulation_steps=spec["grad_accum"], activation_checkpointing=spec["gradient_checkpointing"],
         learning_rate=1e-7, max_steps=spec["steps"] + spec["warmup"], max_length=spec["seq"], beta=0.1,
         save_strategy="no", report_to=[], disable_tqdm=True, logging_steps=10_000, seed=0, **device,
     )

@@ -60,7 +60,9 @@ args = DPOConfig(output_dir=out, per_device_train_batch_size=model["per_device_b
                  num_train_epochs=train["epochs"], optim=train["optimizer"], lr_scheduler_type=train["lr_scheduler"],
                  warmup_steps=train["warmup_steps"], max_grad_norm=train["max_grad_norm"], max_length=data["max_length"],
                  beta=job["algo"]["beta"] if job["beta"] is None else job["beta"], save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, bf16=False,
-                 seed=job["seed"], logging_steps=10)
+                 seed=job["seed"], logging_steps=10,
+                 # as the job (the model config's setting, false here); TRL's own default is true
+                 activation_checkpointing=model["gradient_checkpointing"])
 DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
 '''
 

@@ -39,9 +39,14 @@ def sft_key(cfg: Any) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_sft(cfg: Any, task: dict, build_base_model: Any, tokenizer: Any, device_kwargs: dict) -> Path:
+def ensure_sft(
+    cfg: Any, task: dict, build_base_model: Any, tokenizer: Any, device_kwargs: dict, report: Any = None
+) -> Path:
     """Path of the cached SFT model, building it first if no job has yet (`build_base_model()` is
-    called only then, so a cache hit never loads the base weights)."""
+    called only then, so a cache hit never loads the base weights).
+
+    `report(**fields)` (the job's status) hears `phase="sft"` only when this job trains the model,
+    then `sft_step` / `sft_total_steps` as training goes, so a cached model is never announced as SFT."""
     from alignsweep.runtime.distributed import agree, barrier, rank, rank_zero_lock
 
     root = Path(cfg.paths.cache_dir) / "sft"
@@ -62,10 +67,12 @@ def ensure_sft(cfg: Any, task: dict, build_base_model: Any, tokenizer: Any, devi
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("building the SFT model %s", key)
+        if report is not None and cfg.sft.enabled:
+            report(phase="sft")
         model = build_base_model()
         state = None  # None: the model's own weights; under sharding, the gathered ones on rank 0
         if cfg.sft.enabled:
-            state = _train(cfg, task["sft"], model, tokenizer, root / f"{key}.trainer", device_kwargs)
+            state = _train(cfg, task["sft"], model, tokenizer, root / f"{key}.trainer", device_kwargs, report)
         if main:
             model.save_pretrained(tmp, state_dict=state)
             tokenizer.save_pretrained(tmp)
@@ -76,7 +83,26 @@ def ensure_sft(cfg: Any, task: dict, build_base_model: Any, tokenizer: Any, devi
     return final
 
 
-def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_kwargs: dict) -> dict | None:
+def _progress_callback(report: Any) -> Any:
+    """A TrainerCallback passing SFT's step and step count to `report` (at most every 2 s)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class SFTProgress(TrainerCallback):
+        last = 0.0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            now = time.time()
+            if now - self.last >= 2.0 or state.global_step == state.max_steps:
+                self.last = now
+                report(sft_step=state.global_step, sft_total_steps=state.max_steps)
+
+    return SFTProgress()
+
+
+def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_kwargs: dict,
+           report: Any = None) -> dict | None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -94,12 +120,17 @@ def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_k
         disable_tqdm=True,
         seed=cfg.sft.seed,
         completion_only_loss=True,
+        # the model config's setting (TRL defaults the deprecated `gradient_checkpointing` to True,
+        # which also made transformers warn at every SFT)
+        activation_checkpointing=bool(cfg.model.gradient_checkpointing) and not device_kwargs.get("fsdp"),
         **device_kwargs,
     )
     from alignsweep.train.sharding import CPUFSDPMixin
 
     trainer_class = type("SFTTrainer", (CPUFSDPMixin, SFTTrainer), {})
     trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    if report is not None:
+        trainer.add_callback(_progress_callback(report))
     trainer.train()
     state = None
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # TRL 1.16 itself reads transformers' deprecated `is_gradient_checkpointing` (trl.models.utils):
+    # nothing a user can change; every warning about how *we* pass arguments stays visible
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     job = resolve_job(cfg)
     start = time.time()
     main = rank() == 0

@@ -55,17 +55,18 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
         if strategy != asked:
             log.warning("model.resources.strategy=%s needs several processes; this job has one: %s", asked, strategy)
         note = strategy if strategy == asked else f"{strategy} ({asked} asked, but the job has 1 process)"
-        rundir.write_status(run_dir, phase="sft", strategy=note)
+        rundir.write_status(run_dir, phase="data", strategy=note)
     with clock("data"):
         base, tokenizer = base_model_and_tokenizer(cfg)
         task, task_hit = shared_task(cfg, tokenizer)
     if main:
         rundir.write_status(run_dir, data=task["report"])
     with clock("sft"):
-        sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, {**dev, **shard})
+        report = (lambda **fields: rundir.write_status(run_dir, **fields)) if main else None
+        sft_dir = sft.ensure_sft(cfg, task, base, tokenizer, {**dev, **shard}, report=report)
     del base
     if main:
-        rundir.write_status(run_dir, sft_model=str(sft_dir))
+        rundir.write_status(run_dir, phase="prepare", sft_model=str(sft_dir))
     with clock("load_models"):
         policy, tokenizer = models.load_saved(sft_dir, cfg.model.dtype)
         ref, _ = models.load_saved(sft_dir, cfg.model.dtype)
@@ -106,7 +107,8 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
         output_dir=str(run_dir / "trainer"),
         per_device_train_batch_size=cfg.model.per_device_batch,
         gradient_accumulation_steps=cfg.model.grad_accum,
-        gradient_checkpointing=cfg.model.gradient_checkpointing and not shard,  # fsdp: its own
+        # transformers 5 renamed it; TRL defaults the old name to True, so name the new one (no warning)
+        activation_checkpointing=cfg.model.gradient_checkpointing and not shard,  # fsdp: its own
         learning_rate=cfg.train.lr,
         num_train_epochs=cfg.train.epochs,
         optim=cfg.train.optimizer,

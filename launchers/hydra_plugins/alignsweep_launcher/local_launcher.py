@@ -105,6 +105,7 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
                         printer.finished(job, code)
                 printer.tick()
         except KeyboardInterrupt:
+            printer.close()
             for job, proc in running.values():
                 proc.terminate()
             raise
