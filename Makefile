@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lint run test test-fast bench bench-gpu findings cluster-up cluster-down clean
+.PHONY: help install lint run notebook test test-fast bench bench-gpu findings cluster-up cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -38,6 +38,13 @@ run: $(STAMP) ## run the embedded demo sweep (5 algorithms x 3 betas), print its
 
 lint: $(STAMP) ## check the import contracts (rooms import one way; config and launch import no torch)
 	$(VENV)/bin/lint-imports
+
+notebook: $(STAMP) ## run the analysis notebook on SWEEP=DIR (default: the newest collected sweep); writes DIR/overoptimization.ipynb
+	@sweep="$${SWEEP:-$$(ls -td outputs/sweeps/*/results.csv 2>/dev/null | head -1 | xargs -r dirname)}"; \
+	test -n "$$sweep" || { echo "error: no collected sweep under outputs/sweeps; run make run first, or make notebook SWEEP=DIR"; exit 2; }; \
+	cp notebooks/overoptimization.ipynb "$$sweep/" && \
+	ALIGNSWEEP_SWEEP="$$(realpath "$$sweep")" $(VENV)/bin/jupyter-execute --inplace "$$sweep/overoptimization.ipynb" && \
+	echo "executed: $$sweep/overoptimization.ipynb"
 
 test: $(STAMP) lint ## run the whole test suite (starts the local SLURM cluster for its tests)
 	$(PY) -m pytest -q

@@ -48,7 +48,6 @@ def complete() -> int:
     """Hydra's bash completion (`eval "$(alignsweep -sc install=bash)"`), internal groups left out."""
     import contextlib
     import io
-
     import os
     import re
 

@@ -7,6 +7,7 @@ through a launcher, which prepares the run directories and starts the workers it
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from alignsweep.config.resolve import resolve_job
 from alignsweep.config.run_config import write_run_config
 from alignsweep.errors import ConfigError, mark_started
 from alignsweep.results import rundir
+from alignsweep.results.provenance import FILE, provenance
 
 
 def _hydra_run_dir() -> Path | None:
@@ -40,6 +42,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
         run_dir = _hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, cfg)
+    rundir.atomic_write_text(run_dir / FILE, json.dumps(provenance(), indent=1))
     from alignsweep.worker import job as worker
 
     status = worker.run(worker.load_config(run_dir / rundir.CONFIG), run_dir)

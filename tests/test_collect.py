@@ -114,7 +114,45 @@ def test_report_prints_tables_and_writes_a_self_contained_page(sweep):
     assert proc.returncode == 0, proc.stderr
     assert "Results (per run)" in proc.stdout and "Scaling-law fits" in proc.stdout
     page = (sweep / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "<table" in page
+    # the headline figure and the four figures, inlined; the tables
+    assert page.count("data:image/png;base64,") == 5 and "<table" in page
+    assert page.index("id='headline'") < page.index("id='results'") < page.index("id='fits'")
+    assert "fit_a (slope)" in page and "fit_b (curvature)" in page  # not the losses' alpha and beta
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            raise AssertionError("chromium is missing: .ci/run installs Debian's chromium for this test")
+        pytest.skip("no chromium here (apt-get install -y chromium)")
+    return found
+
+
+def test_the_report_opens_in_a_browser_with_every_section(sweep, tmp_path):
+    """Headless Chromium loads report.html as a reader would; every section is on the page and every
+    image decodes (its natural width, read by the page's own script after load)."""
+    subprocess.run([sys.executable, "-m", "alignsweep", "report", str(sweep)], capture_output=True, check=True)
+    page = sweep / "report.html"
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace(
+        "</body>",
+        "<script>window.addEventListener('load', () => { const w = [...document.images].map(i => i.naturalWidth);"
+        " document.body.setAttribute('data-image-widths', w.join(',')); });</script></body>"))
+    proc = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    for section in ("headline", "results", "fits", "figures", "samples", "archive"):
+        assert f'id="{section}"' in dom, section
+    widths = [int(w) for w in dom.split('data-image-widths="')[1].split('"')[0].split(",")]
+    assert len(widths) == 5 and all(w > 100 for w in widths), widths
+    assert "python -m alignsweep -m" in dom and "code commit" in dom  # what an archive needs
+    assert "algorithms: dpo, simpo" in dom and "evaluation prompts per checkpoint:" in dom
 
 
 def test_the_notebook_runs_on_a_collected_sweep(sweep):
@@ -131,3 +169,20 @@ def test_the_notebook_runs_on_a_collected_sweep(sweep):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum(o.output_type == "display_data" and "image/png" in o.get("data", {}) for o in outputs) == 4
+
+
+def test_the_notebook_picks_the_newest_collected_sweep_and_runs_through_make(sweep, tmp_path):
+    """A folder of sweeps whose newest entry is a dry run's empty folder: the notebook uses the
+    newest collected one (it died with KeyError: 'run' before); `make notebook SWEEP=...` runs it."""
+    sweeps = tmp_path / "outputs" / "sweeps"
+    shutil.copytree(sweep, sweeps / "2026-01-01_00-00-00")
+    (sweeps / "2026-01-02_00-00-00").mkdir()  # newer, never collected
+    proc = subprocess.run(["make", "-s", "-C", str(ROOT), "notebook", f"SWEEP={sweeps}"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import nbformat
+
+    executed = nbformat.read(sweeps / "overoptimization.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "2026-01-01_00-00-00" in text and "2026-01-02" not in text
+    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]

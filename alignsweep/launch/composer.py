@@ -215,9 +215,12 @@ def write_manifest(
     `submitted` maps a job number to its scheduler ids (job id, array id and index, log folder);
     the ids of earlier submissions are kept under `previous_job_ids`.
     """
+    from alignsweep.results.provenance import provenance
+
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / MANIFEST
     manifest = json.loads(path.read_text()) if path.exists() else {"jobs": {}}
+    manifest.setdefault("launches", []).append(provenance())  # every launch into this sweep directory
     for job in jobs:
         entry = manifest["jobs"].setdefault(str(job.num), {})
         entry.update(
