@@ -10,8 +10,8 @@ from pathlib import Path
 
 from alignsweep.cli_style import tool_parser
 
-FIT_COLUMNS = ["algo", "model", "form", "checkpoints", "n", "alpha", "beta", "baseline", "d_peak", "peak", "rmse",
-               "alpha_se", "beta_se", "error"]
+FIT_COLUMNS = ["algo", "model", "form", "checkpoints", "n", "alpha", "beta", "baseline", "d_peak", "d_peak_se",
+               "extrapolated", "peak", "rmse", "alpha_se", "beta_se", "baseline_se", "error"]
 
 
 def fit_table(fitted):
@@ -45,7 +45,9 @@ def build(sweep_dir: Path) -> Path:
         runs.to_html(index=False, float_format="{:.3f}".format, na_rep="-") if not runs.empty else "<p>none</p>",
         "<h2>Scaling-law fits</h2>",
         "<p>R(d) = baseline + d (alpha - beta log d) (log) or d (alpha - beta d) (quadratic), d = sqrt(KL);"
-        " baseline = the step-0 (SFT) win rate; d_peak = the KL budget beyond which win rate falls.</p>",
+        " baseline = the step-0 (SFT) win rate, its standard error propagated into every other;"
+        " d_peak = the sqrt(KL) beyond which win rate falls, extrapolated = beyond the measured range"
+        " (the data do not show that peak).</p>",
         fit_table(fitted).to_html(index=False, float_format="{:.4g}".format, na_rep="-")
         if not fitted.empty else "<p>nothing to fit yet</p>",
     ]
