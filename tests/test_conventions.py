@@ -221,3 +221,16 @@ def test_length_r2_regresses_the_algorithms_own_implicit_reward(tiny):
     assert row["length_slope"] == pytest.approx(slope, rel=1e-4) and row["length_r2"] == pytest.approx(r2, rel=1e-4)
     dpo_style = least_squares([float(x) for x in lengths], (2.0 * (est["policy_logps"] - est["ref_logps"])).tolist())
     assert row["length_r2"] != pytest.approx(dpo_style[1], rel=1e-3)
+
+
+def test_the_tree_mdp_counts_ties_half_too():
+    """The same kind in the Tree MDP toy: at step 0 pi = pi_ref, every pair a tie."""
+    from alignsweep.config.schema import TreeMDPConfig
+    from alignsweep.toys import tree_mdp as T
+
+    cfg = OmegaConf.structured(TreeMDPConfig)
+    tree = T.build_tree(cfg.depth, cfg.actions)
+    data = T.make_data(tree, cfg)
+    result = T.train(tree, data, T.reference_logits(tree, cfg), algo="dpo", loss_params={"beta": 0.1},
+                     steps=2, lr=cfg.lr, log_every=1, kl_budget=None)
+    assert result.rows[0]["step"] == 0 and result.rows[0]["reward_accuracy"] == 0.5

@@ -103,7 +103,7 @@ def test_the_exact_token_estimator_decides_whatever_kl_reports(pair):
 def test_the_kl_budget_runs_with_gradient_checkpointing(cli):
     """Issue 19, case 1 as the user typed it: `python -m alignsweep kl_budget=2
     model.gradient_checkpointing=true` failed at the first check (KV cache dropped in training mode)."""
-    cli("kl_budget=2", "model.gradient_checkpointing=true", "logger=none", "hydra.run.dir=run")
+    cli("kl_budget=2", "model.gradient_checkpointing=true", "logger=none", "hydra.run.dir=run", timeout=1500)
     status = json.loads((cli.cwd / "run" / "status.json").read_text())
     assert status["state"] == "completed", status.get("error")
     assert status["stop_reason"] == "kl_budget" and status["kl_check"]["over"]
