@@ -68,7 +68,7 @@ def test_kl_of_the_reference_against_itself_is_zero_and_win_rates_are_rates(tiny
     row = ev.evaluate(model, step=0)
     assert row["kl"] == pytest.approx(0.0, abs=1e-5) and row["sqrt_kl"] == pytest.approx(0.0, abs=3e-3)
     assert 0.0 <= row["win_rate"] <= 1.0 and row["n_eval"] == 30
-    assert row["reward_accuracy"] == 0.0  # identical models: no pair is ranked
+    assert row["reward_accuracy"] == 0.5  # identical models: every pair a tie, counted 1/2
 
 
 def test_mean_and_standard_error():

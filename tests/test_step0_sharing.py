@@ -34,7 +34,7 @@ def test_a_job_reading_the_shared_step0_writes_the_row_it_would_have_computed(cl
             assert math.isnan(shared[key]), key
         else:
             assert shared[key] == pytest.approx(value, abs=1e-9), key
-    # SimPO's own implicit reward decides its step-0 reward accuracy (DPO's is 0 there)
+    # SimPO's own implicit reward decides its step-0 reward accuracy (DPO's is 0.5 there: every pair a tie)
     assert shared["reward_accuracy"] > 0
 
 

@@ -73,6 +73,8 @@ def overopt_numbers(table, fitted) -> dict:
                 fit = sel.iloc[0]
                 entry.update({"fit_log_alpha": _num(fit["alpha"]), "fit_log_beta": _num(fit["beta"]),
                               "fit_peak_sqrt_kl": _num(fit["d_peak"]), "fit_peak_win_rate": _num(fit["peak"]),
+                              "fit_peak_sqrt_kl_se": _num(fit.get("d_peak_se", float("nan"))),
+                              "fit_peak_extrapolated": bool(fit.get("extrapolated", False)),
                               "fit_rmse": _num(fit["rmse"])})
         out.append(entry)
     return {"groups": out}

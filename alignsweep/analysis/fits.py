@@ -14,8 +14,17 @@ KL budget beyond which more optimization makes the policy worse.
 
 For a fixed baseline, R - baseline is linear in (alpha, beta), so ordinary least squares is
 exact and needs no starting point or iteration; a free baseline is one more (intercept) column.
-`fit_overoptimization` fits one set of points; `fit_groups` fits one curve per group of a
-collected sweep table (`alignsweep.results.collect`), using the step-0 evaluations as the baseline.
+
+Uncertainty. A measured baseline (the step-0 win rate, a mean over a few hundred prompts) has
+its own standard error, and every point is fitted relative to it: theta = (X^T X)^-1 X^T (r - b)
+moves by -v per unit of b, v = (X^T X)^-1 X^T 1, so cov(theta) = s^2 (X^T X)^-1 + se_b^2 v v^T
+(independent: the baseline is measured on samples of its own). The bootstrap resamples whole runs
+(a run's checkpoints share its deviations) and draws the baseline from N(b, se_b^2) per resample.
+`d_peak_se` is the delta method on that covariance; `extrapolated` says the peak lies outside the
+measured sqrt(KL) range (0 with a given baseline, else the smallest d, to the largest d).
+`FitResult.interval` gives 95% (or any level) intervals. `fit_overoptimization` fits one set of
+points; `fit_groups` one curve per group of a collected sweep table (`alignsweep.results.collect`),
+the step-0 evaluations giving the baseline and its standard error (`step0_baseline`).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
+from scipy import linalg, stats
 
 FORMS = ("log", "quadratic")
 
@@ -55,7 +65,38 @@ class FitResult:
     n: int  # points used
     alpha_se: float
     beta_se: float
-    baseline_se: float  # 0 when the baseline was given
+    baseline_se: float  # the given baseline's standard error (0 when given as exact)
+    d_peak_se: float = math.nan  # delta method; nan without a peak
+    extrapolated: bool = False  # d_peak outside the measured sqrt(KL) range (True for an infinite one)
+    d_max: float = math.nan  # the largest measured sqrt(KL)
+    dof: float = math.inf  # degrees of freedom of the residual variance (n - p; inf for the bootstrap)
+    cov: tuple = ()  # covariance of (alpha, beta[, baseline]) as nested tuples, the baseline's error included
+    cov_baseline: tuple = ()  # the part of `cov` due to the given baseline's error (known, not estimated)
+
+    def interval(self, name: str, level: float = 0.95) -> tuple[float, float]:
+        """Two-sided `level` interval of alpha, beta, baseline or d_peak: estimate -/+ t se, t of
+        Student's distribution with the Welch-Satterthwaite degrees of freedom of se^2 (its
+        residual part has `dof`, the baseline's part is known); d_peak's is symmetric on log d*
+        (quadratic form: on d*), the scale of its delta-method error."""
+        if name == "baseline" and not self.baseline_fitted:
+            g = None
+        elif name == "d_peak":
+            if not (self.d_peak > 0 and math.isfinite(self.d_peak)) or not self.cov:
+                return math.nan, math.nan
+            g = _peak_gradient(self.alpha, self.beta, self.form, len(self.cov))
+        else:
+            g = np.eye(len(self.cov))[("alpha", "beta", "baseline").index(name)] if self.cov else None
+        t = stats.norm.ppf(0.5 + level / 2)
+        if g is not None and math.isfinite(self.dof):
+            total, known = float(g @ np.array(self.cov) @ g), float(g @ np.array(self.cov_baseline) @ g)
+            estimated = total - known
+            dof = self.dof * total**2 / estimated**2 if estimated > 0 else math.inf
+            t = stats.t.ppf(0.5 + level / 2, dof) if math.isfinite(dof) else t
+        if name == "d_peak" and self.form == "log":
+            half = float(t) * self.d_peak_se / self.d_peak
+            return self.d_peak * math.exp(-half), self.d_peak * math.exp(half)
+        value, se = getattr(self, name), getattr(self, f"{name}_se")
+        return value - float(t) * se, value + float(t) * se
 
     def predict(self, d: Any) -> np.ndarray:
         """R(d) for an array-like of sqrt(KL) values (nan for negative d, which cannot occur)."""
@@ -112,8 +153,56 @@ def _solve(d, r, form, baseline):
     fit_baseline = baseline is None
     X = _design(d, form, fit_baseline)
     y = r if fit_baseline else r - baseline
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    coef, *_ = linalg.lstsq(X, y)
     return X, y, coef
+
+
+def _peak_gradient(alpha: float, beta: float, form: str, p: int) -> np.ndarray:
+    """Gradient of log d* (log form: alpha/beta - 1) or d* (quadratic: alpha/(2 beta)) in (alpha, beta[, b])."""
+    g = np.zeros(p)
+    a, b = np.float64(alpha), np.float64(beta)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        g[:2] = [1.0 / b, -a / (b * b)] if form == "log" else [1.0 / (2 * b), -a / (2 * b * b)]
+    return g
+
+
+def _d_peak_se(d_peak: float, alpha: float, beta: float, form: str, cov: np.ndarray) -> float:
+    if not (d_peak > 0 and math.isfinite(d_peak)):
+        return math.nan
+    g = _peak_gradient(alpha, beta, form, cov.shape[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        var = float(g @ cov @ g)
+    if not math.isfinite(var):
+        return math.nan
+    se = math.sqrt(max(var, 0.0))
+    return se * d_peak if form == "log" else se  # log form: se(log d*) * d*
+
+
+def _bootstrap_cov(d, r, form, baseline, baseline_se, runs, n_bootstrap, seed, p) -> np.ndarray:
+    """Covariance of the coefficients over `n_bootstrap` resamples of whole runs (and draws of the
+    baseline), solved together as weighted normal equations; undetermined resamples are skipped."""
+    fit_baseline = baseline is None
+    labels, run_of = np.unique(np.asarray(runs, dtype=object).astype(str), return_inverse=True)
+    G = labels.size
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, G, (n_bootstrap, G))
+    counts = np.zeros((n_bootstrap, G))
+    np.add.at(counts, (np.repeat(np.arange(n_bootstrap), G), picks.ravel()), 1.0)
+    w = counts[:, run_of]  # (B, n): each point weighted by how often its run was drawn
+    informative = d if fit_baseline else np.where(d > 0, d, np.nan)
+    values, d_id = np.unique(np.nan_to_num(informative, nan=-1.0), return_inverse=True)
+    present = (w @ (d_id[:, None] == np.arange(values.size)[None, :])) > 0
+    present[:, values == -1.0] = False
+    ok = present.sum(axis=1) >= p
+    X = _design(d, form, fit_baseline)
+    y = np.broadcast_to(r, (n_bootstrap, r.size)).copy()
+    if not fit_baseline:
+        drawn = baseline + (baseline_se or 0.0) * rng.standard_normal(n_bootstrap)
+        y -= drawn[:, None]
+    A = np.einsum("bi,ij,ik->bjk", w[ok], X, X)
+    c = np.einsum("bi,ij,bi->bj", w[ok], X, y[ok])
+    draws = np.linalg.solve(A, c[..., None])[..., 0] if ok.any() else np.zeros((0, p))
+    return np.cov(draws, rowvar=False, ddof=1) if len(draws) >= 2 else np.full((p, p), np.nan)
 
 
 def fit_overoptimization(
@@ -121,18 +210,23 @@ def fit_overoptimization(
     win_rate: Iterable[float],
     form: str = "log",
     baseline: float | None = None,
+    baseline_se: float | None = None,
     *,
+    runs: Iterable[Any] | None = None,
     n_bootstrap: int = 0,
     seed: int = 0,
 ) -> FitResult:
     """Least-squares fit of R(d) = baseline + d * (alpha - beta * g(d)), g = log d or d.
 
-    `baseline` given (e.g. the SFT policy's win rate) fixes the value at d = 0; None makes it a
-    free parameter. Pairs with a non-finite value are dropped. The fit needs p + 1 points
-    (p = 2 or 3 free parameters), so that the residual variance, and with it the standard
-    errors, exists. Standard errors come from sigma^2 (X^T X)^-1, or, when n_bootstrap > 0, from
-    refitting n_bootstrap resamples of the points drawn with replacement (resamples that cannot
-    determine the fit are skipped).
+    `baseline` given (e.g. the SFT policy's win rate) fixes the value at d = 0, and
+    `baseline_se` (its standard error; None = exact) is propagated into every parameter's
+    standard error; None makes it a free parameter. `runs` labels each point's run (for the
+    bootstrap; None: every point its own). Pairs with a non-finite value are dropped. The fit needs
+    p + 1 points (p = 2 or 3 free parameters), so that the residual variance, and with it the
+    standard errors, exists. Standard errors come from s^2 (X^T X)^-1 plus the baseline's term
+    (module docstring), or, when n_bootstrap > 0, from refitting n_bootstrap resamples of the runs
+    with a fresh draw of the baseline (resamples that cannot determine the fit are skipped).
+    Raises TooFewPoints, or ValueError for malformed input.
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {', '.join(repr(f) for f in FORMS)}; got {form!r}")
@@ -140,12 +234,18 @@ def fit_overoptimization(
     r = np.asarray(win_rate, dtype=float).ravel()
     if d.shape != r.shape:
         raise ValueError(f"sqrt_kl and win_rate differ in length: {d.size} and {r.size}")
+    labels = np.arange(d.size) if runs is None else np.asarray(list(runs), dtype=object).ravel()
+    if labels.shape != d.shape:
+        raise ValueError(f"runs and sqrt_kl differ in length: {labels.size} and {d.size}")
     if baseline is not None:
         baseline = float(baseline)
         if not math.isfinite(baseline):
             raise ValueError(f"baseline must be finite or None; got {baseline}")
+    b_se = 0.0 if baseline is None or baseline_se is None else float(baseline_se)
+    if not (math.isfinite(b_se) and b_se >= 0):
+        raise ValueError(f"baseline_se must be a finite value >= 0 or None; got {baseline_se}")
     keep = np.isfinite(d) & np.isfinite(r)
-    d, r = d[keep], r[keep]
+    d, r, labels = d[keep], r[keep], labels[keep]
     k = int(keep.size - keep.sum())
     dropped = f" (after dropping {k} pair{'s' * (k != 1)} with a non-finite value)" if k else ""
     if np.any(d < 0):
@@ -165,25 +265,24 @@ def fit_overoptimization(
     X, y, coef = _solve(d, r, form, baseline)
     resid = y - X @ coef
     rss = float(resid @ resid)
-    if n > p:
-        cov = rss / (n - p) * np.linalg.inv(X.T @ X)
-        se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    else:
-        se = np.full(p, np.nan)
-
+    xtx_inv = linalg.inv(X.T @ X)
+    known = np.zeros((p, p))
     if n_bootstrap > 0:
-        rng = np.random.default_rng(seed)
-        draws = []
-        for _ in range(n_bootstrap):
-            idx = rng.integers(0, n, n)
-            if _n_distinct(d[idx], fit_baseline) < p:
-                continue  # degenerate resample: the curve is not determined
-            draws.append(_solve(d[idx], r[idx], form, baseline)[2])
-        se = np.std(draws, axis=0, ddof=1) if len(draws) >= 2 else np.full(p, np.nan)
+        cov = _bootstrap_cov(d, r, form, baseline, b_se, labels, n_bootstrap, seed, p)
+        dof = math.inf
+    else:
+        if not fit_baseline:
+            v = xtx_inv @ X.T @ np.ones(n)
+            known = b_se**2 * np.outer(v, v)
+        cov = rss / (n - p) * xtx_inv + known
+        dof = float(n - p)
+    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
 
     alpha, beta = float(coef[0]), float(coef[1])
     base = float(coef[2]) if fit_baseline else baseline
     d_peak, peak = _peak(alpha, beta, base, form)
+    low = 0.0 if not fit_baseline else float(d.min())
+    extrapolated = bool(d_peak == math.inf or (math.isfinite(d_peak) and not low <= d_peak <= float(d.max())))
     return FitResult(
         form=form,
         alpha=alpha,
@@ -196,12 +295,19 @@ def fit_overoptimization(
         n=n,
         alpha_se=float(se[0]),
         beta_se=float(se[1]),
-        baseline_se=float(se[2]) if fit_baseline else 0.0,
+        baseline_se=float(se[2]) if fit_baseline else b_se,
+        d_peak_se=_d_peak_se(d_peak, alpha, beta, form, cov),
+        extrapolated=extrapolated,
+        d_max=float(d.max()),
+        dof=dof,
+        cov=tuple(map(tuple, cov.tolist())),
+        cov_baseline=tuple(map(tuple, known.tolist())),
     )
 
 
 _FIT_COLUMNS = [
     "n", "alpha", "beta", "baseline", "baseline_fitted", "rmse", "d_peak", "peak", "alpha_se", "beta_se", "baseline_se",
+    "d_peak_se", "extrapolated", "d_max", "dof",
 ]
 _RESULT_COLUMNS = ["form", "checkpoints", *_FIT_COLUMNS, "error"]
 
@@ -218,11 +324,12 @@ def fit_groups(
     """One fitted curve per group of a sweep table (columns run, step, sqrt_kl, win_rate, *by).
 
     checkpoints="final" fits each run's last evaluation (its largest step): one point per run,
-    e.g. per beta; "all" fits every evaluation, intermediate checkpoints too. The baseline is the mean win
-    rate of the group's step-0 rows (the SFT policy, which every run starts from) when it has
-    any, and those rows are then left out of the fit (at d = 0 they only restate the baseline);
-    otherwise the baseline is fitted. Rows without a step (runs never evaluated) are ignored.
-    A group that cannot be fitted still gets a row, with nan parameters and `error` saying why.
+    e.g. per beta; "all" fits every evaluation, intermediate checkpoints too. The baseline is the
+    group's step-0 win rate (the SFT policy, which every run starts from) when it has any, with its
+    standard error (`step0_baseline`), and those rows are then left out of the fit (at d = 0 they
+    only restate the baseline); otherwise the baseline is fitted. The bootstrap resamples runs.
+    Rows without a step (runs never evaluated) are ignored. A group that cannot be fitted still
+    gets a row, with nan parameters and `error` saying why.
     """
     import pandas as pd
 
@@ -239,23 +346,24 @@ def fit_groups(
     evaluated = table.dropna(subset=["step"]).reset_index(drop=True)  # unique labels for idxmax
     for key, group in evaluated.groupby(by, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        step0 = group["win_rate"][(group["step"] == 0) & np.isfinite(group["win_rate"].astype(float))]
-        baseline = float(step0.mean()) if len(step0) else None
+        baseline, baseline_se = step0_baseline(group[group["step"] == 0])
         points = group.loc[group.groupby("run")["step"].idxmax()] if checkpoints == "final" else group
         if baseline is not None:
             points = points[points["step"] != 0]
         row = dict(zip(by, key), form=form, checkpoints=checkpoints)
         try:
             fit = fit_overoptimization(
-                points["sqrt_kl"], points["win_rate"], form, baseline, n_bootstrap=n_bootstrap, seed=seed
+                points["sqrt_kl"], points["win_rate"], form, baseline, baseline_se, runs=points["run"],
+                n_bootstrap=n_bootstrap, seed=seed,
             )
         except TooFewPoints as exc:  # reported in the row, never dropped
             nan, given = math.nan, baseline is not None
             note = " (the step-0 rows give the baseline and are not fitted)" if given else ""
             row.update(
                 n=exc.n, alpha=nan, beta=nan, baseline=baseline if given else nan, baseline_fitted=not given,
-                rmse=nan, d_peak=nan, peak=nan, alpha_se=nan, beta_se=nan, baseline_se=0.0 if given else nan,
-                error=str(exc) + note,
+                rmse=nan, d_peak=nan, peak=nan, alpha_se=nan, beta_se=nan,
+                baseline_se=(baseline_se or 0.0) if given else nan, d_peak_se=nan, extrapolated=False, d_max=nan,
+                dof=nan, error=str(exc) + note,
             )
         else:
             row.update({c: getattr(fit, c) for c in _FIT_COLUMNS}, error=None)
@@ -263,3 +371,26 @@ def fit_groups(
     out = pd.DataFrame(rows, columns=[*by, *_RESULT_COLUMNS])
     out["error"] = out["error"].astype(object).where(out["error"].notna(), None)  # None, not nan
     return out
+
+
+def step0_baseline(step0: Any) -> tuple[float | None, float | None]:
+    """The baseline (SFT) win rate and its standard error from a group's step-0 rows.
+
+    Jobs that share one step-0 measurement (`eval.share_step0`: same SFT model, data, seed, judge)
+    repeat the same row; each distinct measurement counts once (rows equal in win rate, its standard
+    error and KL). The baseline is their mean and its standard error sqrt(sum se_i^2) / k from the
+    rows' `win_rate_se`, or, without it, the spread of k >= 2 measurements (std / sqrt(k)); None
+    when unknown (the baseline is then taken as exact). (None, None) without step-0 rows."""
+    rows = step0[np.isfinite(step0["win_rate"].astype(float))]
+    if rows.empty:
+        return None, None
+    keys = [c for c in ("win_rate", "win_rate_se", "kl") if c in rows.columns]
+    distinct = rows.drop_duplicates(subset=keys)
+    k = len(distinct)
+    baseline = float(distinct["win_rate"].mean())
+    ses = distinct["win_rate_se"].astype(float).to_numpy() if "win_rate_se" in distinct.columns else np.array([])
+    if ses.size and np.all(np.isfinite(ses)):
+        return baseline, float(math.sqrt(float((ses**2).sum())) / k)
+    if k >= 2:
+        return baseline, float(distinct["win_rate"].std(ddof=1) / math.sqrt(k))
+    return baseline, None

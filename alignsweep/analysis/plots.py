@@ -109,6 +109,7 @@ def figure_overoptimization(table, path: Path, fits=None, form: str = "log") -> 
                 if fit is not None:
                     d = np.linspace(0, max(pts["sqrt_kl"].max(), 1e-3) * 1.05, 200)
                     ax.plot(d, _predict(fit, d, form), linestyle=":", linewidth=2, color=colors[model])
+                    _draw_peak(ax, fit, form, colors[model])
             ax.set_title(f"{algo.upper()} ({which} checkpoints)", fontsize=10)
             ax.grid(alpha=0.3)
             if row == 1:
@@ -120,7 +121,8 @@ def figure_overoptimization(table, path: Path, fits=None, form: str = "log") -> 
     low = max(0.0, float((rows["win_rate"] - rows["win_rate_se"].fillna(0)).min()) - 0.05)
     high = min(1.0, float((rows["win_rate"] + rows["win_rate_se"].fillna(0)).max()) + 0.05)
     axes[0][0].set_ylim(low, high)  # the axes share y; a wild fit must not squash the data
-    fig.suptitle(f"Over-optimization: win rate against sqrt(KL), dotted = {form} fit", fontsize=11)
+    fig.suptitle(f"Over-optimization: win rate against sqrt(KL), dotted = {form} fit, diamond = its peak "
+                 "+/- 1 s.e.", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -133,6 +135,25 @@ def _fit_for(fits, algo: str, model: str, which: str, form: str):
     if sel.empty or sel.iloc[0].get("error") or not np.isfinite(sel.iloc[0]["alpha"]):
         return None
     return sel.iloc[0]
+
+
+def _draw_peak(ax, fit, form: str, color) -> None:
+    """The fitted peak with its standard error (horizontal bar); hollow and labelled when it lies
+    beyond the measured sqrt(KL) range (an extrapolation, drawn at the edge with an arrow)."""
+    d_peak = float(fit.get("d_peak", np.nan))
+    if not np.isfinite(d_peak):
+        return
+    se = float(fit.get("d_peak_se", np.nan))
+    extrapolated = bool(fit.get("extrapolated", False))
+    d_max = float(fit.get("d_max", np.nan))
+    if extrapolated and np.isfinite(d_max):
+        y = float(_predict(fit, np.array([d_max]), form)[0])
+        ax.annotate(f"peak {d_peak:.3g} (extrapolated)", xy=(d_max, y), xytext=(-60, 12), textcoords="offset points",
+                    fontsize=6, color=color, arrowprops={"arrowstyle": "->", "color": color})
+        return
+    y = float(_predict(fit, np.array([d_peak]), form)[0])
+    ax.errorbar([d_peak], [y], xerr=[se] if np.isfinite(se) else None, fmt="D", markersize=5, capsize=3,
+                color=color, markerfacecolor="white")
 
 
 def _predict(fit, d: np.ndarray, form: str) -> np.ndarray:

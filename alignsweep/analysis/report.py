@@ -20,10 +20,11 @@ from alignsweep.cli_style import tool_parser
 # The fits' own parameters are not the losses' alpha and beta: they are shown under these names.
 FIT_NAMES = {
     "alpha": "fit_a (slope)", "beta": "fit_b (curvature)", "alpha_se": "fit_a SE", "beta_se": "fit_b SE",
-    "baseline": "R0 (step 0)", "d_peak": "sqrt(KL) at peak", "peak": "peak win rate",
+    "baseline": "R0 (step 0)", "baseline_se": "R0 SE", "d_peak": "sqrt(KL) at peak",
+    "d_peak_se": "sqrt(KL) at peak SE", "peak": "peak win rate",
 }
-FIT_COLUMNS = ["algo", "model", "form", "checkpoints", "n", "alpha", "beta", "baseline", "d_peak", "peak", "rmse",
-               "alpha_se", "beta_se", "error"]
+FIT_COLUMNS = ["algo", "model", "form", "checkpoints", "n", "alpha", "beta", "baseline", "d_peak", "d_peak_se",
+               "extrapolated", "peak", "rmse", "alpha_se", "beta_se", "baseline_se", "error"]
 FIGURE_TITLES = {
     "fig1_overoptimization": "Over-optimization: win rate against sqrt(KL) with the fitted scaling laws",
     "fig2_length": "Length: how much of the implicit reward response length explains",
@@ -155,8 +156,10 @@ def build(sweep_dir: Path) -> Path:
         runs.to_html(index=False, float_format="{:.3f}".format, na_rep="-") if not runs.empty else "<p>none</p>",
         "<h2 id='fits'>Scaling-law fits</h2>",
         "<p>R(d) = R0 + d (fit_a - fit_b log d) (log form) or R0 + d (fit_a - fit_b d) (quadratic form), d = sqrt(KL)"
-        " (Rafailov et al. 2024, after Gao et al. 2022); R0 = the step-0 (SFT) win rate; fit_a and fit_b are the fit's"
-        " own parameters, not the losses' alpha and beta; the peak is where the fitted win rate is highest.</p>",
+        " (Rafailov et al. 2024, after Gao et al. 2022); R0 = the step-0 (SFT) win rate, its standard error propagated"
+        " into every other; fit_a and fit_b are the fit's own parameters, not the losses' alpha and beta; the peak is"
+        " where the fitted win rate is highest, extrapolated = beyond the measured sqrt(KL) range (the data do not"
+        " show that peak).</p>",
         fit_table(fitted).to_html(index=False, float_format="{:.4g}".format, na_rep="-")
         if not fitted.empty else "<p>nothing to fit yet</p>",
         "<h2 id='figures'>Figures</h2>",

@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from alignsweep.errors import ConfigError
 
-ALGORITHMS = ("dpo", "ipo", "slic", "simpo", "alphapo", "rdpo")
+ALGORITHMS = ("dpo", "ipo", "ipo_daa", "slic", "simpo", "alphapo", "rdpo")
+HYPERPARAMETERS = ("beta", "alpha", "gamma", "gamma_beta_ratio")  # top-level keys, defaults in conf/algo
+ALGO_DIR = Path(__file__).resolve().parents[2] / "conf" / "algo"
 SAMPLERS = ("auto", "transformers", "vllm")  # eval.sampler; whether vllm can run is checked when the job starts
 
 
@@ -70,22 +73,101 @@ def _get(cfg: Any, dotted: str) -> Any:
     return node
 
 
-def _optional_value(cfg: Any, key: str, who_has_it: str) -> Optional[float]:
-    """The top-level `key` (alpha, gamma) or the algorithm's default for it; refused when the
-    algorithm has no such parameter (its default is null)."""
-    given, default = cfg[key], cfg.algo[key]
-    if default is None:
-        if given is not None:
+def _algo_defaults(name: str) -> dict:
+    """The algorithm's own defaults, as its file in conf/algo/ declares them ({} when it is not
+    there, e.g. an algorithm defined in another config directory)."""
+    path = ALGO_DIR / f"{name}.yaml"
+    if not path.exists():
+        return {}
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    return {k: node.get(k) for k in HYPERPARAMETERS}
+
+
+def _refuse_conflicts(cfg: Any) -> None:
+    """`algo.KEY` changed from the algorithm's default AND a different top-level `KEY`: one of the
+    two would be silently ignored (the top-level one wins), so neither is guessed."""
+    name = cfg.algo.name
+    defaults = _algo_defaults(name)
+    for key in HYPERPARAMETERS:
+        given, inner = cfg.get(key), cfg.algo.get(key)
+        if given is None or inner is None or given == inner or key not in defaults or inner == defaults[key]:
+            continue
+        raise ConfigError(
+            f"{key}: algo.{key}={inner!r} and {key}={given!r} are both set (algo={name}); they name the same "
+            f"value, set it once: `{key}={given}` (top-level) and remove `algo.{key}=`"
+        )
+    for where, node in (("", cfg), ("algo.", cfg.algo)):
+        if node.get("gamma") is not None and node.get("gamma_beta_ratio") is not None:
             raise ConfigError(
-                f"{key}: algo={cfg.algo.name} has no {key} parameter ({who_has_it}), got {key}={given!r}; "
-                f"remove `{key}=` from this job"
+                f"{where}gamma and {where}gamma_beta_ratio are both set ({node.get('gamma')!r} and "
+                f"{node.get('gamma_beta_ratio')!r}, algo={name}); set exactly one: gamma (absolute margin) or "
+                "gamma_beta_ratio (gamma/beta, SimPO's convention)"
             )
-        return None
-    return default if given is None else given
+
+
+def _has(cfg: Any, *keys: str) -> bool:
+    return any(cfg.algo.get(k) is not None for k in keys)
+
+
+def _refuse_unused(cfg: Any, key: str, who_has_it: str, *algo_keys: str) -> None:
+    """An algorithm given a value it has no parameter for (its defaults are null) is refused."""
+    if cfg.get(key) is not None and not _has(cfg, *algo_keys):
+        raise ConfigError(
+            f"{key}: algo={cfg.algo.name} has no {key.split('_')[0]} parameter ({who_has_it}), got "
+            f"{key}={cfg.get(key)!r}; remove `{key}=` from this job"
+        )
+
+
+def resolve_hyperparameters(cfg: Any) -> dict:
+    """The job's beta, alpha and gamma (gamma absolute), from the top-level keys or else the
+    algorithm's defaults (`conf/algo/*.yaml`); alpha/gamma None for an algorithm without them.
+
+    gamma comes from whichever of `gamma` (absolute) and `gamma_beta_ratio` (gamma/beta, SimPO's
+    and AlphaPO's convention) is set, the top-level ones first: gamma = gamma_beta_ratio * beta.
+    Raises ConfigError for a value set twice differently (`algo.beta` and `beta`), both gamma knobs
+    set, or a value the algorithm has no use for."""
+    _refuse_conflicts(cfg)
+    name, algo = cfg.algo.name, cfg.algo
+    beta = algo.beta if cfg.beta is None else cfg.beta
+    if beta is None or not beta > 0:
+        raise ConfigError(f"beta: must be > 0, got {beta!r} (algo={name})")
+    _refuse_unused(cfg, "alpha", "only alphapo does", "alpha")
+    for key in ("gamma", "gamma_beta_ratio"):
+        _refuse_unused(cfg, key, "simpo and alphapo do", "gamma", "gamma_beta_ratio")
+    alpha = (algo.alpha if cfg.alpha is None else cfg.alpha) if _has(cfg, "alpha") else None
+    gamma = None
+    for node in (cfg, algo):
+        if node.get("gamma") is not None or node.get("gamma_beta_ratio") is not None:
+            ratio = node.get("gamma_beta_ratio")
+            gamma = node.get("gamma") if ratio is None else ratio * beta
+            if gamma < 0:
+                which = "gamma" if ratio is None else "gamma_beta_ratio"
+                raise ConfigError(f"{which}: must be >= 0, got {node.get(which)!r}")
+            break
+    return {
+        "beta": float(beta),
+        "alpha": None if alpha is None else float(alpha),
+        "gamma": None if gamma is None else float(gamma),
+    }
+
+
+def write_resolved(container: dict, values: Mapping[str, Any]) -> dict:
+    """`container` (a job's config as plain data) with one value per concept: the resolved beta,
+    alpha and gamma both at the top level and as the algorithm's values (gamma absolute, the
+    gamma_beta_ratio knob dropped), so config.yaml, results.csv and wandb show only what ran."""
+    container = dict(container)
+    container["algo"] = dict(container["algo"])
+    for node in (container, container["algo"]):
+        node.update(values)
+        node["gamma_beta_ratio"] = None
+    return container
 
 
 def resolve_job(cfg: Any) -> Job:
-    """Resolve `beta`/`alpha`/`gamma` against the algorithm's defaults and check every value.
+    """Resolve `beta`/`alpha`/`gamma` against the algorithm's defaults (`resolve_hyperparameters`)
+    and check every value.
 
     The top-level keys win over the algorithm's defaults. An algorithm given an `alpha` or
     `gamma` it has no use for is refused rather than silently ignored: a sweep over a value that
@@ -95,15 +177,7 @@ def resolve_job(cfg: Any) -> Job:
     name = algo.name
     if name not in ALGORITHMS:
         raise ConfigError(f"algo.name: unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")
-
-    beta = algo.beta if cfg.beta is None else cfg.beta
-    if beta is None or not beta > 0:
-        raise ConfigError(f"beta: must be > 0, got {beta!r} (algo={name})")
-
-    alpha = _optional_value(cfg, "alpha", "only alphapo does")
-    gamma = _optional_value(cfg, "gamma", "simpo and alphapo do")
-    if gamma is not None and gamma < 0:
-        raise ConfigError(f"gamma: must be >= 0, got {gamma!r}")
+    values = resolve_hyperparameters(cfg)
 
     if cfg.kl_budget is not None and not cfg.kl_budget > 0:
         raise ConfigError(f"kl_budget: must be > 0 nats or null, got {cfg.kl_budget!r}")
@@ -171,9 +245,9 @@ def resolve_job(cfg: Any) -> Job:
         algo=name,
         model=model.name,
         data=cfg.data.name,
-        beta=float(beta),
-        alpha=None if alpha is None else float(alpha),
-        gamma=None if gamma is None else float(gamma),
+        beta=values["beta"],
+        alpha=values["alpha"],
+        gamma=values["gamma"],
         kl_budget=cfg.kl_budget,
         seed=cfg.seed,
         reference_free=bool(algo.reference_free),

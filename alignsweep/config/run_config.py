@@ -12,10 +12,14 @@ from alignsweep.results import rundir
 
 
 def resolved_container(cfg: DictConfig) -> dict:
-    """The job's config as plain data, every interpolation resolved (Hydra's own node dropped)."""
+    """The job's config as plain data, every interpolation resolved (Hydra's own node dropped), with
+    one value per concept: the resolved beta/alpha/gamma (`alignsweep.config.resolve.write_resolved`)."""
+    from alignsweep.config.resolve import resolve_hyperparameters, write_resolved
+
+    values = resolve_hyperparameters(cfg)
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)
-    container = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+    container = write_resolved(OmegaConf.to_container(OmegaConf.create(container), resolve=True), values)
     # Absolute paths: the worker may run elsewhere (another directory, a cluster node).
     container["paths"] = {k: os.path.abspath(v) for k, v in container["paths"].items()}
     return container

@@ -18,11 +18,14 @@ from omegaconf import MISSING
 
 @dataclass
 class AlgoConfig:
-    name: str = MISSING  # dpo | ipo | slic | simpo | alphapo | rdpo
+    name: str = MISSING  # dpo | ipo | ipo_daa | slic | simpo | alphapo | rdpo
     reference_free: bool = False  # True: the loss never reads the reference model
     beta: float = MISSING  # default when the top-level `beta` is null
     alpha: Optional[float] = None  # default shape parameter; null = the algorithm has no alpha
-    gamma: Optional[float] = None  # default target margin (absolute); null = no gamma
+    # default target margin, exactly one of: gamma (absolute) | gamma_beta_ratio (gamma/beta, SimPO's
+    # convention); both null = the algorithm has no gamma. A run's config.yaml holds the absolute one.
+    gamma: Optional[float] = None
+    gamma_beta_ratio: Optional[float] = None
     length_normalized: bool = False  # ipo only: per-token average log-ratios (TRL's convention)
     length_coef: Optional[float] = None  # rdpo only: `a` in -log sigmoid(beta*h + a*(|y_w|-|y_l|))
 
@@ -248,19 +251,31 @@ class Config:
     # One name per concept: these mean the same for every algorithm; null = the algorithm's default.
     beta: Optional[float] = None
     alpha: Optional[float] = None
-    gamma: Optional[float] = None
+    gamma: Optional[float] = None  # absolute target margin
+    gamma_beta_ratio: Optional[float] = None  # or gamma/beta (SimPO's convention); at most one of the two
     kl_budget: Optional[float] = None  # sequence KL in nats; training stops once exceeded
     seed: int = 0
     dry_run: bool = False  # print the resolved jobs and train nothing
 
 
+def _if_simpo(algo: Any, alpha: Any, simpo: Any, otherwise: Any) -> Any:
+    """`${alignsweep.if_simpo:${algo.name},${alpha},A,B}`: A for SimPO (algo=simpo, or alphapo at
+    alpha = 0, which is SimPO exactly), else B. For a recipe whose published settings differ
+    between SimPO and AlphaPO, e.g. the lr of the SimPO arm of an AlphaPO sweep."""
+    is_simpo = algo == "simpo" or (algo == "alphapo" and alpha is not None and float(alpha) == 0)
+    return simpo if is_simpo else otherwise
+
+
 def register() -> None:
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     from alignsweep.cache.location import register_paths
 
     register_paths()  # ${alignsweep_cache_dir:} in conf/config.yaml
     ConfigStore.instance().store(name="config_schema", node=Config)
+    if not OmegaConf.has_resolver("alignsweep.if_simpo"):
+        OmegaConf.register_new_resolver("alignsweep.if_simpo", _if_simpo)
 
 
 def load_run_config(path):

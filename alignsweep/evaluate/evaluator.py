@@ -25,10 +25,13 @@ Definitions (the paper's protocol):
   comparisons with a verdict, with its standard error; `ties` counts ties, `unparseable` the
   comparisons without a verdict (an LLM judge's unreadable answer, never guessed; left out of
   the win rate), `n_eval` all comparisons. Judges add their own metrics (`alignsweep.evaluate.judges`);
-- length: mean response length and the regression of the implicit reward on response length
-  over the samples (`length_slope`, `length_r2`);
+- length: mean response length and the least-squares line of the algorithm's own implicit
+  reward (`alignsweep.train.losses.implicit_reward`: beta log pi/pi_ref for DPO/IPO/SLiC, beta m(y)
+  for SimPO, AlphaPO's r_alpha, ...) on response length over the samples (`length_slope`,
+  `length_r2`; nan when undefined: every sample cut to one length, or a constant reward);
 - on the held-out preference pairs: mean summed log-likelihood of chosen and rejected responses
-  (likelihood displacement) and the accuracy of the algorithm's implicit reward.
+  (likelihood displacement) and the accuracy of the implicit reward, ties counting 1/2 (0.5 at
+  step 0 of a reference-based loss, where every reward is 0).
 
 Sampling is seeded per prompt: prompt i of an evaluation draws from its own generator, seeded by
 `prompt_seed(seed, i)`, so the samples (and every metric) are the same whatever the batch size,
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -65,9 +69,22 @@ from alignsweep.evaluate.sequences import (
     sequence_logps,
     sequence_stats,
 )
-from alignsweep.train.losses import daa_loss
+from alignsweep.train.losses import daa_loss, implicit_reward, reward_accuracy
 
 KL_ESTIMATORS = ("mc", "exact_token")
+
+
+@contextmanager
+def eval_mode(model: Any):
+    """`model` in evaluation mode inside the block, its own mode restored after (even on errors)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
 log = logging.getLogger("alignsweep.evaluate.evaluator")
 
 
@@ -180,8 +197,7 @@ class Evaluator:
         return (prompts, chosen), (prompts, rejected)
 
     def batch_info(self) -> dict:
-        """The batch sizes the last evaluation used (`generate`, `score`, `heldout`), the setting,
-        how often a batch ran out of memory and was retried smaller, and the sampler."""
+        """The last evaluation's batch sizes (`generate`, `score`, `heldout`), OOM retries, sampler."""
         return {**self.batching.info(), "sampler": "transformers" if self.sampler is None else self.sampler.name}
 
     def _logps(self, model: Any, prompt_ids: Sequence, response_ids: Sequence) -> torch.Tensor:
@@ -198,7 +214,7 @@ class Evaluator:
         return torch.cat(parts)
 
     def samples(self, policy: Any, prompt_ids: Sequence, seed: int) -> list[list[int]]:
-        """One sample per prompt; prompt i's draws are seeded by `prompt_seed(seed, i)`."""
+        """One sample per prompt, seeded `prompt_seed(seed, i)`; the caller sets evaluation mode."""
         if not prompt_ids:
             return []
         if self.sampler is not None:
@@ -232,11 +248,24 @@ class Evaluator:
         )
         return [r for part in parts for r in part]
 
-    def kl(self, policy: Any, n_prompts: Optional[int] = None, seed: Optional[int] = None) -> dict:
-        """KL(pi || pi_ref) on fresh samples (all prompts, or the first `n_prompts`): both estimators
-        (`kl_mc`, `kl_exact_token`, with standard errors) and `kl`/`kl_se`, the one chosen by
-        `kl_estimator`."""
-        prompt_ids = self.prompt_ids if n_prompts is None else self.prompt_ids[:n_prompts]
+    def kl(
+        self, policy: Any, n_prompts: Optional[int] = None, seed: Optional[int] = None,
+        indices: Optional[Sequence[int]] = None,
+    ) -> dict:
+        """KL(pi || pi_ref) on fresh samples (all prompts, the first `n_prompts`, or those at
+        `indices`): both estimators (`kl_mc`, `kl_exact_token`, with standard errors), `kl`/`kl_se`,
+        the one chosen by `kl_estimator`, and the per-prompt exact-token terms `token_kl` (n,).
+        In evaluation mode (training mode restored after): in training mode, gradient checkpointing
+        drops the KV cache while sampling (a crash on padded prompts, a context-free decoder on
+        equal-length ones) and dropout perturbs the samples."""
+        with eval_mode(policy):
+            return self._kl(policy, n_prompts, seed, indices)
+
+    def _kl(self, policy: Any, n_prompts: Optional[int], seed: Optional[int], indices: Optional[Sequence[int]]) -> dict:
+        if indices is not None:
+            prompt_ids = [self.prompt_ids[i] for i in indices]
+        else:
+            prompt_ids = self.prompt_ids if n_prompts is None else self.prompt_ids[:n_prompts]
         responses = self.samples(policy, prompt_ids, self.seed if seed is None else seed)
         longest = max((len(p) + len(r) for p, r in zip(prompt_ids, responses)), default=1)
         parts = self.batching.run(
@@ -247,20 +276,22 @@ class Evaluator:
             bytes_per_sequence=scoring_bytes(policy, longest, max((len(r) for r in responses), default=1)),
         )
         pol_t, ref_t, tok_t = (torch.cat([part[k] for part in parts]) if parts else torch.zeros(0) for k in range(3))
-        est = {"responses": responses, "policy_logps": pol_t, "ref_logps": ref_t}
+        est = {"responses": responses, "policy_logps": pol_t, "ref_logps": ref_t, "token_kl": tok_t}
         est["kl_mc"], est["kl_mc_se"] = mean_se((pol_t - ref_t).tolist())
         est["kl_exact_token"], est["kl_exact_token_se"] = mean_se(tok_t.tolist())
         est["kl"], est["kl_se"] = est[f"kl_{self.kl_estimator}"], est[f"kl_{self.kl_estimator}_se"]
         return est
 
+    def kl_budget(self, budget: float, prompts_per_check: int) -> Any:
+        """The running check of `kl_budget` on these prompts (`alignsweep.evaluate.kl_budget`)."""
+        from alignsweep.evaluate.kl_budget import KLBudget
+
+        return KLBudget(self, budget, prompts_per_check)
+
     def evaluate(self, policy: Any, step: int) -> dict | None:
-        was_training = policy.training
-        policy.eval()
-        try:
+        """One checkpoint's metric row (None on ranks that only take part), in evaluation mode."""
+        with eval_mode(policy):
             return self._evaluate(policy, step)
-        finally:
-            if was_training:
-                policy.train()
 
     def _evaluate(self, policy: Any, step: int) -> dict | None:
         shared = step == 0 and self.step0_cache is not None and self.judge is not None
@@ -287,9 +318,8 @@ class Evaluator:
         return {"est": est, "outcomes": list(outcomes), "judge_metrics": dict(judge_metrics), "heldout": heldout}
 
     def step0_busy(self) -> bool:
-        """Whether another job of the sweep is measuring the shared step 0 right now (its file is
-        not there yet and its lock is held): the caller can train first and evaluate step 0 later
-        (with the reference model, which is the SFT model), when the measurement is there to read."""
+        """Whether another job is measuring the shared step 0 now (no file yet, its lock held): the
+        caller can train first and evaluate step 0 later with the reference (the SFT model)."""
         from alignsweep.cache.store import computing_elsewhere
 
         return self.step0_cache is not None and self.judge is not None and computing_elsewhere(self.step0_cache)
@@ -332,8 +362,11 @@ class Evaluator:
             "response_length": sum(lengths) / len(lengths),
             "truncated": sum(1 for r in responses if not r or r[-1] != self.eos_id),
         }
-        beta = self.loss_params["beta"]
-        implicit = (beta * (est["policy_logps"] - est["ref_logps"])).tolist()
+        # the algorithm's own implicit reward of each sample (`alignsweep.train.losses.implicit_reward`),
+        # |y| counting every scored token (EOS included, as in training)
+        scored = torch.tensor([max(len(r), 1) for r in responses], dtype=est["policy_logps"].dtype)
+        implicit = implicit_reward(self.loss_name, policy_logps=est["policy_logps"], ref_logps=est["ref_logps"],
+                                   lengths=scored, **self.loss_params).tolist()
         slope, r2 = least_squares([float(x) for x in lengths], implicit)
         row.update({"length_slope": slope, "length_r2": r2})
         row.update(measured["judge_metrics"])
@@ -363,5 +396,5 @@ class Evaluator:
         return {
             "chosen_logp": pc.mean().item(),
             "rejected_logp": pr.mean().item(),
-            "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+            "reward_accuracy": reward_accuracy(chosen_rewards, rejected_rewards).float().mean().item(),
         }

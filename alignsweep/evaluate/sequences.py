@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 
@@ -175,14 +176,20 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
 
 
 def least_squares(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Slope and R^2 of the least-squares line of y on x."""
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    if sxx == 0 or syy == 0:
-        return 0.0, 0.0
+    """Slope and R^2 of the least-squares line of y on x.
+
+    Undefined values are nan, never 0: with fewer than two distinct x (e.g. every sample cut at
+    `max_new_tokens`: one length) neither exists; with constant y the slope is 0 and R^2 (0/0) is
+    nan."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xs.size < 2:
+        return math.nan, math.nan
+    dx, dy = xs - xs.mean(), ys - ys.mean()
+    sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
+    if sxx == 0:
+        return math.nan, math.nan
+    if syy == 0:
+        return 0.0, math.nan
     return sxy / sxx, sxy * sxy / (sxx * syy)
 
 

@@ -109,7 +109,9 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
 def _varying(configs: dict[str, dict]) -> list[str]:
     """Config keys whose values differ between runs (the identity columns and paths aside)."""
     keys = sorted({k for flat in configs.values() for k in flat})
-    skip = {"algo.name", "model.name", "data.name", "beta", "alpha", "gamma", "kl_budget", "seed"}
+    # the identity columns, and the algorithm's defaults of them (older runs kept both beside each other)
+    skip = {"algo.name", "model.name", "data.name", "beta", "alpha", "gamma", "gamma_beta_ratio", "kl_budget", "seed",
+            "algo.beta", "algo.alpha", "algo.gamma", "algo.gamma_beta_ratio"}
     out = []
     for key in keys:
         if key in skip or key.startswith(IGNORED_PREFIXES):

@@ -204,7 +204,8 @@ def exact_metrics(logp: np.ndarray, ref_logp: np.ndarray, data: PreferenceData) 
         "rejected_logratio": float(rejected_ratio.mean()),
         "chosen_logp": float(logp[data.chosen].mean()),
         "rejected_logp": float(logp[data.rejected].mean()),
-        "reward_accuracy": float(np.mean(chosen_ratio > rejected_ratio)),
+        # ties count 1/2, as alignsweep.train.losses.reward_accuracy (0.5 at step 0, where pi = pi_ref)
+        "reward_accuracy": float(np.mean((chosen_ratio > rejected_ratio) + 0.5 * (chosen_ratio == rejected_ratio))),
         "gold_reward": float(np.sum(p * data.reward)),
         "win_rate": win_rate(p, q, data.reward),
         "win_rate_se": 0.0,  # exact: no sampling error

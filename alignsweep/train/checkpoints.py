@@ -43,6 +43,9 @@ class CheckpointCallback(TrainerCallback):
         self._last_progress = 0.0
         self.step0_later = False  # another job was measuring step 0: read it before the next row
         self.step0_deferred = False  # whether it was (for the run's status)
+        self.kl_check = None  # the running check of kl_budget (alignsweep.evaluate.kl_budget)
+        if job.kl_budget is not None and evaluator is not None:
+            self.kl_check = evaluator.kl_budget(job.kl_budget, cfg.train.kl_check_prompts)
 
     def _status(self, **fields: Any) -> None:
         if self.main:
@@ -105,7 +108,8 @@ class CheckpointCallback(TrainerCallback):
         return row
 
     def _over_budget(self, row: dict | None) -> bool:
-        return self.job.kl_budget is not None and row is not None and row["kl"] > self.job.kl_budget
+        """A checkpoint evaluation (every prompt) decides with the running check's estimator."""
+        return self.job.kl_budget is not None and row is not None and row["kl_exact_token"] > self.job.kl_budget
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.total = state.max_steps
@@ -142,11 +146,10 @@ class CheckpointCallback(TrainerCallback):
                 self._stop(step, control)
         elif self.job.kl_budget is not None and step % self.cfg.train.kl_check_every == 0:
             over = False
-            if self.evaluator is not None:  # rank 0, or every rank when the model is sharded
-                est = self.evaluator.kl(
-                    self.trainer.model, n_prompts=self.cfg.train.kl_check_prompts, seed=10_000 + step
-                )
-                over = est["kl"] > self.job.kl_budget
+            if self.kl_check is not None:  # rank 0, or every rank when the model is sharded
+                check = self.kl_check.check(self.trainer.model, step)  # in evaluation mode
+                over = check.over
+                self._status(kl_check=check.as_dict())
             if agree(over):
                 self._evaluate(step, reason="kl_budget")
                 self._stop(step, control)

@@ -10,15 +10,30 @@ log-probabilities **summed** over response tokens and response lengths in tokens
 the per-pair losses are
 
     dpo      -log sigmoid(beta * h)                                  Rafailov et al. 2023
-    ipo      (h - 1/(2 beta))^2                                      Azar et al. 2023, beta = tau
+    ipo      (h - 1/(2 beta))^2                                      Azar et al. 2023 eq. 17, beta = tau
+                                                                     (TRL's `ipo`, the DPO authors' code)
+    ipo_daa  (beta * h - 1)^2 = beta^2 (h - 1/beta)^2                Rafailov et al. 2024, the DAA form
     slic     max(0, 1 - beta * h)                                    Zhao et al. 2023, DAA form of Rafailov et al. 2024
     simpo    -log sigmoid(beta m(y_w) - beta m(y_l) - gamma)         Meng et al. 2024
     alphapo  -log sigmoid(r(y_w) - r(y_l) - gamma),
              r(y) = (beta/alpha)(1 - exp(-alpha m(y)))               Gupta et al. 2025
     rdpo     -log sigmoid(beta h + a (|y_w| - |y_l|))                Park et al. 2024
 
-`gamma` is absolute. SimPO's paper quotes gamma/beta (e.g. beta 2.5, gamma/beta 0.1 means
-gamma = 0.25); the configs in `conf/algo/` are written in absolute terms.
+The two IPO conventions differ at equal beta: `ipo` regresses h onto 1/(2 beta), `ipo_daa` onto
+1/beta (twice the margin) with a loss beta^2 times larger; `ipo` at beta = b/2 has the minimiser of
+`ipo_daa` at beta = b.
+
+`gamma` here is absolute. SimPO's paper and code (and AlphaPO's, TRL PR #3776) set gamma/beta
+(`gamma_beta_ratio`); `alignsweep.config.resolve` turns that into the absolute gamma these take.
+
+The implicit reward of each algorithm (`implicit_reward`: what `reward_accuracy` compares and what
+the evaluator regresses on response length) is the quantity inside its loss:
+
+    dpo, ipo_daa, slic   beta * (log pi(y) - log pi_ref(y))
+    ipo                  beta * (log pi(y) - log pi_ref(y)), per token when length_normalized
+    rdpo                 beta * (log pi(y) - log pi_ref(y)) + a |y|
+    simpo                beta * m(y)
+    alphapo              (beta/alpha)(1 - exp(-alpha m(y)))
 """
 
 from __future__ import annotations
@@ -55,6 +70,13 @@ def ipo(
         chosen_ratio, rejected_ratio = chosen_ratio / lc, rejected_ratio / lr
     losses = (chosen_ratio - rejected_ratio - 1.0 / (2.0 * beta)) ** 2
     return losses, beta * chosen_ratio, beta * rejected_ratio
+
+
+def ipo_daa(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """IPO in the DAA form of Rafailov et al. 2024 (g(z) = (z - 1)^2 at z = beta * h): regress the
+    beta-scaled margin onto 1, i.e. h onto 1/beta. Summed log-ratios."""
+    chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
+    return (chosen - rejected - 1.0) ** 2, chosen, rejected
 
 
 def slic(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,6 +162,8 @@ def daa_loss(
         return dpo(beta, pc, pr, rc, rr)
     if name == "ipo":
         return ipo(beta, pc, pr, rc, rr, lc, lr, length_normalized)
+    if name == "ipo_daa":
+        return ipo_daa(beta, pc, pr, rc, rr)
     if name == "slic":
         return slic(beta, pc, pr, rc, rr)
     if name == "rdpo":
@@ -147,12 +171,50 @@ def daa_loss(
     raise ValueError(f"unknown loss {name!r}")
 
 
+def implicit_reward(
+    name: str,
+    *,
+    policy_logps: Tensor,
+    ref_logps: Optional[Tensor],
+    lengths: Tensor,
+    beta: float,
+    alpha: Optional[float] = None,
+    gamma: Optional[float] = None,
+    length_normalized: bool = False,
+    length_coef: float = 0.0,
+) -> Tensor:
+    """The algorithm's own implicit reward of each response (1-D, one entry per response), the
+    quantity its loss compares (see the module's table); `lengths` in tokens, log-probs summed.
+    Computed through `daa_loss` with the response as both members of a pair, so it cannot drift
+    from the loss."""
+    if ref_logps is None:
+        ref_logps = torch.zeros_like(policy_logps)
+    _, rewards, _ = daa_loss(
+        name, policy_chosen_logps=policy_logps, policy_rejected_logps=policy_logps, ref_chosen_logps=ref_logps,
+        ref_rejected_logps=ref_logps, chosen_lengths=lengths, rejected_lengths=lengths, beta=beta, alpha=alpha,
+        gamma=gamma, length_normalized=length_normalized, length_coef=length_coef,
+    )
+    return rewards
+
+
+def reward_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
+    """Per pair: 1 when the chosen response's implicit reward is higher, 1/2 on a tie, else 0.
+
+    A tie (e.g. every pair at step 0 of a reference-based loss, where the policy is the reference
+    and both rewards are 0) is a coin flip, not a wrong answer: the accuracy of the SFT model is
+    0.5 there. Both the evaluation's `reward_accuracy` and training's `rewards/accuracies` use it
+    (TRL's own `rewards/accuracies` counts ties as wrong)."""
+    return (chosen_rewards > rejected_rewards).to(chosen_rewards.dtype) + 0.5 * (chosen_rewards == rejected_rewards).to(
+        chosen_rewards.dtype
+    )
+
+
 def loss_params(cfg: Any, job: Any) -> dict:
     """The keyword arguments of `daa_loss` for a resolved job (`alignsweep.config.resolve.Job`):
     beta, alpha, gamma, and the algorithm's own switches from `cfg.algo` (IPO's length
     normalisation, R-DPO's length coefficient). The one place config names become loss arguments."""
     params: dict = {"beta": job.beta, "alpha": job.alpha, "gamma": job.gamma}
-    if job.algo == "ipo":
+    if job.algo == "ipo":  # TRL's convention; ipo_daa has none
         params["length_normalized"] = bool(cfg.algo.length_normalized)
     if job.algo == "rdpo":
         params["length_coef"] = float(cfg.algo.length_coef or 0.0)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from trl import DPOTrainer
 
-from alignsweep.train.losses import REFERENCE_FREE, daa_loss
+from alignsweep.train.losses import REFERENCE_FREE, daa_loss, reward_accuracy
 from alignsweep.train.sharding import CPUFSDPMixin
 
 REF_PARTS = 16  # the shared reference log-probs are computed in up to this many parts
@@ -243,7 +243,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         metrics = self._metrics[mode]
         metrics["rewards/chosen"].append(gather(chosen_rewards.detach()).mean().item())
         metrics["rewards/rejected"].append(gather(rejected_rewards.detach()).mean().item())
-        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["rewards/accuracies"].append(gather(reward_accuracy(chosen_rewards, rejected_rewards).float()).mean().item())
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
         if return_outputs:
