@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from alignsweep.results import rundir
@@ -30,6 +31,8 @@ class ProgressPrinter:
     def note(self, job: Any, what: str) -> None:
         if what.startswith("already"):
             self.done += 1
+        elif what.startswith("not started"):
+            pass
         else:
             self.active[job.num] = job
         self._print(f"{job_label(job)}: {what}")
@@ -61,6 +64,15 @@ class ProgressPrinter:
         self.done += 1
         status = rundir.read_status(job.run_dir) or {}
         state = status.get("state", "failed" if code else "completed")
+        if code != 0 and state not in rundir.FINAL_STATES + ("interrupted", "requeued"):
+            # the worker died without a word (SIGKILL, out of memory): resumable, like an interruption
+            import signal
+
+            how = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_ \
+                else f"exit code {code}"
+            status = rundir.write_status(job.run_dir, state="interrupted", phase="interrupted",
+                                         error=f"the worker ended by {how} before it recorded an outcome")
+            state = "interrupted"
         if state == "completed":
             wall = status.get("wall_s")
             self._print(f"{job_label(job)}: completed" + (f" in {wall:.0f}s" if wall else ""))
@@ -69,12 +81,23 @@ class ProgressPrinter:
             self.failed.append((job, error))
             self._print(f"{job_label(job)}: {state.upper()}: {error} (log: {job.run_dir / rundir.LOG})")
 
-    def summary(self) -> None:
+    def summary(self, busy: int = 0) -> None:
         minutes = (time.time() - self.start) / 60
         print(
             f"[alignsweep] {self.done - len(self.failed)} of {len(self.jobs)} jobs completed, "
-            f"{len(self.failed)} failed, in {minutes:.1f} min",
+            f"{len(self.failed)} failed or interrupted"
+            + (f", {busy} running in another process" if busy else "") + f", in {minutes:.1f} min",
             flush=True,
         )
         for job, error in self.failed:
             print(f"  FAILED {job_label(job)}: {error}\n    log: {job.run_dir / rundir.LOG}", flush=True)
+
+
+def resume_command(directory: Path, key: str = "hydra.sweep.dir") -> str:
+    """The command line that resumes this launch: this process's arguments, with `key` (the sweep
+    or run directory) set to `directory`, absolute, so a `${now:...}` default cannot start a new one."""
+    import shlex
+    import sys
+
+    args = [a for a in sys.argv[1:] if not a.lstrip("+").startswith(f"{key}=")]
+    return shlex.join(["python", "-m", "alignsweep", *args, f"{key}={Path(directory).absolute()}"])
