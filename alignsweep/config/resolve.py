@@ -93,7 +93,7 @@ def resolve_job(cfg: Any) -> Job:
     """
     from alignsweep.config.ranges import range_errors
 
-    errors = range_errors(cfg) + combination_errors(cfg)
+    errors = range_errors(cfg) or combination_errors(cfg)  # combinations of values each in range
     if errors:
         raise ConfigError("; ".join(errors))
     algo = cfg.algo
