@@ -31,6 +31,8 @@ from .test_config import compose_cfg
 from .wandb_log import history
 
 FAST = ["logger=none", "data.embedded.n_train=256", "eval.prompts=32", "train.checkpoints=2"]
+# long enough to be caught training (a key may be given once per command line)
+LONGER = ["logger=none", "data.embedded.n_train=4096", "eval.prompts=32", "train.checkpoints=5"]
 
 
 def wait_until(predicate, timeout: float, what: str):
@@ -123,7 +125,7 @@ def test_a_multirun_whose_jobs_fail_exits_non_zero(cli):
 
 @pytest.mark.slow
 def test_a_killed_job_shows_interrupted_and_a_second_launch_leaves_a_live_one_alone(cli):
-    args = ["-m", "beta=0.1", *FAST, "data.embedded.n_train=4096", "train.checkpoints=5", "hydra.sweep.dir=s"]
+    args = ["-m", "beta=0.1", *LONGER, "hydra.sweep.dir=s"]
     first = cli.popen(*args)
     run = cli.cwd / "s" / "0"
     status = wait_until(lambda: training(run), 300, "the job to train")
@@ -141,7 +143,7 @@ def test_a_killed_job_shows_interrupted_and_a_second_launch_leaves_a_live_one_al
 @pytest.mark.parametrize("multirun", [True, False])
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(cli, multirun):
     where = ("hydra.sweep.dir=s" if multirun else "hydra.run.dir=r")
-    args = (["-m"] if multirun else []) + ["beta=0.1", *FAST, "data.embedded.n_train=4096", "train.checkpoints=5", where]
+    args = (["-m"] if multirun else []) + ["beta=0.1", *LONGER, where]
     out = cli.cwd / "out.txt"
     proc = cli.popen(*args, stdout=out, session=True)
     run = cli.cwd / ("s/0" if multirun else "r")
@@ -166,7 +168,7 @@ def test_divergence_is_caught_before_a_non_finite_checkpoint_is_evaluated_or_kep
     import torch
     from safetensors.torch import load_file
 
-    proc = cli("train.lr=1e4", *FAST, "train.checkpoints=8", "hydra.run.dir=run", check=False)
+    proc = cli("train.lr=1e4", *LONGER, "hydra.run.dir=run", check=False)
     run = cli.cwd / "run"
     status = rundir.read_status(run)
     assert proc.returncode == 1 and status["state"] == "diverged", proc.stdout + proc.stderr
@@ -180,8 +182,7 @@ def test_divergence_is_caught_before_a_non_finite_checkpoint_is_evaluated_or_kep
 
 @pytest.mark.slow
 def test_a_killed_and_resumed_job_has_one_wandb_run_with_its_whole_history(cli):
-    args = ["beta=0.1", *FAST[1:], "data.embedded.n_train=4096", "train.checkpoints=6", "logger=wandb",
-            "logger.mode=offline", "hydra.run.dir=run"]
+    args = ["beta=0.1", *LONGER[1:], "logger=wandb", "logger.mode=offline", "hydra.run.dir=run"]
     run = cli.cwd / "run"
     proc = cli.popen(*args)
     wait_until(lambda: len(rundir.read_metrics(run)) >= 3 and list(run.glob("trainer/checkpoint-*/trainer_state.json")),
@@ -205,25 +206,27 @@ def test_names_sent_to_wandb_meet_its_limits(cli):
 # --- refused before anything starts ---------------------------------------------------------
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-    mount = tmp_path / "ro"
+@pytest.fixture(params=["ro", "size=64k,nr_inodes=1"], ids=["read-only", "no-inode-left"])
+def unwritable_dir(tmp_path, request):
+    """A filesystem root cannot write to although `os.access` may say it can: mounted read-only,
+    or with no inode left (access(2) says yes, creating a file fails)."""
+    mount = tmp_path / "mnt"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", request.param, "tmpfs", str(mount)], capture_output=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {proc.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", str(mount)])
 
 
-def test_read_only_paths_are_refused_in_one_line_even_as_root(cli, read_only_dir):
-    for args, key in ((["-m", "beta=0.1", f"paths.cache_dir={read_only_dir}/c"], "paths.cache_dir"),
-                      ([f"paths.output_dir={read_only_dir}/o"], "paths.output_dir"),
-                      (["-m", "beta=0.1", f"paths.output_dir={read_only_dir}/o"], "paths.output_dir")):
+def test_unwritable_paths_are_refused_in_one_line_even_as_root(cli, unwritable_dir):
+    for args, key in ((["-m", "beta=0.1", f"paths.cache_dir={unwritable_dir}/c"], "paths.cache_dir"),
+                      ([f"paths.output_dir={unwritable_dir}/o"], "paths.output_dir"),
+                      (["-m", "beta=0.1", f"paths.output_dir={unwritable_dir}/o"], "paths.output_dir")):
         proc = cli(*args, "logger=none", check=False)
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith(f"error: {key}: cannot write")
-        assert "Read-only file system" in proc.stderr
+        assert "Read-only file system" in proc.stderr or "No space left on device" in proc.stderr
 
 
 def bad_value(bounds: dict, kind: type):
