@@ -125,7 +125,8 @@ def test_a_multirun_whose_jobs_fail_exits_non_zero(cli):
 
 @pytest.mark.slow
 def test_a_killed_job_shows_interrupted_and_a_second_launch_leaves_a_live_one_alone(cli):
-    args = ["-m", "beta=0.1", *LONGER, "hydra.sweep.dir=s"]
+    # long enough to outlast a second launch on a busy machine; killed long before its end
+    args = ["-m", "beta=0.1", "logger=none", "data.embedded.n_train=32768", "eval.prompts=32", "hydra.sweep.dir=s"]
     first = cli.popen(*args)
     run = cli.cwd / "s" / "0"
     status = wait_until(lambda: training(run), 300, "the job to train")
