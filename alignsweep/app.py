@@ -3,6 +3,11 @@
 With `dry_run=true` it prints the job line and trains nothing. Otherwise it writes the resolved
 config into the job's run directory and runs the worker there, in this process. (Multiruns go
 through a launcher, which prepares the run directories and starts the workers itself.)
+
+A run directory belongs to one config (`alignsweep.config.identity`): into a directory holding
+the same job it resumes (or, completed, does nothing); a directory of another config is refused
+(exit 2, naming the keys that differ); a directory another live process runs is left to it (exit
+3). Ctrl-C (exit 130) or SIGTERM (143) stop it as `interrupted`, with the command that resumes it.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from alignsweep.config.identity import identity, identity_conflict, write_identity
 from alignsweep.config.resolve import resolve_job
-from alignsweep.config.run_config import write_run_config
+from alignsweep.config.run_config import resolved_container, write_run_config
 from alignsweep.errors import ConfigError, mark_started
 from alignsweep.results import rundir
 from alignsweep.results.provenance import FILE, provenance
@@ -40,11 +46,23 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
         return None
     if run_dir is None:
         run_dir = _hydra_run_dir()
+    ident = identity(resolved_container(cfg))
+    conflict = identity_conflict(run_dir, ident)
+    if conflict:
+        raise ConfigError(f"hydra.run.dir: {conflict}")
+    previous = rundir.read_status(run_dir) or {}
+    if previous.get("state") == "completed":
+        print(f"run directory: {run_dir} (already completed: nothing to do)", flush=True)
+        return previous
+    if rundir.lock_held(run_dir):
+        raise rundir.RunInUse(f"{run_dir} is being run by another process (pid {previous.get('pid', '?')})")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, cfg)
+    write_identity(run_dir, ident)
     rundir.atomic_write_text(run_dir / FILE, json.dumps(provenance(), indent=1))
     from alignsweep.worker import job as worker
 
+    worker.stop_on_sigterm()
     status = worker.run(worker.load_config(run_dir / rundir.CONFIG), run_dir)
     print(results_line(run_dir), flush=True)
     print(f"run directory: {run_dir} ({status['state']})", flush=True)
@@ -73,5 +91,18 @@ def run_or_exit(cfg: DictConfig) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except rundir.RunInUse as exc:
+        print(f"error: {exc}; not started", file=sys.stderr)
+        sys.exit(3)
+    except KeyboardInterrupt as exc:
+        from hydra.core.hydra_config import HydraConfig
+
+        from alignsweep.launch.progress import resume_command
+
+        terminated = type(exc).__name__ == "Terminated"
+        run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
+        print(f"\ninterrupted ({'SIGTERM' if terminated else 'Ctrl-C'}); resume with: "
+              f"{resume_command(run_dir, key='hydra.run.dir')}", file=sys.stderr, flush=True)
+        sys.exit(143 if terminated else 130)
     if status is not None and status["state"] != "completed":
         sys.exit(1)

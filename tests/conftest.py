@@ -43,11 +43,13 @@ def cli(tmp_path, sft_cache):
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
         return proc
 
-    def popen(*args: str, env: dict | None = None, stdout: Path | None = None) -> subprocess.Popen:
-        """Start it in the background; its output in a pipe, or in the file `stdout`."""
+    def popen(*args: str, env: dict | None = None, stdout: Path | None = None, session: bool = False) -> subprocess.Popen:
+        """Start it in the background; its output in a pipe, or in the file `stdout`; `session`:
+        in a process group of its own, as a terminal runs a command (os.killpg plays Ctrl-C)."""
         cmd, full_env = command(*args, env=env)
         out = subprocess.PIPE if stdout is None else open(stdout, "w")
-        return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=session)
 
     run.cwd = tmp_path
     run.popen = popen

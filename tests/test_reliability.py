@@ -11,6 +11,7 @@ import subprocess
 import time
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -222,16 +223,20 @@ def test_api_keys_never_reach_any_file_a_run_writes(cli):
 
 
 @pytest.mark.slow
-def test_chaos_killed_jobs_resubmitted_end_as_an_undisturbed_sweep(cli):
-    sweep_args = ["-m", "algo=dpo,ipo", "logger=none", "data.embedded.n_train=2048"]
-    cli(*sweep_args, "hydra.sweep.dir=calm")
+def test_chaos_killed_jobs_and_launchers_then_a_grown_grid_end_as_an_undisturbed_sweep(cli):
+    """Jobs and the launcher itself killed at random moments (SIGKILL or SIGTERM), then the sweep
+    relaunched with one more job: it ends with the table of an undisturbed sweep of the grown grid,
+    no job trained twice over, every exit code non-zero until then."""
+    small = ["logger=none", "data.embedded.n_train=1024", "eval.prompts=64", "train.checkpoints=4"]
+    grid, grown = ["-m", "algo=dpo,ipo", *small], ["-m", "algo=dpo,ipo,slic", *small]
+    cli(*grown, "hydra.sweep.dir=calm")
     storm = cli.cwd / "storm"
     rng = random.Random(20261122)
-    kills = []
-    for attempt in range(8):
-        proc = cli.popen(*sweep_args, "hydra.sweep.dir=storm")
+    kills, codes = [], []
+    for attempt in range(10):
+        proc = cli.popen(*(grid if attempt < 3 else grown), "hydra.sweep.dir=storm")
         if attempt < 3:
-            # wait for a job to be training, then kill it a random moment later (mid-step, mid-eval, ...)
+            # wait for a job to be training, then kill it or the launcher a random moment later
             deadline, victim = time.time() + 300, None
             while victim is None and time.time() < deadline and proc.poll() is None:
                 runs = [d for d in storm.glob("*") if (d / rundir.CONFIG).exists()]
@@ -243,21 +248,27 @@ def test_chaos_killed_jobs_resubmitted_end_as_an_undisturbed_sweep(cli):
                 time.sleep(rng.uniform(0.0, 3.0))
                 run, status = victim
                 sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+                target = rng.choice(["job", "launcher"])
                 try:
-                    os.kill(status["pid"], sig)
-                    kills.append((run.name, sig.name, status.get("phase"), status.get("step")))
+                    os.kill(status["pid"] if target == "job" else proc.pid, sig)
+                    kills.append((attempt, target, run.name, sig.name, status.get("phase"), status.get("step")))
                 except ProcessLookupError:
                     pass
         proc.communicate(timeout=600)
+        codes.append(proc.returncode)
         states = {d.name: (rundir.read_status(d) or {}).get("state") for d in storm.glob("*")
                   if (d / rundir.CONFIG).exists()}
-        if states and all(s == "completed" for s in states.values()):
+        if attempt >= 3 and len(states) == 3 and all(s == "completed" for s in states.values()):
             break
     assert kills, "the chaos test killed nothing"
-    assert all(s == "completed" for s in states.values()), (states, kills)
-    for run in ("0", "1"):
-        calm, stormy = rundir.read_metrics(cli.cwd / "calm" / run), rundir.read_metrics(storm / run)
-        assert stormy == calm, f"run {run} differs after kills {kills}"
+    assert all(s == "completed" for s in states.values()) and len(states) == 3, (states, kills)
+    assert codes[-1] == 0 and all(codes[k[0]] != 0 for k in kills), (codes, kills)  # exit codes tell the truth
+    calm_table, storm_table = (pd.read_csv(cli.cwd / d / "results.csv") for d in ("calm", "storm"))
+    keep = [c for c in calm_table.columns if not c.startswith("cfg.") and c not in ("wall_s",)]
+    key = ["algo", "step"]
+    calm_rows = calm_table[keep].sort_values(key).reset_index(drop=True)
+    storm_rows = storm_table[keep].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(calm_rows.drop(columns=["run"]), storm_rows.drop(columns=["run"]), obj=str(kills))
 
 
 @settings(max_examples=100, deadline=None)

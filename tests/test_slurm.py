@@ -121,8 +121,9 @@ def test_array_with_a_failing_job_blocking_then_collected(cli, slurm_env):
 
 
 def test_a_requeued_job_resumes_and_ends_with_the_rows_of_an_uninterrupted_one(cli, slurm_env, sft_cache):
-    # two identical jobs (logger.project changes nothing when logger=none): one is requeued mid-training
-    cli("-m", "logger.project=a,b", *SLURM, "data.embedded.n_train=8192", "hydra.sweep.dir=rq", env=slurm_env)
+    # two identical jobs, in two sweeps (one sweep runs a job once): one is requeued mid-training
+    for where in ("rq", "twin"):
+        cli("-m", *SLURM, "data.embedded.n_train=8192", f"hydra.sweep.dir={where}", env=slurm_env)
     sweep = cli.cwd / "rq"
     manifest = json.loads((sweep / "manifest.json").read_text())["jobs"]
     victim = manifest["0"]["job_id"]
@@ -137,16 +138,39 @@ def test_a_requeued_job_resumes_and_ends_with_the_rows_of_an_uninterrupted_one(c
         return states(sweep)[0] != "requeued"
 
     wait_until(release, 60, "job 0 to restart")
-    wait_until(lambda: all_final(sweep), 400, "both jobs to finish", every=2)
-    assert states(sweep) == {0: "completed", 1: "completed"}
+    wait_until(lambda: all_final(sweep) and all_final(cli.cwd / "twin"), 400, "both jobs to finish", every=2)
+    assert states(sweep) == {0: "completed"} and states(cli.cwd / "twin") == {0: "completed"}
     status = rundir.read_status(run)
     assert status["attempt"] == 2 and status["resumed_from"].startswith("checkpoint-")
-    interrupted, uninterrupted = rundir.read_metrics(run), rundir.read_metrics(sweep / "1")
+    interrupted, uninterrupted = rundir.read_metrics(run), rundir.read_metrics(cli.cwd / "twin" / "0")
     assert [r["step"] for r in interrupted] == [r["step"] for r in uninterrupted] and len(interrupted) == 6
     assert interrupted == uninterrupted, "resumed rows must equal those of the uninterrupted twin"
     # the SFT cache was built once, before the requeue, and reused after it
     logs = sorted((sweep / ".submitit").glob(f"{victim}/*_log.err"))
     assert logs and "building the SFT model" not in logs[0].read_text().split("requeue")[-1]
+
+
+def test_a_preempted_job_is_recorded_requeued_with_its_reason_and_resumes(cli, slurm_env):
+    cli("-m", *SLURM, "data.embedded.n_train=8192", "hydra.sweep.dir=pre", env=slurm_env)
+    sweep, run = cli.cwd / "pre", cli.cwd / "pre" / "0"
+    job_id = json.loads((sweep / "manifest.json").read_text())["jobs"]["0"]["job_id"]
+    wait_until(lambda: list((run / "trainer").glob("checkpoint-*/trainer_state.json")), 240, "a first checkpoint")
+    # the signal SLURM sends before a time limit or a pre-emption (sbatch --signal, submitit's requeue)
+    sh("scancel", "--signal=USR2", job_id)
+    wait_until(lambda: (rundir.read_status(run) or {}).get("state") == "requeued", 60, "the requeue to be recorded")
+    assert rundir.read_status(run)["requeue_reason"].startswith("pre-empted after")
+    wait_until(lambda: states(sweep)[0] == "requeued", 60, "SLURM to hold the requeued job")
+    out = cli("status", str(sweep)).stdout
+    assert "requeued: pre-empted after" in out and "failed" not in out and "SystemExit" not in out
+
+    def release() -> bool:  # a requeued job is held ~2 min (BeginTime) unless released
+        subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
+        return states(sweep)[0] != "requeued"
+
+    wait_until(release, 60, "the job to restart")
+    wait_until(lambda: all_final(sweep), 400, "the job to finish", every=2)
+    status = rundir.read_status(run)
+    assert status["state"] == "completed" and status["attempt"] == 2 and status["requeues"] == 1
 
 
 def test_two_process_distributed_job_rank_zero_alone_writes(cli, slurm_env):

@@ -69,9 +69,11 @@ def test_exit_codes_and_signals_reach_the_launcher(tmp_path, sft_cache, fork):
     (bad / rundir.CONFIG).write_text(yaml.safe_dump(config))
     assert _finish(pool.start(bad, bad / rundir.LOG)) == 2
     assert "error:" in (bad / rundir.LOG).read_text() and "alpha" in (bad / rundir.LOG).read_text()
-    # a job stopped by a signal: the negative signal number, as subprocess reports it
+    # a job stopped by SIGTERM records itself as interrupted and exits 128 + SIGTERM, the shell's
+    # convention (issue 18: interrupted, not failed); the launcher sees that code either way
     stopped = _prepare(tmp_path / "stopped", sft_cache)
     job = pool.start(stopped, stopped / rundir.LOG)
     time.sleep(0.5)
     job.terminate()
-    assert _finish(job) == -signal.SIGTERM
+    assert _finish(job) == 128 + signal.SIGTERM
+    assert (rundir.read_status(stopped) or {}).get("state") in (None, "interrupted")

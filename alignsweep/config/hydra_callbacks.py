@@ -11,7 +11,13 @@ from hydra.experimental.callback import Callback
 
 
 def unwritable(path: str) -> str | None:
-    """Why `path` cannot be created and written to, or None if it can."""
+    """Why `path` cannot be created and written to, or None if it can.
+
+    Tried, not asked: a file is created and removed in the nearest existing directory, because
+    `os.access` answers yes to root on a read-only filesystem (the usual case in containers).
+    """
+    import tempfile
+
     target = Path(path).absolute()
     probe = target
     while not probe.exists():
@@ -20,8 +26,12 @@ def unwritable(path: str) -> str | None:
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe} is a file, not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".alignsweep-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        return f"{probe} is not writable ({exc.strerror or exc})"
     return None
 
 
@@ -34,7 +44,9 @@ class CheckPaths(Callback):
 
         checks = [("paths.cache_dir", config.paths.cache_dir)]
         try:
-            checks.append((out_key, OmegaConf.select(config, out_key)))
+            out = str(OmegaConf.select(config, out_key))
+            inside = Path(out).absolute().is_relative_to(Path(str(config.paths.output_dir)).absolute())
+            checks.append(("paths.output_dir" if inside else out_key, out))
         except Exception:  # an interpolation Hydra resolves only later
             pass
         for key, value in checks:

@@ -173,6 +173,11 @@ def resolve_job(cfg: Any) -> Job:
     `gamma` it has no use for is refused rather than silently ignored: a sweep over a value that
     changes nothing would train identical jobs and plot them as different ones.
     """
+    from alignsweep.config.ranges import range_errors
+
+    errors = range_errors(cfg) or combination_errors(cfg)  # combinations of values each in range
+    if errors:
+        raise ConfigError("; ".join(errors))
     algo = cfg.algo
     name = algo.name
     if name not in ALGORITHMS:
@@ -206,11 +211,6 @@ def resolve_job(cfg: Any) -> Job:
         from alignsweep.data.files import check_local
 
         check_local(cfg.data.path, (cfg.data.prompt_column, cfg.data.chosen_column, cfg.data.rejected_column))
-        if cfg.eval.prompts is not None and cfg.eval.prompts > cfg.data.heldout_size:
-            raise ConfigError(
-                f"eval.prompts: {cfg.eval.prompts} evaluation prompts asked for, but data.heldout_size is "
-                f"{cfg.data.heldout_size} (the evaluation prompts are the held-out pairs' prompts)"
-            )
     model = cfg.model
     tree, tree_policy = getattr(cfg.data, "tree", None), getattr(model, "tree_policy", None)
     if tree is not None or tree_policy is not None:
@@ -253,6 +253,33 @@ def resolve_job(cfg: Any) -> Job:
         reference_free=bool(algo.reference_free),
         resources=resources,
     )
+
+
+def combination_errors(cfg: Any) -> list[str]:
+    """Values that are each in range but cannot work together."""
+    errors = []
+    data, prompts = cfg.data, cfg.eval.prompts
+    if prompts is not None and data.embedded is None and getattr(data, "tree", None) is None \
+            and prompts > data.heldout_size:
+        errors.append(f"eval.prompts: {prompts} evaluation prompts asked for, but data.heldout_size is "
+                      f"{data.heldout_size} (the evaluation prompts are the held-out pairs' prompts)")
+    embedded = data.embedded
+    if embedded is not None and not embedded.min_topics <= embedded.max_topics <= embedded.n_words:
+        errors.append(f"data.embedded: expected min_topics <= max_topics <= n_words, got {embedded.min_topics}, "
+                      f"{embedded.max_topics}, {embedded.n_words}")
+    arch = cfg.model.arch
+    if arch is not None and arch.hidden_size % arch.num_heads:
+        errors.append(f"model.arch: hidden_size {arch.hidden_size} is not a multiple of num_heads {arch.num_heads}")
+    if cfg.judge.max_backoff_s < cfg.judge.backoff_s:
+        errors.append(f"judge.max_backoff_s: {cfg.judge.max_backoff_s} is less than judge.backoff_s {cfg.judge.backoff_s}")
+    if cfg.model.resources.gpus and cfg.model.resources.tasks_per_node and \
+            cfg.model.resources.tasks_per_node > cfg.model.resources.gpus:
+        errors.append(f"model.resources.tasks_per_node: {cfg.model.resources.tasks_per_node} processes per node "
+                      f"but {cfg.model.resources.gpus} GPU(s): one process per GPU at most")
+    project = str(cfg.logger.project)
+    if cfg.logger.name == "wandb" and (not 0 < len(project) <= 128 or any(c in project for c in "/\\#?%:")):
+        errors.append(f"logger.project: W&B takes 1 to 128 characters without / \\ # ? % :, got {project!r}")
+    return errors
 
 
 # model.tree_policy: how a Tree MDP policy computes its logits (alignsweep.toys.tree_mdp.TreePolicy)

@@ -2,8 +2,9 @@
 
 `conf/config.yaml` names `config_schema` first in its defaults list, so every YAML file is merged
 into these dataclasses: a misspelt key or a value of the wrong type fails when the config is
-composed, before anything trains or is submitted. Values are checked further (ranges, combinations)
-by `alignsweep.config.resolve`.
+composed, before anything trains or is submitted. Every numeric field declares its valid range
+here (`knob`), checked by `alignsweep.config.ranges`; combinations are checked by
+`alignsweep.config.resolve`.
 
 This module imports neither torch nor Hydra's launcher machinery: composing a config is cheap.
 """
@@ -16,28 +17,34 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 
+def knob(default: Any, **bounds: float) -> Any:
+    """A numeric field and its valid range, declared once: pydantic's bounds (gt, ge, lt, le);
+    NaN and infinity are never valid. Checked when a config is composed (`alignsweep.config.ranges`)."""
+    return field(default=default, metadata={"range": bounds})
+
+
 @dataclass
 class AlgoConfig:
     name: str = MISSING  # dpo | ipo | ipo_daa | slic | simpo | alphapo | rdpo
     reference_free: bool = False  # True: the loss never reads the reference model
-    beta: float = MISSING  # default when the top-level `beta` is null
-    alpha: Optional[float] = None  # default shape parameter; null = the algorithm has no alpha
+    beta: float = knob(MISSING, gt=0)  # default when the top-level `beta` is null
+    alpha: Optional[float] = knob(None)  # default shape parameter; null = the algorithm has no alpha
     # default target margin, exactly one of: gamma (absolute) | gamma_beta_ratio (gamma/beta, SimPO's
     # convention); both null = the algorithm has no gamma. A run's config.yaml holds the absolute one.
-    gamma: Optional[float] = None
-    gamma_beta_ratio: Optional[float] = None
+    gamma: Optional[float] = knob(None, ge=0)
+    gamma_beta_ratio: Optional[float] = knob(None, ge=0)
     length_normalized: bool = False  # ipo only: per-token average log-ratios (TRL's convention)
-    length_coef: Optional[float] = None  # rdpo only: `a` in -log sigmoid(beta*h + a*(|y_w|-|y_l|))
+    length_coef: Optional[float] = knob(None)  # rdpo only: `a` in -log sigmoid(beta*h + a*(|y_w|-|y_l|))
 
 
 @dataclass
 class ResourcesConfig:
-    gpus: int = 0  # GPUs per node
-    nodes: int = 1
-    tasks_per_node: Optional[int] = None  # processes per node; null = one per GPU (at least one)
-    cpus: int = 2  # CPU cores per node, shared by its processes
-    mem_gb: int = 8  # host memory per node
-    time_min: int = 30  # wall-clock limit of one job
+    gpus: int = knob(0, ge=0)  # GPUs per node
+    nodes: int = knob(1, ge=1)
+    tasks_per_node: Optional[int] = knob(None, ge=1)  # processes per node; null = one per GPU (at least one)
+    cpus: int = knob(2, ge=1)  # CPU cores per node, shared by its processes
+    mem_gb: int = knob(8, ge=1)  # host memory per node
+    time_min: int = knob(30, ge=1)  # wall-clock limit of one job
     strategy: str = "single"  # single | fsdp | deepspeed_zero3: how the GPUs share the model
 
 
@@ -45,11 +52,11 @@ class ResourcesConfig:
 class TinyArchConfig:
     """Architecture of a model built from scratch (GPT-NeoX, the Pythia architecture)."""
 
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 256
-    max_position_embeddings: int = 64
+    hidden_size: int = knob(64, ge=1)
+    num_layers: int = knob(2, ge=1)
+    num_heads: int = knob(4, ge=1)
+    intermediate_size: int = knob(256, ge=1)
+    max_position_embeddings: int = knob(64, ge=2)
 
 
 @dataclass
@@ -58,9 +65,9 @@ class TreeNetConfig:
     its features (one-hot of the actions taken so far, by position, and of the depth) through one
     hidden layer. Its output layer starts at zero, so pi_0 = pi_ref exactly."""
 
-    hidden: int = 32  # width of the hidden layer
+    hidden: int = knob(32, ge=1)  # width of the hidden layer
     activation: str = "tanh"  # tanh | relu
-    init_scale: float = 1.0  # hidden layer ~ N(0, init_scale**2 / fan_in), seeded by the top-level `seed`
+    init_scale: float = knob(1.0, ge=0)  # hidden layer ~ N(0, init_scale**2 / fan_in), seeded by the top-level `seed`
 
 
 @dataclass
@@ -75,8 +82,8 @@ class ModelConfig:
     tree_policy: Optional[str] = None
     tree_net: TreeNetConfig = field(default_factory=TreeNetConfig)
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    per_device_batch: int = 8  # pairs per device per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
+    per_device_batch: int = knob(8, ge=1)  # pairs per device per micro-batch
+    grad_accum: int = knob(1, ge=1)  # micro-batches per optimizer step
     gradient_checkpointing: bool = False
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
@@ -85,18 +92,18 @@ class ModelConfig:
 class EmbeddedTaskConfig:
     """The synthetic preference task with a programmatic gold reward (`alignsweep.data.embedded`)."""
 
-    seed: int = 0
-    n_words: int = 24  # content vocabulary
-    n_fillers: int = 6  # words with no content; the labeller's length bias rewards them
-    min_topics: int = 3  # content words per prompt
-    max_topics: int = 6
-    n_sft: int = 2000  # demonstrations for supervised fine-tuning
-    n_train: int = 1024  # preference pairs for DAA training
-    n_heldout: int = 256  # held-out preference pairs (likelihood displacement, reward accuracy)
-    n_eval: int = 256  # evaluation prompts, each with a reference response
-    length_bias: float = 1.2  # labeller logit per token of length difference (spurious)
-    label_noise: float = 0.1  # probability that a label is flipped
-    label_temperature: float = 0.1  # Bradley-Terry temperature on the gold reward
+    seed: int = knob(0, ge=0)
+    n_words: int = knob(24, ge=1)  # content vocabulary
+    n_fillers: int = knob(6, ge=0)  # words with no content; the labeller's length bias rewards them
+    min_topics: int = knob(3, ge=1)  # content words per prompt
+    max_topics: int = knob(6, ge=1)
+    n_sft: int = knob(2000, ge=1)  # demonstrations for supervised fine-tuning
+    n_train: int = knob(1024, ge=1)  # preference pairs for DAA training
+    n_heldout: int = knob(256, ge=1)  # held-out preference pairs (likelihood displacement, reward accuracy)
+    n_eval: int = knob(256, ge=1)  # evaluation prompts, each with a reference response
+    length_bias: float = knob(1.2)  # labeller logit per token of length difference (spurious)
+    label_noise: float = knob(0.1, ge=0, le=1)  # probability that a label is flipped
+    label_temperature: float = knob(0.1, gt=0)  # Bradley-Terry temperature on the gold reward
 
 
 @dataclass
@@ -108,19 +115,19 @@ class TreeMDPConfig:
     sampled except the dataset itself (from `seed`).
     """
 
-    depth: int = 3  # actions per trajectory; actions**depth leaves (trajectories)
-    actions: int = 3  # actions per state, each leading deterministically to a child (paper: 3)
+    depth: int = knob(3, ge=1)  # actions per trajectory; actions**depth leaves (trajectories)
+    actions: int = knob(3, ge=2)  # actions per state, each leading deterministically to a child (paper: 3)
     leaves: Optional[list[int]] = None  # leaf indices the pairs are drawn among; null = `n_leaves` drawn by `seed`
-    n_leaves: int = 6  # how many leaves when `leaves` is null; those some pair uses are in distribution
-    pairs: int = 10  # preference pairs, drawn uniformly among distinct covered leaves
-    label_temperature: float = 0.0  # 0: the higher gold reward is chosen; > 0: Bradley-Terry at this temperature
+    n_leaves: int = knob(6, ge=2)  # how many leaves when `leaves` is null; those some pair uses are in distribution
+    pairs: int = knob(10, ge=1)  # preference pairs, drawn uniformly among distinct covered leaves
+    label_temperature: float = knob(0.0, ge=0)  # 0: the higher gold reward is chosen; > 0: Bradley-Terry at this temperature
     reference: str = "uniform"  # uniform | random (softmax of seeded normal logits)
-    reference_scale: float = 1.0  # std of the reference's logits (reference=random)
-    seed: int = 0  # gold reward (normal per leaf), covered leaves, pairs, labels, random reference
+    reference_scale: float = knob(1.0, ge=0)  # std of the reference's logits (reference=random)
+    seed: int = knob(0, ge=0)  # gold reward (normal per leaf), covered leaves, pairs, labels, random reference
     optimizer: str = "adam"  # adam | sgd: full-batch steps on the policy's logits
-    lr: float = 0.05
-    steps: int = 300  # optimizer steps (each on every pair)
-    log_every: int = 10  # steps between metric rows (plus step 0 and the last step)
+    lr: float = knob(0.05, gt=0)
+    steps: int = knob(300, ge=1)  # optimizer steps (each on every pair)
+    log_every: int = knob(10, ge=1)  # steps between metric rows (plus step 0 and the last step)
 
 
 @dataclass
@@ -132,10 +139,10 @@ class DataConfig:
     prompt_column: str = "prompt"
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
-    max_length: int = 64  # prompt + response tokens; longer pairs are dropped and counted
-    max_new_tokens: int = 16  # sampled response length at evaluation
-    heldout_size: int = 256  # pairs held out (their prompts and chosen responses are the evaluation set)
-    max_bad_fraction: float = 0.5  # stop, rather than train on the rest, when more rows than this are bad
+    max_length: int = knob(64, ge=2)  # prompt + response tokens; longer pairs are dropped and counted
+    max_new_tokens: int = knob(16, ge=1)  # sampled response length at evaluation
+    heldout_size: int = knob(256, ge=1)  # pairs held out (their prompts and chosen responses are the evaluation set)
+    max_bad_fraction: float = knob(0.5, ge=0, le=1)  # stop, rather than train on the rest, when more rows than this are bad
     embedded: Optional[EmbeddedTaskConfig] = None
     tree: Optional[TreeMDPConfig] = None  # data=tree_mdp: the toy Tree MDP (needs model.tree_policy)
     # The cleaned splits and TRL's tokenised training pairs are the same for every job of a sweep
@@ -149,21 +156,21 @@ class JudgeConfig:
 
     name: str = MISSING  # gold | reward_model | llm
     model: Optional[str] = None  # hub id / local path (reward_model) or model name (llm)
-    batch_size: int = 64  # reward_model: texts per forward pass
+    batch_size: int = knob(64, ge=1)  # reward_model: texts per forward pass
     dtype: str = "float32"  # reward_model: float32 | bfloat16 | float16
-    max_length: int = 2048  # reward_model: tokens per prompt + response (longer ones cut from the left)
+    max_length: int = knob(2048, ge=2)  # reward_model: tokens per prompt + response (longer ones cut from the left)
     base_url: Optional[str] = None  # llm: root of an OpenAI-compatible API, e.g. https://api.openai.com/v1
     api_key_env: Optional[str] = "OPENAI_API_KEY"  # llm: environment variable with the key; null = no key
     prompt: str = "auto"  # llm: summary | instruction | auto (summary for data=tldr, else instruction)
     order: str = "random"  # llm: random (seeded coin per comparison) | both (ask both orders, average)
-    seed: int = 0  # llm: seed of the presentation order
-    temperature: float = 0.0  # llm
-    max_tokens: int = 256  # llm: tokens of the judge's answer
-    concurrency: int = 8  # llm: requests in flight at once
-    max_retries: int = 6  # llm: retries after 429/5xx/connection errors, then the job fails
-    backoff_s: float = 1.0  # llm: first retry delay, doubled per retry (jittered; Retry-After honoured)
-    max_backoff_s: float = 60.0  # llm: longest delay between retries
-    timeout_s: float = 120.0  # llm: per request
+    seed: int = knob(0, ge=0)  # llm: seed of the presentation order
+    temperature: float = knob(0.0, ge=0)  # llm
+    max_tokens: int = knob(256, ge=1)  # llm: tokens of the judge's answer
+    concurrency: int = knob(8, ge=1)  # llm: requests in flight at once
+    max_retries: int = knob(6, ge=0)  # llm: retries after 429/5xx/connection errors, then the job fails
+    backoff_s: float = knob(1.0, ge=0)  # llm: first retry delay, doubled per retry (jittered; Retry-After honoured)
+    max_backoff_s: float = knob(60.0, ge=0)  # llm: longest delay between retries
+    timeout_s: float = knob(120.0, gt=0)  # llm: per request
     cache: bool = True  # llm: cache answers on disk (re-evaluation and resume cost no calls)
     cache_dir: Optional[str] = None  # llm: null = PATHS.cache_dir/judge/llm
 
@@ -179,24 +186,24 @@ class LoggerConfig:
 @dataclass
 class SFTConfig:
     enabled: bool = True  # False: the model is already the reference (e.g. an instruct model)
-    epochs: float = 2.0
-    lr: float = 3e-3
-    batch_size: int = 32
-    warmup_ratio: float = 0.05
-    seed: int = 0  # the SFT model is shared by every job that agrees on these settings
+    epochs: float = knob(2.0, gt=0)
+    lr: float = knob(3e-3, gt=0)
+    batch_size: int = knob(32, ge=1)
+    warmup_ratio: float = knob(0.05, ge=0, lt=1)
+    seed: int = knob(0, ge=0)  # the SFT model is shared by every job that agrees on these settings
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0  # the paper trains one epoch
-    lr: float = 1e-3
+    epochs: float = knob(1.0, gt=0)  # the paper trains one epoch
+    lr: float = knob(1e-3, gt=0)
     optimizer: str = "adamw_torch"  # any transformers optimizer name; the paper used rmsprop
-    warmup_steps: float = 0  # optimizer steps of linear warm-up; a value in (0, 1) is a fraction of the run
+    warmup_steps: float = knob(0, ge=0)  # optimizer steps of linear warm-up; a value in (0, 1) is a fraction of the run
     lr_scheduler: str = "constant_with_warmup"
-    max_grad_norm: float = 10.0
-    checkpoints: int = 5  # evenly spaced evaluations within the run, the last at the end
-    kl_check_every: int = 4  # steps between running KL estimates (only with kl_budget)
-    kl_check_prompts: int = 32  # prompts per running KL estimate
+    max_grad_norm: float = knob(10.0, gt=0)
+    checkpoints: int = knob(5, ge=1)  # evenly spaced evaluations within the run, the last at the end
+    kl_check_every: int = knob(4, ge=1)  # steps between running KL estimates (only with kl_budget)
+    kl_check_prompts: int = knob(32, ge=1)  # prompts per running KL estimate
     save_final_model: bool = False  # write the final policy to RUN_DIR/model
     resumable: bool = True  # save a trainer checkpoint (model, optimizer, scheduler) at each evaluation
     # the reference's log-probs of the training pairs (reference-based losses) and of the held-out
@@ -208,8 +215,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     enabled: bool = True  # false: train only (benchmarks of training speed); no metric rows are written
-    prompts: Optional[int] = None  # evaluation prompts; null = all the data provides (paper: 256)
-    temperature: float = 1.0  # sampling temperature (paper: 1.0)
+    prompts: Optional[int] = knob(None, ge=1)  # evaluation prompts; null = all the data provides (paper: 256)
+    temperature: float = knob(1.0, gt=0)  # sampling temperature (paper: 1.0)
     # Prompts per generation and scoring batch: `auto` sizes each batch to the memory free on the
     # device (CUDA: mem_get_info; CPU: MemAvailable, cgroup and RLIMIT_AS limits; at most 256 on
     # CPU); an integer is a maximum. Either way a batch that runs out of memory is retried at half
@@ -228,7 +235,7 @@ class EvalConfig:
     sampler: str = "auto"  # auto | transformers | vllm
     # vllm only: the fraction of the GPU's memory the vLLM engine takes while it samples (weights
     # and KV cache); it sleeps between evaluations and gives that memory back to training
-    vllm_gpu_memory_utilization: float = 0.3
+    vllm_gpu_memory_utilization: float = knob(0.3, gt=0, le=1)
 
 
 @dataclass
@@ -249,12 +256,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     # One name per concept: these mean the same for every algorithm; null = the algorithm's default.
-    beta: Optional[float] = None
-    alpha: Optional[float] = None
-    gamma: Optional[float] = None  # absolute target margin
-    gamma_beta_ratio: Optional[float] = None  # or gamma/beta (SimPO's convention); at most one of the two
-    kl_budget: Optional[float] = None  # sequence KL in nats; training stops once exceeded
-    seed: int = 0
+    beta: Optional[float] = knob(None, gt=0)
+    alpha: Optional[float] = knob(None)
+    gamma: Optional[float] = knob(None, ge=0)  # absolute target margin
+    gamma_beta_ratio: Optional[float] = knob(None, ge=0)  # or gamma/beta (SimPO's convention); at most one of the two
+    kl_budget: Optional[float] = knob(None, gt=0)  # sequence KL in nats; training stops once exceeded
+    seed: int = knob(0, ge=0)
     dry_run: bool = False  # print the resolved jobs and train nothing
 
 

@@ -4,7 +4,9 @@ Shared by the local and SLURM launchers so that a sweep directory looks the same
 
     SWEEP_DIR/multirun.yaml    Hydra's record of the sweep
     SWEEP_DIR/manifest.json    every job: number, overrides, run directory, resolved values, resources
-    SWEEP_DIR/<num>/           one run directory per job (see alignsweep.results.rundir)
+    SWEEP_DIR/<num>/           one run directory per job (see alignsweep.results.rundir); a job
+                               keeps its number when the sweep is relaunched or grown (matched
+                               by fingerprint, alignsweep.config.identity)
 
 Imports no torch.
 """
@@ -14,14 +16,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, open_dict
 
+from alignsweep.config.identity import (
+    differences, fingerprint, identity, identity_conflict, read_identity, write_identity,
+)
 from alignsweep.config.resolve import Job, resolve_job
-from alignsweep.config.run_config import write_run_config
+from alignsweep.config.run_config import resolved_container, write_run_config
 from alignsweep.errors import ConfigError
 from alignsweep.results import rundir
 
@@ -36,6 +41,10 @@ class PreparedJob:
     run_dir: Path
     job: Job
     skip: bool  # completed by an earlier submission of the same sweep
+    identity: dict = field(default_factory=dict)  # alignsweep.config.identity
+    fingerprint: str = ""
+    busy: str | None = None  # why another live process has it (its run directory's lock is held)
+    duplicates: list = field(default_factory=list)  # overrides of the same job given again in this launch
 
 
 def _file_memo_repository(repository: Any, memo: dict) -> Any:
@@ -158,48 +167,117 @@ class _Frozen:
 
 
 def prepare_jobs(
-    hydra_context: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    hydra_context: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+    job_errors: Callable[[Any], list[str]] | None = None,
 ) -> list[PreparedJob]:
-    """Compose and validate every job; with dry_run=false also write each run's config.
+    """Compose and validate every job and give it its run directory; with dry_run=false also write
+    each run's config and identity.
 
-    All mistakes are reported together, then the process exits with code 2 before any job starts.
+    Run directories are matched by fingerprint (`alignsweep.config.identity`), never by position:
+    a job whose fingerprint a run directory of the sweep already holds gets that directory (and its
+    number) back; a new job gets the next free number. Jobs of this launch with equal fingerprints
+    run once. With a custom `hydra.sweep.subdir`, a job whose directory holds another config is
+    refused. All mistakes are reported together, then the process exits with code 2 before any
+    job starts. `job_errors` adds the launcher's own checks of a job (settings that cannot work).
     """
     from hydra.core.hydra_config import HydraConfig
 
     from alignsweep.errors import mark_started
 
-    jobs, errors = [], []
+    jobs: list[PreparedJob] = []
+    errors: list[str] = []
     composer = JobComposer(hydra_context.config_loader, config)
+    sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+    by_number = config.hydra.sweep._get_node("subdir")._value() == "${hydra.job.num}"
+    known, used = existing_runs(sweep_dir)
+    first: dict[str, PreparedJob] = {}  # fingerprint -> the first job of this launch with it
+    by_dir: dict[Path, PreparedJob] = {}
     for offset, overrides in enumerate(job_overrides):
-        num = initial_job_idx + offset
+        index = initial_job_idx + offset
         cfg, uses_hydra_resolver = composer.compose_job(list(overrides))
         with open_dict(cfg):
-            cfg.hydra.job.num = num
-            cfg.hydra.job.id = f"{num}"
+            cfg.hydra.job.num = index
+            cfg.hydra.job.id = f"{index}"
         if uses_hydra_resolver:
             HydraConfig.instance().set_config(cfg)
+        said = f"job #{index} ({' '.join(overrides)})"
         try:
             job = resolve_job(cfg)
+            errors.extend(f"{said}: {e}" for e in (job_errors(job) if job_errors else []))
         except ConfigError as exc:
-            errors.append(f"job #{num} ({' '.join(overrides)}): {exc}")
+            errors.append(f"{said}: {exc}")
             continue
-        run_dir = (Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)).absolute()
+        ident = identity(resolved_container(cfg))
+        print_ = fingerprint(ident)
+        if print_ in first:
+            twin = first[print_]
+            print(f"[alignsweep] job #{index} ({' '.join(overrides)}) is the same job as #{twin.num} "
+                  f"({' '.join(twin.overrides)}): it runs once", flush=True)
+            twin.duplicates.append(list(overrides))
+            continue
+        if by_number:
+            num = known.get(print_)
+            if num is None:
+                num = next(n for n in range(len(used) + 1) if n not in used)
+                used.add(num)
+            run_dir = sweep_dir / str(num)
+        else:
+            run_dir = (Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)).absolute()
+            num = index
+            conflict = identity_conflict(run_dir, ident)
+            if conflict:
+                errors.append(f"{said}: {conflict}")
+                continue
+            if run_dir in by_dir:
+                other = by_dir[run_dir]
+                errors.append(f"{said}: hydra.sweep.subdir gives it the run directory of job #{other.num} "
+                              f"({run_dir}), which differs in {differences(other.identity, ident)}")
+                continue
         status = rundir.read_status(run_dir) or {}
-        jobs.append(PreparedJob(num, list(overrides), cfg, run_dir, job, status.get("state") == "completed"))
+        busy = None
+        if status.get("state") != "completed" and rundir.lock_held(run_dir):
+            busy = f"still running in another process (pid {status.get('pid', '?')})"
+        prepared = PreparedJob(num, list(overrides), cfg, run_dir, job, status.get("state") == "completed",
+                               identity=ident, fingerprint=print_, busy=busy)
+        first[print_] = by_dir[run_dir] = prepared
+        jobs.append(prepared)
     if errors:
         print("error: the sweep was not started:\n  " + "\n  ".join(errors), file=sys.stderr)
         sys.exit(2)
     mark_started()
     if not config.dry_run:
         for job in jobs:
-            if job.skip:
+            if job.skip or job.busy:
                 continue
             job.run_dir.mkdir(parents=True, exist_ok=True)
             HydraConfig.instance().set_config(job.config)
             write_run_config(job.run_dir, job.config)
+            write_identity(job.run_dir, job.identity)
             if rundir.read_status(job.run_dir) is None:
                 rundir.write_status(job.run_dir, state="pending", phase="queued")
-    return jobs
+    return sorted(jobs, key=lambda j: j.num)
+
+
+def existing_runs(sweep_dir: Path) -> tuple[dict[str, int], set[int]]:
+    """The run directories a sweep already has: {fingerprint: number}, and every number in use
+    (numbered directories, and the manifest's entries)."""
+    known: dict[str, int] = {}
+    used: set[int] = set()
+    if not sweep_dir.is_dir():
+        return known, used
+    path = sweep_dir / MANIFEST
+    if path.exists():
+        try:
+            used.update(int(n) for n in json.loads(path.read_text()).get("jobs", {}))
+        except (ValueError, TypeError):
+            pass
+    for child in sweep_dir.iterdir():
+        if child.is_dir() and child.name.isdigit():
+            used.add(int(child.name))
+            ident = read_identity(child)
+            if ident is not None:
+                known.setdefault(fingerprint(ident), int(child.name))
+    return known, used
 
 
 def tier_of(resources: Any) -> tuple:
@@ -237,6 +315,7 @@ def write_manifest(
                 "seed": job.job.seed,
                 "resources": dict(job.job.resources),
                 "launcher": launcher,
+                "fingerprint": job.fingerprint,
             }
         )
         if submitted and job.num in submitted:
@@ -267,13 +346,18 @@ class SweepLauncher:
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
-        jobs = prepare_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+        jobs = prepare_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx, self.job_errors)
         return jobs, Path(str(self.config.hydra.sweep.dir)).absolute()
+
+    def job_errors(self, job: Job) -> list[str]:
+        """Launcher settings that cannot work for `job` (each launcher says which); [] if none."""
+        return []
 
     @staticmethod
     def dry_run(jobs: Sequence[PreparedJob]) -> list:
         for job in jobs:
-            print(f"#{job.num} {job.job.describe()}", flush=True)
+            note = " (completed: skipped)" if job.skip else f" ({job.busy}: skipped)" if job.busy else ""
+            print(f"#{job.num} {job.job.describe()}{note}", flush=True)
         return [job_return(job, "dry-run") for job in jobs]
 
 

@@ -27,8 +27,21 @@ WORKER = "alignsweep.worker"
 PRELOAD = [f"{WORKER}.preload"]
 
 
+def die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent ends (the fork server ends with the launcher),
+    so a launcher killed outright leaves no job running unwatched; each records `interrupted`."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+
 def run_forked(run_dir: str, log_path: str, env: dict) -> None:
     """The forked job: environment, output into the run's log, then the worker (its exit code)."""
+    die_with_parent()
     os.environ.update(env)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
@@ -67,6 +80,9 @@ class Job:
 
     def terminate(self) -> None:
         self.process.terminate()
+
+    def kill(self) -> None:
+        self.process.kill()
 
 
 class WorkerPool:
@@ -116,6 +132,7 @@ class WorkerPool:
             stdout=logf,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
+            preexec_fn=die_with_parent,
         )
         return Job(process, None, logf)
 

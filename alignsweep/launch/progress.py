@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from alignsweep.results import rundir
@@ -87,6 +88,8 @@ class ProgressPrinter:
             self.done += 1
             if self.live is not None:
                 self.live.update(self.overall, completed=self.done)
+        elif what.startswith("not started"):
+            pass
         else:
             self.active[job.num] = job
             if self.live is not None:
@@ -118,6 +121,15 @@ class ProgressPrinter:
             self.live.update(self.overall, completed=self.done)
         status = rundir.read_status(job.run_dir) or {}
         state = status.get("state", "failed" if code else "completed")
+        if code != 0 and state not in rundir.FINAL_STATES + ("interrupted", "requeued"):
+            # the worker died without a word (SIGKILL, out of memory): resumable, like an interruption
+            import signal
+
+            how = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_ \
+                else f"exit code {code}"
+            status = rundir.write_status(job.run_dir, state="interrupted", phase="interrupted",
+                                         error=f"the worker ended by {how} before it recorded an outcome")
+            state = "interrupted"
         if state == "completed":
             wall = status.get("wall_s")
             self._print(f"{job_label(job)}: completed" + (f" in {wall:.0f}s" if wall else ""))
@@ -132,14 +144,25 @@ class ProgressPrinter:
             self.live.stop()
             self.live = None
 
-    def summary(self) -> None:
+    def summary(self, busy: int = 0) -> None:
         self.close()
         minutes = (time.time() - self.start) / 60
         print(
             f"[alignsweep] {self.done - len(self.failed)} of {len(self.jobs)} jobs completed, "
-            f"{len(self.failed)} failed, in {minutes:.1f} min",
+            f"{len(self.failed)} failed or interrupted"
+            + (f", {busy} running in another process" if busy else "") + f", in {minutes:.1f} min",
             flush=True,
         )
         if self.failed:  # each error was printed when its job ended; here only where to look
             print("  FAILED (error above): " + ", ".join(
                 f"#{job.num} (log: {job.run_dir / rundir.LOG})" for job, _ in self.failed), flush=True)
+
+
+def resume_command(directory: Path, key: str = "hydra.sweep.dir") -> str:
+    """The command line that resumes this launch: this process's arguments, with `key` (the sweep
+    or run directory) set to `directory`, absolute, so a `${now:...}` default cannot start a new one."""
+    import shlex
+    import sys
+
+    args = [a for a in sys.argv[1:] if not a.lstrip("+").startswith(f"{key}=")]
+    return shlex.join(["python", "-m", "alignsweep", *args, f"{key}={Path(directory).absolute()}"])

@@ -4,6 +4,8 @@
     RUN_DIR/status.json     state (pending/running/completed/failed/diverged), progress, error
     RUN_DIR/metrics.jsonl   one JSON object per evaluated checkpoint, appended whole
     RUN_DIR/worker.log      the worker's output (local launcher)
+    RUN_DIR/identity.json   the job's identity and fingerprint (alignsweep.config.identity)
+    RUN_DIR/.lock           held by the process running the job, released when it ends or dies
 
 `status.json` is replaced atomically (write a temporary file, then rename). Metric rows are
 appended with one write of a complete line and fsynced; a reader skips an incomplete last line.
@@ -24,7 +26,48 @@ METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 CONFIG_JSON = "config.json"  # the same config, for fast reading
 LOG = "worker.log"
+LOCK = ".lock"
 FINAL_STATES = ("completed", "failed", "diverged")
+
+
+class RunInUse(RuntimeError):
+    """Another live process holds the run directory's lock (it is running this job)."""
+
+
+def hold_lock(run_dir: Path) -> Any:
+    """Take the run directory's lock for as long as this process runs the job (released by
+    `.release()`, or by the operating system when the process ends, however it ends).
+
+    Raises RunInUse, naming the pid recorded in the status, when another process holds it.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(Path(run_dir) / LOCK))
+    try:
+        lock.acquire(timeout=2)  # a moment's grace for a `lock_held` probe (status, a launcher)
+    except Timeout:
+        pid = (read_status(run_dir) or {}).get("pid")
+        raise RunInUse(f"{run_dir} is in use by another process" + (f" (pid {pid})" if pid else "")) from None
+    return lock
+
+
+def lock_held(run_dir: Path) -> bool:
+    """Whether a live process holds the run directory's lock now (probed without waiting; a run
+    directory that cannot be locked, e.g. a read-only copy, counts as free)."""
+    from filelock import FileLock, Timeout
+
+    path = Path(run_dir) / LOCK
+    if not path.exists():
+        return False
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -45,6 +45,23 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def partitions() -> list[str]:
+    """The partitions `sinfo` lists (without the default's `*`); [] without SLURM's tools."""
+    if shutil.which("sinfo") is None:
+        return []
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted({line.strip().rstrip("*") for line in out.splitlines() if line.strip()})
+
+
+def partition_exists(name: str) -> bool:
+    """Whether the cluster has partition `name` (True where it cannot be asked: no sinfo here)."""
+    found = partitions()
+    return not found or name in found
+
+
 def active_job_ids(sweep_dir: Path) -> dict[str, tuple[str, str]]:
     """Jobs of the sweep's manifest that SLURM still has queued or running: num -> (id, state)."""
     jobs = manifest(sweep_dir)["jobs"]
@@ -77,24 +94,32 @@ def wait_for(sweep_dir: Path, poll_s: float = 10.0, timeout_s: float | None = No
         time.sleep(poll_s)
 
 
-def entry_state(entry: dict[str, Any], run_status: dict | None, slurm_state: str | None) -> str:
-    """One word for a job, from its run directory and the scheduler together.
+def entry_state(entry: dict[str, Any], run_status: dict | None, slurm_state: str | None,
+                alive: bool | None = None) -> str:
+    """One word for a job, from its run directory, the scheduler and the run directory's lock.
 
-    The run directory wins once the worker has finished (completed / failed / diverged); before
-    that the scheduler says whether the job waits, runs, was requeued or died without a word.
+    A completed run is completed. Otherwise a scheduler that still has the job queued or running
+    wins (pending / requeued / running: a failed or requeued attempt is being retried); then the
+    run directory's last word (failed, diverged, requeued with its reason, interrupted); then what
+    the scheduler says of a job that died without a word. A local job recorded as running whose
+    process is gone (`alive` False: its run directory's lock is free) was interrupted.
     """
     run_state = (run_status or {}).get("state")
-    if run_state in ("completed", "failed", "diverged"):
+    if run_state == "completed":
         return run_state
     attempt = (run_status or {}).get("attempt", 0)
     if slurm_state in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
-        return "requeued" if attempt >= 1 else "pending"
+        return "requeued" if attempt >= 1 or run_state == "requeued" else "pending"
     if slurm_state in ("RUNNING", "COMPLETING", "CONFIGURING"):
         return "running"
+    if run_state in ("failed", "diverged", "requeued", "interrupted"):
+        return run_state
     if slurm_state in ("PREEMPTED",):
         return "preempted"
     if slurm_state in ("FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"):
         return "failed"
     if run_state == "running":
-        return "running" if slurm_state is None and entry.get("launcher") == "local" else "unknown"
+        if slurm_state is None and entry.get("launcher") == "local":
+            return "interrupted" if alive is False else "running"
+        return "unknown"
     return run_state or ("submitted" if entry.get("job_id") else "pending")

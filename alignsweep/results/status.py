@@ -1,6 +1,6 @@
 """`python -m alignsweep status SWEEP_DIR`: where every job of a sweep stands.
 
-One line per job: its state (pending, running, requeued, completed, failed, diverged, ...), its
+One line per job: its state (pending, running, requeued, interrupted, completed, failed, diverged, ...), its
 progress, the scheduler's job id and, for failures, the error and where the log is. Works for
 sweeps of any launcher, on a copy of the sweep directory without a cluster, and on a single run's
 directory (`python -m alignsweep` without -m). `--json` prints the same rows as a JSON object
@@ -43,7 +43,8 @@ def rows(sweep_dir: Path) -> list[dict]:
         run_dir = sweep_dir / entry["run_dir"]
         status = rundir.read_status(run_dir) or {}
         slurm = states.get(entry.get("job_id", ""))
-        state = cluster.entry_state(entry, status, slurm)
+        alive = rundir.lock_held(run_dir) if status.get("state") == "running" and not slurm else None
+        state = cluster.entry_state(entry, status, slurm, alive)
         step, total = status.get("step"), status.get("total_steps")
         row = {
             "num": int(num),
@@ -57,7 +58,11 @@ def rows(sweep_dir: Path) -> list[dict]:
             "error": status.get("error"),
             "log": None,
         }
-        if state in ("failed", "preempted", "unknown", "diverged"):
+        if state == "requeued" and status.get("requeue_reason"):
+            row["error"] = f"requeued: {status['requeue_reason']}"
+        if state == "interrupted" and not row["error"]:
+            row["error"] = "its process is gone (killed?) without recording an outcome; relaunch to resume it"
+        if state in ("failed", "preempted", "unknown", "diverged", "interrupted"):
             logs = cluster.log_paths(entry)
             row["log"] = logs[1] if logs else str(run_dir / rundir.LOG)
             if not row["error"] and slurm:

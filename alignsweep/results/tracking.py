@@ -23,6 +23,19 @@ def wandb_mode(requested: str) -> str:
     return requested
 
 
+# What the W&B server accepts (longer values are refused or cut): run names and groups 128
+# characters, job types 64. Projects are checked when the config is composed (config.resolve).
+WANDB_LIMITS = {"name": 128, "group": 128, "job_type": 64}
+
+
+def wandb_label(text: str, limit: int) -> str:
+    """`text` within `limit` characters: kept whole when it fits, else cut and ended with 8 hex
+    digits of its SHA-1, so that two long labels stay distinct."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 9]}~{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
 class NullTracker:
     def log(self, row: dict, step: int) -> None:
         pass
@@ -55,12 +68,32 @@ def _wandb_init(logger_cfg: Any, directory: Path, identity: str, **kwargs: Any) 
 
 
 class WandbTracker:
-    def __init__(self, logger_cfg: Any, run_dir: Path, *, group: str, job_type: str, name: str, config: dict):
+    """One W&B run per job, its history in step order and complete after any resume.
+
+    `replay`: the rows the run directory already holds (metrics.jsonl, kept up to the checkpoint
+    the job resumes from). Offline, the run's earlier segments are removed and the rows logged
+    again into one new segment, so the synced run has every row once; online, the server keeps
+    the history and only rows past its last step are sent.
+    """
+
+    def __init__(self, logger_cfg: Any, run_dir: Path, *, group: str, job_type: str, name: str, config: dict,
+                 replay: list[dict] | None = None):
+        if wandb_mode(logger_cfg.mode) == "offline":
+            import shutil
+
+            for old in Path(run_dir).glob("wandb/offline-run-*"):
+                shutil.rmtree(old, ignore_errors=True)
         self.run = _wandb_init(
-            logger_cfg, run_dir, str(Path(run_dir).resolve()), group=group, job_type=job_type, name=name, config=config
+            logger_cfg, run_dir, str(Path(run_dir).resolve()), group=wandb_label(group, WANDB_LIMITS["group"]),
+            job_type=wandb_label(job_type, WANDB_LIMITS["job_type"]), name=wandb_label(name, WANDB_LIMITS["name"]),
+            config=config,
         )
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
+        start = self.run.step or 0
+        for row in sorted(replay or [], key=lambda r: r["step"]):
+            if row["step"] >= start:
+                self.log(row, step=row["step"])
 
     def log(self, row: dict, step: int) -> None:
         self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}, step=step)
@@ -87,8 +120,8 @@ def log_sweep_summary(logger_cfg: Any, sweep_dir: Path, table: Any, fits: Any, f
 
     sweep_dir = Path(sweep_dir)
     run = _wandb_init(
-        logger_cfg, sweep_dir, f"{sweep_dir.resolve()}:summary",
-        group=sweep_dir.name, job_type="summary", name=f"{sweep_dir.name}-summary",
+        logger_cfg, sweep_dir, f"{sweep_dir.resolve()}:summary", group=wandb_label(sweep_dir.name, WANDB_LIMITS["group"]),
+        job_type="summary", name=wandb_label(f"{sweep_dir.name}-summary", WANDB_LIMITS["name"]),
     )
     payload: dict[str, Any] = {"results": wandb.Table(dataframe=_wandb_safe(table))}
     if fits is not None and not fits.empty:

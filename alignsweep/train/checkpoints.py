@@ -83,6 +83,11 @@ class CheckpointCallback(TrainerCallback):
             row = self.evaluator.evaluate(self.trainer.model if policy is None else policy, step)
         if row is None:
             return None
+        bad = non_finite_measurements(row)
+        if bad:  # the policy's log-probabilities overflowed: a diverged step, not a measurement
+            self.diverged_at, self.stop_reason = step, "non_finite_logps"
+            self._status(diverged_at=step, diverged_keys=bad)
+            return None
         row.update(
             {
                 "step": step,
@@ -134,13 +139,18 @@ class CheckpointCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         step = self.last_step = state.global_step
         recent = self.trainer.step_losses[-1:] or [0.0]
-        if any_rank(not math.isfinite(recent[-1])):
-            self.diverged_at = step
-            self.stop_reason = "non_finite_loss"
-            control.should_training_stop = True
+        # checked every step, before anything reads the weights: the step whose update made them
+        # non-finite is the diverged one, and no checkpoint of it is evaluated or saved
+        loss_ok, weights_ok = math.isfinite(recent[-1]), weights_finite(self.trainer.model)
+        if any_rank(not (loss_ok and weights_ok)):
+            self._diverged(step, "non_finite_loss" if not loss_ok else "non_finite_weights", control)
             return
         if step in self.ckpts and step not in self.evaluated:
-            stop = agree(self._over_budget(self._evaluate(step)))
+            row = self._evaluate(step)
+            if agree(self.diverged_at is not None):
+                self._diverged(step, self.stop_reason, control)
+                return
+            stop = agree(self._over_budget(row))
             control.should_save = bool(self.cfg.train.resumable) and step < self.total and not stop
             if stop:
                 self._stop(step, control)
@@ -158,6 +168,14 @@ class CheckpointCallback(TrainerCallback):
             self._last_progress = now
             self._status(step=step)
 
+    def _diverged(self, step: int, reason: str, control: Any) -> None:
+        """Stop at `step` as diverged: no row and no trainer checkpoint for it (the last one saved,
+        at an earlier evaluation, holds finite weights and stays the one a resume would use)."""
+        self.diverged_at, self.stop_reason = step, reason
+        control.should_training_stop = True
+        control.should_save = False
+        self._status(diverged_at=step, stop_reason=reason)
+
     def _stop(self, step: int, control: Any) -> None:
         self.stop_reason = "kl_budget"
         self.last_step = step
@@ -171,3 +189,21 @@ def checkpoint_steps(total_steps: int, checkpoints: int) -> list[int]:
         raise ConfigError(f"training has {total_steps} optimizer steps; the data is smaller than one batch")
     steps = sorted({max(1, round(total_steps * k / checkpoints)) for k in range(1, checkpoints + 1)})
     return steps
+
+
+def weights_finite(model: Any) -> bool:
+    """Whether every parameter of `model` (this rank's shard, when sharded) is finite; one
+    synchronisation with the device whatever the number of tensors."""
+    import torch
+
+    flags = [torch.isfinite(p).all() for p in model.parameters() if p.numel()]
+    return bool(torch.stack(flags).all().item()) if flags else True
+
+
+# Measurements that a finite policy always gives finite values (standard errors may be undefined)
+def non_finite_measurements(row: dict) -> list[str]:
+    """The row's KL and log-probability values that are NaN or infinite (a diverged policy)."""
+    return sorted(
+        k for k, v in row.items()
+        if (k.startswith("kl") or "logp" in k) and not k.endswith("_se") and isinstance(v, float) and not math.isfinite(v)
+    )

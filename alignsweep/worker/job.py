@@ -3,7 +3,12 @@
 `python -m alignsweep.worker RUN_DIR` runs the job a launcher prepared in RUN_DIR (its config.yaml):
 it resumes from the run's newest trainer checkpoint if there is one, records its state in
 status.json, and runs the job's task (`alignsweep.worker.kinds`: the preference task, or the Tree
-MDP toy). Exit code 0 when the job completed, 1 when it failed or diverged, 2 for a user mistake.
+MDP toy). While it runs it holds the run directory's lock (`rundir.hold_lock`): a second worker on
+the same directory is refused, and a run whose process is gone shows as `interrupted`.
+
+Exit codes: 0 the job completed; 1 it failed or diverged; 2 a user mistake; 3 another live process
+runs this job; 130 interrupted (Ctrl-C, SIGINT) and 143 terminated (SIGTERM), recorded as
+`interrupted` and resumable.
 """
 
 from __future__ import annotations
@@ -29,6 +34,21 @@ from alignsweep.worker.kinds import task_runner
 log = logging.getLogger("alignsweep.worker")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the job is, so it ends as a Ctrl-C does: recorded as interrupted."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into `Terminated` in this process (local jobs and single runs; a SLURM task
+    leaves SIGTERM to submitit, which requeues on its own signal)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate one job; returns its final status.
 
@@ -41,8 +61,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     # nothing a user can change; every warning about how *we* pass arguments stays visible
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     job = resolve_job(cfg)
-    start = time.time()
     main = rank() == 0
+    lock = rundir.hold_lock(run_dir) if main else None  # RunInUse: another live process runs it
+    try:
+        return _run_locked(cfg, run_dir, job, main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, job: Any, main: bool) -> dict:
+    start = time.time()
     previous = rundir.read_status(run_dir) or {}
     if previous.get("state") == "completed":
         # e.g. requeued by the scheduler in the seconds after it finished: nothing is left to do
@@ -64,15 +93,35 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             status = rundir.write_status(run_dir, wall_s=time.time() - start, **status)
         tracker.finish(0)
         return status
-    except BaseException as exc:
-        message = f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (Terminated): resumable, not a failure
+        _ignore_further_signals()  # a second signal (the launcher's SIGTERM after a Ctrl-C) must not cut this short
+        how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C (SIGINT)"
         if main:
+            rundir.write_status(run_dir, state="interrupted", phase="interrupted", error=f"interrupted by {how}")
+        if tracker is not None:
+            tracker.finish(1)
+        raise
+    except BaseException as exc:
+        now = rundir.read_status(run_dir) or {}
+        if isinstance(exc, SystemExit) and now.get("state") == "requeued":
+            pass  # submitit requeues the job (time limit / pre-emption); WorkerTask.checkpoint recorded why
+        elif main:
             rundir.write_status(
-                run_dir, state="failed", phase="failed", error=message, traceback=traceback.format_exc()
+                run_dir, state="failed", phase="failed", error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
             )
         if tracker is not None:
             tracker.finish(1)
         raise
+
+
+def _ignore_further_signals() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _null_tracker():
@@ -117,6 +166,7 @@ def _build_tracker(cfg: Any, run_dir: Path, job: Any):
         job_type=job.algo,
         name=f"{job.algo}-{job.model}-b{job.beta:g}" + (f"-a{job.alpha:g}" if job.alpha is not None else ""),
         config=OmegaConf.to_container(cfg, resolve=True),
+        replay=rundir.read_metrics(run_dir, problems=[]),
     )
 
 
@@ -146,9 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {config} does not exist: not a prepared run directory", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    stop_on_sigterm()
     try:
         status = run_prepared(run_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except rundir.RunInUse as exc:
+        print(f"error: {exc}; not started", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({'SIGTERM' if isinstance(exc, Terminated) else 'Ctrl-C'}); the next launch resumes it",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     return 0 if status["state"] == "completed" else 1

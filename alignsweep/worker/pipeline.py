@@ -158,7 +158,7 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         write_rank_record(run_dir, trainer)
     if callback.diverged_at is not None:
-        return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": "non_finite_loss",
+        return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": callback.stop_reason,
                 **timing}
     if cfg.train.save_final_model:
         if shard:

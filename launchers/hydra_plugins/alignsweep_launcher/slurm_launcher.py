@@ -7,7 +7,10 @@ as soon as the arrays are queued (`hydra.launcher.wait=true` blocks, then collec
 
 Jobs are checkpointable: on a time limit or pre-emption submitit requeues them (up to
 `max_num_timeout` times) and the worker resumes from the run's last trainer checkpoint.
-Re-submitting a sweep skips completed jobs and jobs still queued or running.
+Re-submitting a sweep skips completed jobs and jobs still queued or running (matched to their run
+directories by fingerprint, alignsweep.config.identity). With `wait=true` the command exits 1 when a
+job did not complete. Settings that cannot work (a signal delay longer than a job's time limit, a
+partition the cluster lacks, ...) are refused before anything is submitted, in a dry run too.
 
 This module imports no torch.
 """
@@ -26,6 +29,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
 from alignsweep.launch.composer import SweepLauncher, job_return
+from alignsweep.results import slurm_state as cluster
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,6 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from alignsweep.launch.composer import tier_of, write_manifest
-        from alignsweep.results import slurm_state as cluster
 
         jobs, sweep_dir = self.prepare(job_overrides, initial_job_idx)
         if self.config.dry_run:
@@ -69,6 +72,8 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
         for job in jobs:
             if job.skip:
                 skipped.append((job, "completed"))
+            elif job.busy:
+                skipped.append((job, job.busy))
             elif str(job.num) in active:
                 skipped.append((job, f"still {active[str(job.num)][1].lower()} as {active[str(job.num)][0]}"))
             else:
@@ -87,7 +92,8 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
             from alignsweep.launch.slurm_task import WorkerTask
 
             try:
-                handles = executor.map_array(WorkerTask(), [str(job.run_dir) for job in members])
+                task = WorkerTask(time_min=dict(tier)["time_min"], signal_delay_s=self.signal_delay_s)
+                handles = executor.map_array(task, [str(job.run_dir) for job in members])
             except Exception as exc:  # sbatch refused the request: say which and why, submit nothing more
                 message = " ".join(str(getattr(exc, "output", b"") or exc).split())
                 if isinstance(getattr(exc, "output", None), bytes):
@@ -123,7 +129,35 @@ class SlurmArrayLauncher(SweepLauncher, Launcher):
             from alignsweep.analysis.summarize import collect_and_report
 
             collect_and_report(sweep_dir)
+            from alignsweep.results.status import rows
+
+            unfinished = [r for r in rows(sweep_dir) if r["state"] != "completed"]
+            if unfinished:
+                print(f"[alignsweep] exit code 1: {len(unfinished)} job(s) did not complete; "
+                      f"see python -m alignsweep status {sweep_dir}", file=sys.stderr, flush=True)
+                sys.exit(1)
         return [job_return(job, submitted.get(job.num, {}).get("job_id", "skipped")) for job in jobs]
+
+    def job_errors(self, job: Any) -> list[str]:
+        """Settings that cannot work, for the whole launch or for this job's resources."""
+        errors = []
+        for key, low in (("array_parallelism", 1), ("max_num_timeout", 0), ("signal_delay_s", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                errors.append(f"hydra.launcher.{key}: must be an integer >= {low}, got {value!r}")
+        if isinstance(self.poll_s, bool) or not isinstance(self.poll_s, (int, float)) or not 0 < self.poll_s < 1e9:
+            errors.append(f"hydra.launcher.poll_s: must be a number of seconds > 0, got {self.poll_s!r}")
+        limit = job.resources["time_min"] * 60
+        if isinstance(self.signal_delay_s, int) and self.signal_delay_s >= limit:
+            errors.append(
+                f"hydra.launcher.signal_delay_s: {self.signal_delay_s}s warning before a time limit of "
+                f"{job.resources['time_min']} min (model.resources.time_min) would requeue the job as it starts; "
+                f"use a delay well under {limit}s or a longer time limit"
+            )
+        if self.partition and not cluster.partition_exists(self.partition):
+            errors.append(f"hydra.launcher.partition: this cluster has no partition {self.partition!r} "
+                          f"(sinfo lists: {', '.join(cluster.partitions()) or 'none'})")
+        return errors
 
     def _executor(self, sweep_dir: Path, res: dict, n_jobs: int) -> Any:
         import shlex
