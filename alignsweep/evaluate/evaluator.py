@@ -53,6 +53,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from alignsweep.data.tokens import encode_completions, encode_prompt
 from alignsweep.evaluate.batching import BatchSizer, generation_bytes, scoring_bytes
 from alignsweep.evaluate.sequences import (
     accepts_logits_to_keep,
@@ -122,15 +123,18 @@ class Evaluator:
         # a file shared by the jobs of a sweep for step 0's measurement (see `_shared_step0`)
         self.step0_cache = None if step0_cache is None or lockstep else Path(step0_cache)
         self.step0_cache_hit: Optional[bool] = None
+        self.last_samples: list[dict] = []  # the last evaluation's prompts, samples, references, verdicts, lengths
         self.sync = None
         if lockstep:
             from alignsweep.runtime.distributed import broadcast_tokens
 
             self.sync = broadcast_tokens
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.prompts = [r["prompt"] for r in eval_rows]
+        # the judge reads plain text; the models read the prompt as training does (chat template and
+        # generation prompt for chat messages, the tokenizer's BOS for text: alignsweep.data.tokens)
+        self.prompts = [r.get("prompt_text", r["prompt"]) for r in eval_rows]
         self.references = [r["reference"] for r in eval_rows]
-        self.prompt_ids = [self._encode(p) for p in self.prompts]
+        self.prompt_ids = [encode_prompt(tokenizer, r["prompt"]) for r in eval_rows]
         self.heldout = self._encode_pairs(heldout_rows)
         self._heldout_ref: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._heldout_ref_later: Optional[Path] = None  # another job is scoring them: read when needed
@@ -166,17 +170,14 @@ class Evaluator:
             self._heldout_ref_later = None
         return self._heldout_ref
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def _encode_pairs(self, rows: Sequence[dict]):
+        """The held-out pairs tokenised as TRL's DPOTrainer tokenises training pairs."""
         prompts, chosen, rejected = [], [], []
-        eos = self.tokenizer.eos_token
         for row in rows:
-            p = self._encode(row["prompt"])
+            p, (c, r) = encode_completions(self.tokenizer, row["prompt"], [row["chosen"], row["rejected"]])
             prompts.append(p)
-            chosen.append(self._encode(row["prompt"] + row["chosen"] + eos)[len(p) :])
-            rejected.append(self._encode(row["prompt"] + row["rejected"] + eos)[len(p) :])
+            chosen.append(c)
+            rejected.append(r)
         return (prompts, chosen), (prompts, rejected)
 
     def batch_info(self) -> dict:
@@ -253,11 +254,22 @@ class Evaluator:
         est["kl"], est["kl_se"] = est[f"kl_{self.kl_estimator}"], est[f"kl_{self.kl_estimator}_se"]
         return est
 
+    def autocast(self, policy: Any) -> Any:
+        """Mixed precision as in training: both models compute in the reference's dtype (model.dtype)
+        when it is not float32; the policy's float32 master weights are cast on the fly."""
+        import contextlib
+
+        dtype = next(self.ref_model.parameters()).dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(model_device(policy).type, dtype=dtype)
+
     def evaluate(self, policy: Any, step: int) -> dict | None:
         was_training = policy.training
         policy.eval()
         try:
-            return self._evaluate(policy, step)
+            with self.autocast(policy):
+                return self._evaluate(policy, step)
         finally:
             if was_training:
                 policy.train()
@@ -277,14 +289,15 @@ class Evaluator:
         if self.judge is None:
             return None
         responses = est["responses"]
-        texts = [self.tokenizer.decode([t for t in r if t != self.eos_id]) for r in responses]
+        texts = [self.tokenizer.decode([t for t in r if t != self.eos_id], skip_special_tokens=True) for r in responses]
         texts = [" " + t.strip() for t in texts]
         if hasattr(self.judge, "evaluate"):
             judged = self.judge.evaluate(self.prompts, texts, self.references)
             outcomes, judge_metrics = judged.outcomes, judged.metrics
         else:  # any object with compare() will do
             outcomes, judge_metrics = self.judge.compare(self.prompts, texts, self.references), {}
-        return {"est": est, "outcomes": list(outcomes), "judge_metrics": dict(judge_metrics), "heldout": heldout}
+        return {"est": est, "outcomes": list(outcomes), "judge_metrics": dict(judge_metrics), "heldout": heldout,
+                "texts": texts}
 
     def step0_busy(self) -> bool:
         """Whether another job of the sweep is measuring the shared step 0 right now (its file is
@@ -336,6 +349,12 @@ class Evaluator:
         implicit = (beta * (est["policy_logps"] - est["ref_logps"])).tolist()
         slope, r2 = least_squares([float(x) for x in lengths], implicit)
         row.update({"length_slope": slope, "length_r2": r2})
+        # what the policy wrote at this checkpoint (`samples`), kept in the run directory by the caller
+        texts = measured.get("texts") or [None] * len(responses)
+        self.last_samples = [
+            {"prompt": p, "sample": t, "reference": ref, "verdict": o, "length": n}
+            for p, t, ref, o, n in zip(self.prompts, texts, self.references, outcomes, lengths)
+        ]
         row.update(measured["judge_metrics"])
         if measured["heldout"] is not None:
             row.update(self._heldout_metrics(*measured["heldout"]))
