@@ -96,7 +96,7 @@ def test_top_level_values_override_algorithm_defaults():
         (["train.checkpoints=0"], "train.checkpoints"),
         (["eval.prompts=100000"], "eval.prompts"),
         (["model.path=/nonexistent/model"], "model.path"),
-        (["data=tldr"], "judge"),
+        (["data=tldr", "model=pythia_1b"], "judge"),
         (["algo.name=ppo"], "algo.name"),
         (["eval.kl_estimator=exact"], "eval.kl_estimator"),
     ],

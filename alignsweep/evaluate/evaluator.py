@@ -50,17 +50,17 @@ loss-specific metrics (the implicit-reward length regression, the reward accurac
 from __future__ import annotations
 
 import logging
-import math
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
+from alignsweep.data.tokens import encode_completions, encode_prompt
 from alignsweep.evaluate.batching import BatchSizer, generation_bytes, scoring_bytes
+from alignsweep.evaluate.metrics import sample_metrics
 from alignsweep.evaluate.sequences import (
+    eval_mode,
     accepts_logits_to_keep,
-    least_squares,
     make_batch,
     mean_se,
     model_device,
@@ -69,21 +69,10 @@ from alignsweep.evaluate.sequences import (
     sequence_logps,
     sequence_stats,
 )
-from alignsweep.train.losses import daa_loss, implicit_reward, reward_accuracy
+from alignsweep.train.losses import daa_loss, reward_accuracy
 
 KL_ESTIMATORS = ("mc", "exact_token")
 
-
-@contextmanager
-def eval_mode(model: Any):
-    """`model` in evaluation mode inside the block, its own mode restored after (even on errors)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        if was_training:
-            model.train()
 
 log = logging.getLogger("alignsweep.evaluate.evaluator")
 
@@ -139,15 +128,18 @@ class Evaluator:
         # a file shared by the jobs of a sweep for step 0's measurement (see `_shared_step0`)
         self.step0_cache = None if step0_cache is None or lockstep else Path(step0_cache)
         self.step0_cache_hit: Optional[bool] = None
+        self.last_samples: list[dict] = []  # the last evaluation's prompts, samples, references, verdicts, lengths
         self.sync = None
         if lockstep:
             from alignsweep.runtime.distributed import broadcast_tokens
 
             self.sync = broadcast_tokens
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.prompts = [r["prompt"] for r in eval_rows]
+        # the judge reads plain text; the models read the prompt as training does (chat template and
+        # generation prompt for chat messages, the tokenizer's BOS for text: alignsweep.data.tokens)
+        self.prompts = [r.get("prompt_text", r["prompt"]) for r in eval_rows]
         self.references = [r["reference"] for r in eval_rows]
-        self.prompt_ids = [self._encode(p) for p in self.prompts]
+        self.prompt_ids = [encode_prompt(tokenizer, r["prompt"]) for r in eval_rows]
         self.heldout = self._encode_pairs(heldout_rows)
         self._heldout_ref: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._heldout_ref_later: Optional[Path] = None  # another job is scoring them: read when needed
@@ -183,17 +175,14 @@ class Evaluator:
             self._heldout_ref_later = None
         return self._heldout_ref
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def _encode_pairs(self, rows: Sequence[dict]):
+        """The held-out pairs tokenised as TRL's DPOTrainer tokenises training pairs."""
         prompts, chosen, rejected = [], [], []
-        eos = self.tokenizer.eos_token
         for row in rows:
-            p = self._encode(row["prompt"])
+            p, (c, r) = encode_completions(self.tokenizer, row["prompt"], [row["chosen"], row["rejected"]])
             prompts.append(p)
-            chosen.append(self._encode(row["prompt"] + row["chosen"] + eos)[len(p) :])
-            rejected.append(self._encode(row["prompt"] + row["rejected"] + eos)[len(p) :])
+            chosen.append(c)
+            rejected.append(r)
         return (prompts, chosen), (prompts, rejected)
 
     def batch_info(self) -> dict:
@@ -288,9 +277,20 @@ class Evaluator:
 
         return KLBudget(self, budget, prompts_per_check)
 
+    def autocast(self, policy: Any) -> Any:
+        """Mixed precision as in training: both models compute in the reference's dtype (model.dtype)
+        when it is not float32; the policy's float32 master weights are cast on the fly."""
+        import contextlib
+
+        dtype = next(self.ref_model.parameters()).dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(model_device(policy).type, dtype=dtype)
+
     def evaluate(self, policy: Any, step: int) -> dict | None:
-        """One checkpoint's metric row (None on ranks that only take part), in evaluation mode."""
-        with eval_mode(policy):
+        """One checkpoint's metric row (None on ranks that only take part), in evaluation mode and
+        under the training's mixed precision."""
+        with eval_mode(policy), self.autocast(policy):
             return self._evaluate(policy, step)
 
     def _evaluate(self, policy: Any, step: int) -> dict | None:
@@ -308,14 +308,15 @@ class Evaluator:
         if self.judge is None:
             return None
         responses = est["responses"]
-        texts = [self.tokenizer.decode([t for t in r if t != self.eos_id]) for r in responses]
+        texts = [self.tokenizer.decode([t for t in r if t != self.eos_id], skip_special_tokens=True) for r in responses]
         texts = [" " + t.strip() for t in texts]
         if hasattr(self.judge, "evaluate"):
             judged = self.judge.evaluate(self.prompts, texts, self.references)
             outcomes, judge_metrics = judged.outcomes, judged.metrics
         else:  # any object with compare() will do
             outcomes, judge_metrics = self.judge.compare(self.prompts, texts, self.references), {}
-        return {"est": est, "outcomes": list(outcomes), "judge_metrics": dict(judge_metrics), "heldout": heldout}
+        return {"est": est, "outcomes": list(outcomes), "judge_metrics": dict(judge_metrics), "heldout": heldout,
+                "texts": texts}
 
     def step0_busy(self) -> bool:
         """Whether another job is measuring the shared step 0 now (no file yet, its lock held): the
@@ -338,37 +339,16 @@ class Evaluator:
 
     def _summarize(self, measured: dict, step: int) -> dict:
         """A metric row from a measurement (cheap; the loss-specific parts are computed here)."""
-        est, outcomes = measured["est"], measured["outcomes"]
-        responses = est["responses"]
-        verdicts = [o for o in outcomes if not math.isnan(o)]
-        win, win_se = mean_se(verdicts)
-        lengths = [len(r) - (1 if r and r[-1] == self.eos_id else 0) for r in responses]
-        kl, kl_se = est[f"kl_{self.kl_estimator}"], est[f"kl_{self.kl_estimator}_se"]
-        sqrt_kl = math.sqrt(max(kl, 0.0))
-        row = {
-            "kl": kl,
-            "kl_se": kl_se,
-            "sqrt_kl": sqrt_kl,
-            "sqrt_kl_se": kl_se / (2 * sqrt_kl) if sqrt_kl > 0 else float("nan"),
-            "win_rate": win,
-            "win_rate_se": win_se,
-            "ties": sum(1 for o in verdicts if o == 0.5),
-            "unparseable": len(outcomes) - len(verdicts),
-            "n_eval": len(outcomes),
-            "kl_mc": est["kl_mc"],
-            "kl_mc_se": est["kl_mc_se"],
-            "kl_exact_token": est["kl_exact_token"],
-            "kl_exact_token_se": est["kl_exact_token_se"],
-            "response_length": sum(lengths) / len(lengths),
-            "truncated": sum(1 for r in responses if not r or r[-1] != self.eos_id),
-        }
-        # the algorithm's own implicit reward of each sample (`alignsweep.train.losses.implicit_reward`),
-        # |y| counting every scored token (EOS included, as in training)
-        scored = torch.tensor([max(len(r), 1) for r in responses], dtype=est["policy_logps"].dtype)
-        implicit = implicit_reward(self.loss_name, policy_logps=est["policy_logps"], ref_logps=est["ref_logps"],
-                                   lengths=scored, **self.loss_params).tolist()
-        slope, r2 = least_squares([float(x) for x in lengths], implicit)
-        row.update({"length_slope": slope, "length_r2": r2})
+        outcomes = measured["outcomes"]
+        row, lengths = sample_metrics(measured["est"], outcomes, eos_id=self.eos_id, kl_estimator=self.kl_estimator,
+                                      loss_name=self.loss_name, loss_params=self.loss_params)
+        responses = measured["est"]["responses"]
+        # what the policy wrote at this checkpoint (`samples`), kept in the run directory by the caller
+        texts = measured.get("texts") or [None] * len(responses)
+        self.last_samples = [
+            {"prompt": p, "sample": t, "reference": ref, "verdict": o, "length": n}
+            for p, t, ref, o, n in zip(self.prompts, texts, self.references, outcomes, lengths)
+        ]
         row.update(measured["judge_metrics"])
         if measured["heldout"] is not None:
             row.update(self._heldout_metrics(*measured["heldout"]))

@@ -10,6 +10,7 @@ batch size (see `alignsweep.evaluate.evaluator` for the metric definitions).
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 import inspect
 import math
 from dataclasses import dataclass
@@ -195,3 +196,15 @@ def least_squares(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]
 
 def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
+
+
+@contextmanager
+def eval_mode(model: Any):
+    """`model` in evaluation mode inside the block, its own mode restored after (even on errors)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()

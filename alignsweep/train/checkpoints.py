@@ -105,6 +105,7 @@ class CheckpointCallback(TrainerCallback):
         if reason:
             row["stop_reason"] = reason
         rundir.append_metrics(self.run_dir, row)
+        write_samples(self.run_dir, step, self.evaluator.last_samples)
         self.tracker.log(row, step=step)
         self._status(
             phase="train", step=trained, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"],
@@ -181,6 +182,21 @@ class CheckpointCallback(TrainerCallback):
         self.last_step = step
         control.should_training_stop = True
         self._status(stop_reason="kl_budget", stopped_at=step)
+
+
+SAMPLES = "samples"  # RUN_DIR/samples/step_000123.jsonl: one line per evaluation prompt
+
+
+def write_samples(run_dir: Path, step: int, samples: list[dict]) -> Path:
+    """The checkpoint's prompts, samples, references, verdicts (1 win, 0.5 tie, 0 loss, NaN none)
+    and sample lengths (tokens) as JSON lines, written aside and renamed into place."""
+    import json
+
+    folder = Path(run_dir) / SAMPLES
+    folder.mkdir(exist_ok=True)
+    path = folder / f"step_{step:06d}.jsonl"
+    rundir.atomic_write_text(path, "".join(json.dumps(s) + "\n" for s in samples))
+    return path
 
 
 def checkpoint_steps(total_steps: int, checkpoints: int) -> list[int]:

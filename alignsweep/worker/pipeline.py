@@ -68,7 +68,9 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     if main:
         rundir.write_status(run_dir, phase="prepare", sft_model=str(sft_dir))
     with clock("load_models"):
-        policy, tokenizer = models.load_saved(sft_dir, cfg.model.dtype)
+        # the trained policy in float32 (master weights, autocast to model.dtype); the frozen
+        # reference in model.dtype
+        policy, tokenizer = models.load_saved(sft_dir, "float32")
         ref, _ = models.load_saved(sft_dir, cfg.model.dtype)
         ref.eval().requires_grad_(False)
         if torch.cuda.is_available():

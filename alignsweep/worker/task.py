@@ -10,65 +10,53 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from alignsweep.errors import ConfigError
 
 
 def load_task(cfg: Any, tokenizer: Any) -> dict:
-    """The job's splits (sft, train, heldout, eval) with its bad rows dropped and counted.
+    """The job's splits (sft, train, heldout, eval) with its bad rows dropped and counted, in the
+    layout the model takes (`alignsweep.data.chat`: chat messages or text), and `report`.
 
-    The embedded task is generated; other data is read from `data.path` or the hub. Pairs that
-    are empty, identical, not text or longer than `data.max_length` tokens are dropped and
-    reported (`report`); mostly bad data stops the job.
+    The embedded task is generated; other data is read from `data.path` or the hub
+    (`alignsweep.data.pairs`), its training and held-out splits chosen by `data.split` and
+    `data.heldout_split`. No prompt is both trained on and held out (`alignsweep.data.heldout`).
+    SFT trains on the demonstrations of `data.sft_path` / `data.sft_hub_id`, else on the chosen
+    responses of the training pairs (the fallback is said in the report, `sft_data`).
     """
-    from alignsweep.data import embedded, pairs
+    from alignsweep.data import chat, embedded, pairs
+    from alignsweep.data.heldout import assemble
 
-    columns = (cfg.data.prompt_column, cfg.data.chosen_column, cfg.data.rejected_column)
     lengths = pairs.token_lengths(tokenizer)
-
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    mode = getattr(cfg.data, "chat_template", "never")
     if cfg.data.embedded is not None:
         task = embedded.generate(cfg.data.embedded)
+        template = chat.uses_template(mode, False, has_template, cfg.model.name if hasattr(cfg, "model") else "?")
         reports = {}
         for split in ("train", "heldout"):
-            task[split], report = pairs.clean_pairs(task[split], lengths=lengths, max_length=cfg.data.max_length)
+            rows = chat.render(task[split], template)
+            task[split], report = pairs.clean_pairs(rows, lengths=lengths, max_length=cfg.data.max_length)
             pairs.require_enough(report, cfg.data.max_bad_fraction, f"data={cfg.data.name} ({split})")
             reports[split] = report.as_dict()
+        task["sft"] = _plain(chat.render(task["sft"], template))
+        task["eval"] = chat.render(task["eval"], template)
         task["report"] = reports
         return task
-    where = cfg.data.path or cfg.data.hub_id
-    rows = pairs.read_local(cfg.data.path) if cfg.data.path else _hub_rows(cfg.data)
-    good, report = pairs.clean_pairs(rows, columns, lengths=lengths, max_length=cfg.data.max_length)
-    pairs.require_enough(report, cfg.data.max_bad_fraction, f"data={cfg.data.name} ({where})")
-    n_heldout = min(cfg.data.heldout_size, len(good) // 2)
-    train, heldout = good[: len(good) - n_heldout], good[len(good) - n_heldout :]
-    return {
-        "sft": [{"prompt": r["prompt"], "completion": r["chosen"]} for r in train],
-        "train": train,
-        "heldout": heldout,
-        "eval": [{"prompt": r["prompt"], "reference": r["chosen"]} for r in heldout],
-        "report": {"all": report.as_dict()},
-    }
+    return assemble(cfg, lengths, has_template)
 
 
-def _hub_rows(data_cfg: Any) -> list:
-    try:
-        from datasets import load_dataset
-
-        return list(load_dataset(data_cfg.hub_id, split="train"))
-    except Exception as exc:  # no network, no such dataset, no access
-        raise ConfigError(
-            f"data={data_cfg.name}: cannot load {data_cfg.hub_id!r} from the hub: {str(exc).splitlines()[0]} "
-            f"Download it elsewhere (datasets.load_dataset(...).save_to_disk(DIR)), copy it here and run with "
-            f"data.path=DIR."
-        ) from None
+def _plain(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "prompt_text"} for r in rows]
 
 
 def device_kwargs(cfg: Any) -> dict:
     import torch
 
+    # model.dtype is the compute dtype: bfloat16/float16 run under autocast over float32 master
+    # weights and optimizer state (Trainer's mixed precision; FSDP's MixedPrecision policy)
     if torch.cuda.is_available():
         return {"bf16": cfg.model.dtype == "bfloat16", "fp16": cfg.model.dtype == "float16"}
     extra = {"ddp_backend": "gloo"} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
-    return {"use_cpu": True, "bf16": False, "fp16": False, **extra}
+    return {"use_cpu": True, "bf16": cfg.model.dtype == "bfloat16", "fp16": False, **extra}
 
 
 def sampler_for(cfg: Any) -> str | None:
@@ -91,7 +79,9 @@ def base_model_and_tokenizer(cfg: Any):
         vocab = embedded.vocabulary(cfg.data.embedded.n_words, cfg.data.embedded.n_fillers)
         tokenizer = models.build_word_tokenizer(vocab.tokens)
         return (lambda: models.build_tiny_model(cfg.model.arch, tokenizer, cfg.sft.seed)), tokenizer
-    return (lambda: models.load_pretrained_model(cfg.model)), models.load_pretrained_tokenizer(cfg.model)
+    cache = cfg.paths.cache_dir
+    tokenizer = models.load_pretrained_tokenizer(cfg.model, cache)
+    return (lambda: models.load_pretrained_model(cfg.model, cache)), tokenizer
 
 
 def shared_task(cfg: Any, tokenizer: Any) -> tuple[dict, bool | None]:
