@@ -282,11 +282,11 @@ class Evaluator:
         est["kl"], est["kl_se"] = est[f"kl_{self.kl_estimator}"], est[f"kl_{self.kl_estimator}_se"]
         return est
 
-    def kl_budget(self, budget: float, prompts_per_check: int) -> Any:
+    def kl_budget(self, budget: float, prompts_per_check: int, every: int = 1) -> Any:
         """The running check of `kl_budget` on these prompts (`alignsweep.evaluate.kl_budget`)."""
         from alignsweep.evaluate.kl_budget import KLBudget
 
-        return KLBudget(self, budget, prompts_per_check)
+        return KLBudget(self, budget, prompts_per_check, every)
 
     def evaluate(self, policy: Any, step: int) -> dict | None:
         """One checkpoint's metric row (None on ranks that only take part), in evaluation mode."""
