@@ -89,7 +89,7 @@ def test_a_check_near_the_budget_pools_prompts_until_its_error_is_small_or_every
         assert check.prompts > 16
         decided = abs(check.kl - budget) >= Z * check.kl_se or check.kl_se <= TOLERANCE * budget
         assert decided or check.prompts == 256
-        assert check.over == (check.kl > budget)
+        assert check.over == (check.kl > budget)  # the first check: no growth known yet
 
 
 def test_the_exact_token_estimator_decides_whatever_kl_reports(pair):
@@ -107,3 +107,15 @@ def test_the_kl_budget_runs_with_gradient_checkpointing(cli):
     status = json.loads((cli.cwd / "run" / "status.json").read_text())
     assert status["state"] == "completed", status.get("error")
     assert status["stop_reason"] == "kl_budget" and status["kl_check"]["over"]
+
+
+def test_the_stop_is_at_the_check_nearest_the_budget(pair):
+    """Between checks the KL grows; the check stops training when the next one would overshoot
+    the budget by more than this one falls short (estimate + growth/2 > budget)."""
+    budget = pair.ev.kl_budget(budget=pair.kl * 1.1, prompts_per_check=256, every=4)
+    budget.previous = (4, pair.kl * 0.7)  # the last check, 4 steps ago: growth 0.3 KL per check
+    near = budget.check(pair.policy, step=8)
+    assert near.kl < pair.kl * 1.1 and near.over  # short by ~0.1 KL, the next check would be ~0.2 over
+    far = pair.ev.kl_budget(budget=pair.kl * 1.3, prompts_per_check=256, every=4)
+    far.previous = (4, pair.kl * 0.7)
+    assert not far.check(pair.policy, step=8).over  # short by ~0.3 KL: the next check is nearer

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--cache-dir", default=None, help="paths.cache_dir (a shared SFT model saves time)")
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides, e.g. algo=ipo beta=0.05")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     sweep = args.out_dir.absolute() / "sweep"
     cmd = [sys.executable, "-m", "alignsweep", "-m", f"kl_budget={args.budgets}", f"seed={args.seeds}",
            "logger=none", f"hydra.sweep.dir={sweep}", *args.overrides]

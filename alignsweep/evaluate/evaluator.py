@@ -271,11 +271,11 @@ class Evaluator:
         est["kl"], est["kl_se"] = est[f"kl_{self.kl_estimator}"], est[f"kl_{self.kl_estimator}_se"]
         return est
 
-    def kl_budget(self, budget: float, prompts_per_check: int) -> Any:
+    def kl_budget(self, budget: float, prompts_per_check: int, every: int = 1) -> Any:
         """The running check of `kl_budget` on these prompts (`alignsweep.evaluate.kl_budget`)."""
         from alignsweep.evaluate.kl_budget import KLBudget
 
-        return KLBudget(self, budget, prompts_per_check)
+        return KLBudget(self, budget, prompts_per_check, every)
 
     def autocast(self, policy: Any) -> Any:
         """Mixed precision as in training: both models compute in the reference's dtype (model.dtype)

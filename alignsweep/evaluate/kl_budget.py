@@ -12,11 +12,15 @@ leaves the policy at the wrong KL, so the rule takes the estimate's error into a
 - while the budget lies within `Z` standard errors of the estimate and the standard error is
   above `TOLERANCE` x budget, the next block of prompts is sampled and pooled with the others
   (one estimate over all the prompts so far), up to every evaluation prompt once;
-- the check finds the KL over the budget when the (pooled) estimate is above it.
+- the check stops training at the check nearest the budget: when the (pooled) estimate is above
+  the budget, or when the KL expected at the next check (the estimate plus the growth since the
+  previous check, scaled to `kl_check_every` steps) would overshoot the budget by more than this
+  one falls short of it (estimate + growth/2 > budget).
 
 So a check far from the budget costs one block; near it, the decision is taken on an estimate
-whose error is at most about `TOLERANCE` x budget (or on every evaluation prompt). What is left is
-the growth of the KL between two checks (`kl_check_every` steps), by which the stop can overshoot.
+whose error is at most about `TOLERANCE` x budget (or on every evaluation prompt), and the stop
+lands within about half the KL growth of `kl_check_every` steps of the budget, on either side
+(check more often for a tighter stop: `train.kl_check_every=1`).
 The checkpoint evaluations (all prompts) decide with the same estimator. Measured accuracy on the
 embedded task: docs/kl_budget.md.
 
@@ -62,9 +66,11 @@ class KLBudget:
     With a sharded (lockstep) evaluator every rank calls `check` together; whether to pool another
     block is rank 0's decision, shared by all (every forward pass is a collective)."""
 
-    def __init__(self, evaluator: Any, budget: float, prompts_per_check: int):
+    def __init__(self, evaluator: Any, budget: float, prompts_per_check: int, every: int = 1):
         self.evaluator = evaluator
         self.budget = float(budget)
+        self.every = int(every)  # steps between checks
+        self.previous: tuple[int, float] | None = None  # (step, estimate) of the last check
         self.total = len(evaluator.prompt_ids)
         self.block = max(1, min(int(prompts_per_check), self.total))
         self.blocks_used = 0  # rotates the blocks from check to check
@@ -91,5 +97,9 @@ class KLBudget:
                 more = agree(more)
             if not more:
                 break
-        return KLCheck(step=step, kl=kl, kl_se=se, prompts=len(values), over=kl > self.budget)
+        growth = 0.0  # expected KL growth until the next check, from the last two checks
+        if self.previous is not None and step > self.previous[0]:
+            growth = max(kl - self.previous[1], 0.0) * self.every / (step - self.previous[0])
+        self.previous = (step, kl)
+        return KLCheck(step=step, kl=kl, kl_se=se, prompts=len(values), over=kl + growth / 2 > self.budget)
 

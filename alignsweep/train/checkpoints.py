@@ -45,7 +45,7 @@ class CheckpointCallback(TrainerCallback):
         self.step0_deferred = False  # whether it was (for the run's status)
         self.kl_check = None  # the running check of kl_budget (alignsweep.evaluate.kl_budget)
         if job.kl_budget is not None and evaluator is not None:
-            self.kl_check = evaluator.kl_budget(job.kl_budget, cfg.train.kl_check_prompts)
+            self.kl_check = evaluator.kl_budget(job.kl_budget, cfg.train.kl_check_prompts, cfg.train.kl_check_every)
 
     def _status(self, **fields: Any) -> None:
         if self.main:
