@@ -94,7 +94,10 @@ def test_array_with_a_failing_job_blocking_then_collected(cli, slurm_env):
     proc = cli(
         "-m", "algo=dpo,simpo", "train.optimizer=adamw_torch,no_such_optimizer", *SLURM,
         "hydra.launcher.wait=true", "hydra.launcher.poll_s=2", "hydra.sweep.dir=sweep", env=slurm_env, timeout=900,
+        check=False,
     )
+    # a blocking launch whose jobs did not all complete exits 1 (issue 18: exit codes tell the truth)
+    assert proc.returncode == 1 and "2 job(s) did not complete" in proc.stderr, proc.stderr[-2000:]
     sweep = cli.cwd / "sweep"
     final = states(sweep)
     assert sorted(final.values()) == ["completed", "completed", "failed", "failed"]
