@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 from alignsweep.errors import ConfigError
 
-ALGORITHMS = ("dpo", "ipo", "ipo_daa", "slic", "simpo", "alphapo", "rdpo")
+from alignsweep.config.algorithms import ALGO_KNOBS, ALGORITHMS, refuse_foreign_knobs  # noqa: F401 (re-exported)
 HYPERPARAMETERS = ("beta", "alpha", "gamma", "gamma_beta_ratio")  # top-level keys, defaults in conf/algo
 ALGO_DIR = Path(__file__).resolve().parents[2] / "conf" / "algo"
 SAMPLERS = ("auto", "transformers", "vllm")  # eval.sampler; whether vllm can run is checked when the job starts
@@ -129,6 +129,7 @@ def resolve_hyperparameters(cfg: Any) -> dict:
     Raises ConfigError for a value set twice differently (`algo.beta` and `beta`), both gamma knobs
     set, or a value the algorithm has no use for."""
     _refuse_conflicts(cfg)
+    refuse_foreign_knobs(cfg)
     name, algo = cfg.algo.name, cfg.algo
     beta = algo.beta if cfg.beta is None else cfg.beta
     if beta is None or not beta > 0:
