@@ -247,3 +247,26 @@ def test_knobs_a_loss_does_not_read_are_refused(overrides, key):
     with pytest.raises(ConfigError) as err:
         resolve_job(compose_cfg(*overrides))
     assert str(err.value).startswith(key), str(err.value)
+
+
+# --- end to end: the new losses train, evaluate and collect like DPO --------------------------------
+
+
+@pytest.mark.slow
+def test_new_losses_train_evaluate_and_collect(cli):
+    """A reference-based smoothed loss, a batch-sorting one, one with its own tau and the
+    reference-free ORPO, as one real sweep on the embedded task (short runs)."""
+    import pandas as pd
+
+    algos = ["cdpo", "aot_unpaired", "discopop", "orpo"]
+    cli("-m", f"algo={','.join(algos)}", "logger=none", "train.epochs=0.1", "train.checkpoints=1",
+        "eval.prompts=16", "hydra.sweep.dir=sweep")
+    table = pd.read_csv(cli.cwd / "sweep" / "results.csv")
+    assert sorted(table["algo"].unique()) == sorted(algos)
+    assert (table["status"] == "completed").all()
+    final = table[table["step"] > 0]
+    assert len(final) == len(algos)
+    for column in ("win_rate", "kl", "reward_accuracy", "train_loss"):
+        assert final[column].map(math.isfinite).all(), column
+    assert (final["kl_exact_token"] > 3 * final["kl_exact_token_se"]).all(), "training moved every policy"
+    assert set(table[table["algo"] == "cdpo"]["cfg.algo.label_smoothing"]) == {0.1}
