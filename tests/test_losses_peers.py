@@ -249,6 +249,16 @@ def test_knobs_a_loss_does_not_read_are_refused(overrides, key):
     assert str(err.value).startswith(key), str(err.value)
 
 
+def test_a_swept_loss_knob_is_on_each_dry_run_line(cli):
+    """`-m algo=cdpo algo.label_smoothing=0,0.2` shows two different jobs, not the same line twice;
+    a knob the loss does not read stops the sweep before anything runs (exit 2)."""
+    out = cli("-m", "algo=cdpo", "algo.label_smoothing=0,0.2", "dry_run=true").stdout
+    assert "algo.label_smoothing=0.0 " in out and "algo.label_smoothing=0.2 " in out
+    proc = cli("-m", "algo=dpo,cdpo", "algo.label_smoothing=0.2", "dry_run=true", check=False)
+    assert proc.returncode == 2 and "algo.label_smoothing: algo=dpo has no label_smoothing" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 # --- end to end: the new losses train, evaluate and collect like DPO --------------------------------
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -35,6 +35,7 @@ class Job:
     seed: int
     reference_free: bool
     resources: Mapping[str, Any]
+    knobs: Mapping[str, Any] = field(default_factory=dict)  # the algorithm's own knobs (ALGO_KNOBS) and their values
 
     def describe(self) -> str:
         """The dry-run line: what would run, and what it would ask the cluster for."""
@@ -46,6 +47,7 @@ class Job:
             f"beta={self.beta:g}",
             f"alpha={_fmt(self.alpha)}",
             f"gamma={_fmt(self.gamma)}",
+            *(f"algo.{k}={v}" for k, v in self.knobs.items()),
             f"kl_budget={_fmt(self.kl_budget)}",
             f"seed={self.seed}",
             f"| gpus={res['gpus']} nodes={res['nodes']} tasks={res['tasks_per_node']} cpus={res['cpus']} "
@@ -253,6 +255,7 @@ def resolve_job(cfg: Any) -> Job:
         seed=cfg.seed,
         reference_free=bool(algo.reference_free),
         resources=resources,
+        knobs={k: algo.get(k) for k, owners in ALGO_KNOBS.items() if name in owners and algo.get(k) is not None},
     )
 
 

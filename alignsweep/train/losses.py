@@ -319,8 +319,9 @@ def reward_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
 
 def loss_params(cfg: Any, job: Any) -> dict:
     """The keyword arguments of `daa_loss` for a resolved job (`alignsweep.config.resolve.Job`):
-    beta, alpha, gamma, and the algorithm's own switches from `cfg.algo` (IPO's length
-    normalisation, R-DPO's length coefficient). The one place config names become loss arguments."""
+    beta, alpha, gamma, and the algorithm's own knobs from `cfg.algo` (IPO's length normalisation,
+    R-DPO's length coefficient, label_smoothing, discopop_tau; which algorithm reads which:
+    `alignsweep.config.algorithms.ALGO_KNOBS`). The one place config names become loss arguments."""
     params: dict = {"beta": job.beta, "alpha": job.alpha, "gamma": job.gamma}
     if job.algo == "ipo":  # TRL's convention; ipo_daa has none
         params["length_normalized"] = bool(cfg.algo.length_normalized)
