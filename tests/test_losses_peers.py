@@ -76,6 +76,17 @@ def test_discopop_by_hand():
     assert losses("discopop", discopop_tau=2.0) == pytest.approx([disco(1, 2.0), disco(-0.5, 2.0)])
 
 
+def test_discopop_stays_finite_where_its_mix_underflows():
+    """beta*h = -712: sigmoid(z/tau) underflows to 0 while exp(-z) overflows; the product is 0
+    (written as 0 * inf it is NaN, which the property test found), the loss the logistic one."""
+    pc = torch.tensor([-1.0], dtype=torch.float64, requires_grad=True)
+    out = daa_loss("discopop", policy_chosen_logps=pc, policy_rejected_logps=T(-1.0), ref_chosen_logps=T(-1.0),
+                   ref_rejected_logps=T(-179.0), chosen_lengths=T(1.0), rejected_lengths=T(1.0), beta=4.0,
+                   discopop_tau=0.05)[0]
+    out.sum().backward()
+    assert out.item() == pytest.approx(712.0) and torch.isfinite(pc.grad).all()
+
+
 def test_dpo_norm_by_hand():
     out, chosen, rejected = call("dpo_norm")
     # per-token log-ratios: c/|y_w| = (1/5, 0), r/|y_l| = (-1/4, 1/3)

@@ -190,8 +190,8 @@ def _pairwise(name: str, beta: float, c: Tensor, r: Tensor, eps: float, tau: flo
         return torch.sigmoid(beta * c) + 1 - torch.sigmoid(beta * h)
     if name == "discopop":
         z = beta * h
-        mix = torch.sigmoid(z / tau)
-        return -F.logsigmoid(z) * (1 - mix) + torch.exp(-z) * mix
+        # mix * exp(-z) as exp(log mix - z): where mix underflows to 0, exp(-z) alone overflows (0 * inf)
+        return -F.logsigmoid(z) * torch.sigmoid(-z / tau) + torch.exp(F.logsigmoid(z / tau) - z)
     raise ValueError(f"unknown loss {name!r}")
 
 
