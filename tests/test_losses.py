@@ -119,8 +119,11 @@ def test_slic_has_zero_loss_and_zero_gradient_beyond_the_margin():
     assert pc.grad.tolist() == pytest.approx([0.0, -beta])
 
 
-ALL = ["dpo", "ipo", "slic", "simpo", "alphapo", "rdpo"]
-EXTRA = {"alphapo": {"alpha": 0.5, "gamma": 0.3}, "simpo": {"gamma": 0.3}, "rdpo": {"length_coef": 0.02}}
+ALL = ["dpo", "ipo", "slic", "simpo", "alphapo", "rdpo", "cdpo", "robust_dpo", "exo", "nca", "bco", "sppo_hard",
+       "apo_zero", "apo_down", "discopop", "dpo_norm", "aot", "aot_unpaired", "orpo"]
+EXTRA = {"alphapo": {"alpha": 0.5, "gamma": 0.3}, "simpo": {"gamma": 0.3}, "rdpo": {"length_coef": 0.02},
+         "cdpo": {"label_smoothing": 0.1}, "robust_dpo": {"label_smoothing": 0.1}, "exo": {"label_smoothing": 1e-3},
+         "aot": {"label_smoothing": 0.1}, "aot_unpaired": {"label_smoothing": 0.1}, "discopop": {"discopop_tau": 0.05}}
 
 
 @pytest.mark.parametrize("name", ALL)

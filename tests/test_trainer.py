@@ -23,6 +23,7 @@ PARAMS = {
     "simpo": {"beta": 2.0, "gamma": 0.4},
     "alphapo": {"beta": 2.0, "alpha": 0.7, "gamma": 0.4},
     "rdpo": {"beta": 0.3, "length_coef": 0.05},
+    "orpo": {"beta": 0.2},  # reference-free: training reads no reference (TRL's DPOTrainer has no orpo to pin)
 }
 
 
@@ -109,3 +110,62 @@ def test_trl_ipo_is_our_length_normalized_ipo(setup, tmp_path):
     policy.eval()
     with torch.no_grad():
         assert ours.compute_loss(policy, batch).item() == pytest.approx(theirs.compute_loss(policy, batch).item(), abs=1e-5)
+
+
+# Each of TRL's DPOTrainer loss types that alignsweep offers, as TRL 1.16 names and configures it
+# (cdpo: TRL 1.16's sigmoid has no smoothing; cdpo = 2(1-eps) sigmoid - (1-2 eps) robust, see
+# tests/test_losses_peers.py), with our loss name and parameters.
+EPS = 0.2
+TRL_LOSSES = {
+    "cdpo": ({"loss_type": ["sigmoid", "robust"], "loss_weights": [2 * (1 - EPS), -(1 - 2 * EPS)],
+              "label_smoothing": EPS}, {"label_smoothing": EPS}),
+    "robust_dpo": ({"loss_type": ["robust"], "label_smoothing": EPS}, {"label_smoothing": EPS}),
+    "exo": ({"loss_type": ["exo_pair"], "label_smoothing": 1e-3}, {"label_smoothing": 1e-3}),
+    "nca": ({"loss_type": ["nca_pair"]}, {}),
+    "bco": ({"loss_type": ["bco_pair"]}, {}),
+    "sppo_hard": ({"loss_type": ["sppo_hard"]}, {}),
+    "apo_zero": ({"loss_type": ["apo_zero"]}, {}),
+    "apo_down": ({"loss_type": ["apo_down"]}, {}),
+    "discopop": ({"loss_type": ["discopop"], "discopop_tau": 0.3}, {"discopop_tau": 0.3}),
+    "dpo_norm": ({"loss_type": ["sigmoid_norm"]}, {}),
+    "aot": ({"loss_type": ["aot"], "label_smoothing": EPS}, {"label_smoothing": EPS}),
+    "aot_unpaired": ({"loss_type": ["aot_unpaired"], "label_smoothing": EPS}, {"label_smoothing": EPS}),
+}
+
+
+@pytest.fixture(scope="module")
+def perturbed(setup):
+    """The policy 0.5 away from the reference (random directions), so every loss sees margins of
+    both signs: TRL's code and ours run on the same random log-probs."""
+    rows, folder = setup
+    policy, tok = models.load_saved(folder)
+    ref, _ = models.load_saved(folder)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=gen))
+    policy.eval()
+    return rows, policy, ref, tok
+
+
+@pytest.mark.parametrize("name", sorted(TRL_LOSSES))
+def test_each_peer_loss_is_trls_own(name, perturbed, tmp_path):
+    """Our `daa_loss(name)` in training equals TRL 1.16's DPOTrainer with the matching loss_type on
+    the same batch to 1e-6: a TRL upgrade that changes a convention fails here."""
+    from trl import DPOTrainer
+
+    rows, policy, ref, tok = perturbed
+    theirs_args, ours_params = TRL_LOSSES[name]
+    common = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[], use_cpu=True, bf16=False,
+        max_length=64, disable_tqdm=True, save_strategy="no", beta=0.3,
+    )
+    data = Dataset.from_list(rows)
+    ours = DAATrainer(model=policy, ref_model=ref, args=DPOConfig(**common), train_dataset=data,
+                      processing_class=tok, loss_name=name, loss_params={"beta": 0.3, **ours_params})
+    theirs = DPOTrainer(model=policy, ref_model=ref, args=DPOConfig(**theirs_args, **common), train_dataset=data,
+                        processing_class=tok)
+    batch = next(iter(ours.get_train_dataloader()))
+    with torch.no_grad():
+        mine, trl = ours.compute_loss(policy, batch).item(), theirs.compute_loss(policy, batch).item()
+    assert mine == pytest.approx(trl, abs=1e-6, rel=1e-6)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from alignsweep.errors import ConfigError
 
-ALGORITHMS = ("dpo", "ipo", "ipo_daa", "slic", "simpo", "alphapo", "rdpo")
+from alignsweep.config.algorithms import ALGO_KNOBS, ALGORITHMS, refuse_foreign_knobs  # noqa: F401 (re-exported)
 HYPERPARAMETERS = ("beta", "alpha", "gamma", "gamma_beta_ratio")  # top-level keys, defaults in conf/algo
 ALGO_DIR = Path(__file__).resolve().parents[2] / "conf" / "algo"
 SAMPLERS = ("auto", "transformers", "vllm")  # eval.sampler; whether vllm can run is checked when the job starts
@@ -35,6 +35,7 @@ class Job:
     seed: int
     reference_free: bool
     resources: Mapping[str, Any]
+    knobs: Mapping[str, Any] = field(default_factory=dict)  # the algorithm's own knobs (ALGO_KNOBS) and their values
 
     def describe(self) -> str:
         """The dry-run line: what would run, and what it would ask the cluster for."""
@@ -46,6 +47,7 @@ class Job:
             f"beta={self.beta:g}",
             f"alpha={_fmt(self.alpha)}",
             f"gamma={_fmt(self.gamma)}",
+            *(f"algo.{k}={v}" for k, v in self.knobs.items()),
             f"kl_budget={_fmt(self.kl_budget)}",
             f"seed={self.seed}",
             f"| gpus={res['gpus']} nodes={res['nodes']} tasks={res['tasks_per_node']} cpus={res['cpus']} "
@@ -129,6 +131,7 @@ def resolve_hyperparameters(cfg: Any) -> dict:
     Raises ConfigError for a value set twice differently (`algo.beta` and `beta`), both gamma knobs
     set, or a value the algorithm has no use for."""
     _refuse_conflicts(cfg)
+    refuse_foreign_knobs(cfg)
     name, algo = cfg.algo.name, cfg.algo
     beta = algo.beta if cfg.beta is None else cfg.beta
     if beta is None or not beta > 0:
@@ -252,6 +255,7 @@ def resolve_job(cfg: Any) -> Job:
         seed=cfg.seed,
         reference_free=bool(algo.reference_free),
         resources=resources,
+        knobs={k: algo.get(k) for k, owners in ALGO_KNOBS.items() if name in owners and algo.get(k) is not None},
     )
 
 

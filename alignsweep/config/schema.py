@@ -25,7 +25,9 @@ def knob(default: Any, **bounds: float) -> Any:
 
 @dataclass
 class AlgoConfig:
-    name: str = MISSING  # dpo | ipo | ipo_daa | slic | simpo | alphapo | rdpo
+    # dpo | ipo | ipo_daa | slic | simpo | alphapo | rdpo | cdpo | robust_dpo | exo | nca | bco | sppo_hard
+    # | apo_zero | apo_down | discopop | dpo_norm | aot | aot_unpaired | orpo (conf/algo/NAME.yaml each)
+    name: str = MISSING
     reference_free: bool = False  # True: the loss never reads the reference model
     beta: float = knob(MISSING, gt=0)  # default when the top-level `beta` is null
     alpha: Optional[float] = knob(None)  # default shape parameter; null = the algorithm has no alpha
@@ -35,6 +37,10 @@ class AlgoConfig:
     gamma_beta_ratio: Optional[float] = knob(None, ge=0)
     length_normalized: bool = False  # ipo only: per-token average log-ratios (TRL's convention)
     length_coef: Optional[float] = knob(None)  # rdpo only: `a` in -log sigmoid(beta*h + a*(|y_w|-|y_l|))
+    # cdpo, robust_dpo, exo, aot, aot_unpaired only: eps, the probability a label is flipped (TRL's
+    # label_smoothing), in [0, 0.5) as TRL requires for robust; exo needs eps > 0 (log eps)
+    label_smoothing: Optional[float] = knob(None, ge=0, lt=0.5)
+    discopop_tau: Optional[float] = knob(None, gt=0)  # discopop only: tau of sigmoid(beta*h/tau), TRL's name
 
 
 @dataclass

@@ -19,6 +19,27 @@ the per-pair losses are
              r(y) = (beta/alpha)(1 - exp(-alpha m(y)))               Gupta et al. 2025
     rdpo     -log sigmoid(beta h + a (|y_w| - |y_l|))                Park et al. 2024
 
+and, with eps = `label_smoothing`, c/r the chosen/rejected log-ratios log pi/pi_ref (h = c - r),
+A = -log sigmoid(beta h), B = -log sigmoid(-beta h), s = sigmoid(beta h):
+
+    cdpo        (1-eps) A + eps B                                    Mitchell 2023 (conservative DPO)
+    robust_dpo  [(1-eps) A - eps B] / (1 - 2 eps)                    Chowdhury et al. 2024 eq. 12 (TRL `robust`)
+    exo         s (log s - log(1-eps)) + (1-s)(log(1-s) - log eps)   Ji et al. 2024 eq. 16, K=2 (TRL `exo_pair`)
+    nca         -log sig(beta c) - 1/2 log sig(-beta c) - 1/2 log sig(-beta r)   Chen et al. 2024 (TRL `nca_pair`)
+    bco         -log sig(beta c) - log sig(-beta r)                  Jung et al. 2024, no running shift (TRL `bco_pair`)
+    sppo_hard   (c - 1/(2 beta))^2 + (r + 1/(2 beta))^2              Wu et al. 2024 eq. 4.7, P in {0,1} (TRL `sppo_hard`)
+    apo_zero    1 - sig(beta c) + sig(beta r)                        D'Oosterlinck et al. 2024 eq. 7
+    apo_down    sig(beta c) + 1 - sig(beta h)                        D'Oosterlinck et al. 2024 eq. 8
+    discopop    (1 - sig(beta h / tau)) A + sig(beta h / tau) exp(-beta h)   Lu et al. 2024 eq. 5, tau = `discopop_tau`
+    dpo_norm    -log sigmoid(beta (c/|y_w| - r/|y_l|))               DPO on per-token log-ratios (TRL `sigmoid_norm`)
+    aot         (1-eps) A' + eps B' at h' = sort(pc - pr)_i - sort(rc - rr)_i        Melnyk et al. 2024 (TRL `aot`)
+    aot_unpaired  the same at h' = sort(c)_i - sort(r)_i                             (TRL `aot_unpaired`)
+    orpo        -m(y_w) - beta log sigmoid(log odds(y_w) - log odds(y_l)),
+                odds(y) = e^m(y) / (1 - e^m(y)), beta = lambda      Hong et al. 2024 eqs. 4-7, reference-free
+
+AOT's two sorts pair the i-th smallest values within the batch: its per-pair entries are per rank,
+not per input pair (their mean is the loss; the rewards stay per pair).
+
 The two IPO conventions differ at equal beta: `ipo` regresses h onto 1/(2 beta), `ipo_daa` onto
 1/beta (twice the margin) with a loss beta^2 times larger; `ipo` at beta = b/2 has the minimiser of
 `ipo_daa` at beta = b.
@@ -34,17 +55,24 @@ the evaluator regresses on response length) is the quantity inside its loss:
     rdpo                 beta * (log pi(y) - log pi_ref(y)) + a |y|
     simpo                beta * m(y)
     alphapo              (beta/alpha)(1 - exp(-alpha m(y)))
+    cdpo, robust_dpo, exo, nca, bco, sppo_hard, apo_zero, apo_down, discopop, aot, aot_unpaired
+                         beta * (log pi(y) - log pi_ref(y))  (TRL's `rewards/chosen` for each)
+    dpo_norm             beta * (log pi(y) - log pi_ref(y)) / |y|
+    orpo                 log odds(y) = m(y) - log(1 - e^m(y))  (what its sigmoid compares)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-REFERENCE_FREE = frozenset({"simpo", "alphapo"})
+REFERENCE_FREE = frozenset({"simpo", "alphapo", "orpo"})
+# the losses that read `label_smoothing` (eps) and `discopop_tau`
+LABEL_SMOOTHING = frozenset({"cdpo", "robust_dpo", "exo", "aot", "aot_unpaired"})
 
 
 def _margin_rewards(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,6 +160,69 @@ def simpo(beta: float, gamma: float, pc: Tensor, pr: Tensor, lc: Tensor, lr: Ten
     return alphapo(beta, 0.0, gamma, pc, pr, lc, lr)
 
 
+def _smoothed(beta: float, h: Tensor, eps: float) -> Tensor:
+    """(1-eps)(-log sigmoid(beta h)) + eps(-log sigmoid(-beta h)): DPO with labels flipped w.p. eps."""
+    return -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+
+
+def _pairwise(name: str, beta: float, c: Tensor, r: Tensor, eps: float, tau: float) -> Tensor:
+    """The per-pair losses of the reference-based losses added after DPO (module table), from the
+    chosen and rejected log-ratios c, r (summed over tokens)."""
+    h = c - r
+    if name == "cdpo":
+        return _smoothed(beta, h, eps)
+    if name == "robust_dpo":
+        return (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
+    if name == "exo":
+        z = beta * h
+        return torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (
+            F.logsigmoid(-z) - math.log(eps)
+        )
+    if name == "nca":
+        return -F.logsigmoid(beta * c) - 0.5 * F.logsigmoid(-beta * c) - 0.5 * F.logsigmoid(-beta * r)
+    if name == "bco":
+        return -F.logsigmoid(beta * c) - F.logsigmoid(-beta * r)
+    if name == "sppo_hard":
+        return (c - 0.5 / beta) ** 2 + (r + 0.5 / beta) ** 2
+    if name == "apo_zero":
+        return 1 - torch.sigmoid(beta * c) + torch.sigmoid(beta * r)
+    if name == "apo_down":
+        return torch.sigmoid(beta * c) + 1 - torch.sigmoid(beta * h)
+    if name == "discopop":
+        z = beta * h
+        # mix * exp(-z) as exp(log mix - z): where mix underflows to 0, exp(-z) alone overflows (0 * inf)
+        return -F.logsigmoid(z) * torch.sigmoid(-z / tau) + torch.exp(F.logsigmoid(z / tau) - z)
+    raise ValueError(f"unknown loss {name!r}")
+
+
+def aot(
+    beta: float, eps: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, unpaired: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """AOT, Melnyk et al. 2024 (distributional alignment via optimal transport): the smoothed DPO
+    loss on the batch's sorted margins: paired, sort(pc - pr) - sort(rc - rr); unpaired,
+    sort(c) - sort(r). Entry i of the losses is rank i, not pair i."""
+    chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
+    if unpaired:
+        h = torch.sort(pc - rc, dim=0)[0] - torch.sort(pr - rr, dim=0)[0]
+    else:
+        h = torch.sort(pc - pr, dim=0)[0] - torch.sort(rc - rr, dim=0)[0]
+    return _smoothed(beta, h, eps), chosen, rejected
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - e^x) for x < 0, without cancellation (branch at -log 2; Maechler 2012)."""
+    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo(beta: float, pc: Tensor, pr: Tensor, lc: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """ORPO, Hong et al. 2024 eqs. 4-7, per pair: -m(y_w) - beta log sigmoid(log odds(y_w) - log
+    odds(y_l)), m = mean token log-prob, log odds(y) = m - log(1 - e^m); beta is the paper's lambda.
+    Rewards: the log odds."""
+    mc, mr = pc / lc, pr / lr
+    chosen, rejected = mc - log1mexp(mc), mr - log1mexp(mr)
+    return -mc - beta * F.logsigmoid(chosen - rejected), chosen, rejected
+
+
 def daa_loss(
     name: str,
     *,
@@ -146,14 +237,22 @@ def daa_loss(
     gamma: Optional[float] = None,
     length_normalized: bool = False,
     length_coef: float = 0.0,
+    label_smoothing: float = 0.0,
+    discopop_tau: float = 0.05,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-pair losses and the implicit rewards of chosen and rejected responses (1-D tensors)."""
+    """Per-pair losses and the implicit rewards of chosen and rejected responses (1-D tensors of
+    shape (pairs,)); the module's tables give each `name`'s formula. Log-probs summed over response
+    tokens (nats), lengths in tokens. `label_smoothing` is eps (cdpo, robust_dpo, exo, aot*),
+    `discopop_tau` DiscoPOP's tau (TRL's names and defaults). Raises ValueError for an unknown name
+    or a reference-based loss without reference log-probs."""
     pc, pr = policy_chosen_logps, policy_rejected_logps
     lc = chosen_lengths.to(pc.dtype).clamp(min=1)
     lr = rejected_lengths.to(pr.dtype).clamp(min=1)
     if name in REFERENCE_FREE:
         if name == "simpo":
             return simpo(beta, gamma or 0.0, pc, pr, lc, lr)
+        if name == "orpo":
+            return orpo(beta, pc, pr, lc, lr)
         return alphapo(beta, 0.0 if alpha is None else alpha, gamma or 0.0, pc, pr, lc, lr)
     if ref_chosen_logps is None or ref_rejected_logps is None:
         raise ValueError(f"{name} needs reference log-probabilities")
@@ -168,7 +267,13 @@ def daa_loss(
         return slic(beta, pc, pr, rc, rr)
     if name == "rdpo":
         return rdpo(beta, length_coef, pc, pr, rc, rr, lc, lr)
-    raise ValueError(f"unknown loss {name!r}")
+    if name in ("aot", "aot_unpaired"):
+        return aot(beta, label_smoothing, pc, pr, rc, rr, unpaired=name == "aot_unpaired")
+    if name == "dpo_norm":
+        chosen, rejected = beta * (pc - rc) / lc, beta * (pr - rr) / lr
+        return -F.logsigmoid(chosen - rejected), chosen, rejected
+    chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
+    return _pairwise(name, beta, pc - rc, pr - rr, label_smoothing, discopop_tau), chosen, rejected
 
 
 def implicit_reward(
@@ -182,6 +287,8 @@ def implicit_reward(
     gamma: Optional[float] = None,
     length_normalized: bool = False,
     length_coef: float = 0.0,
+    label_smoothing: float = 0.0,
+    discopop_tau: float = 0.05,
 ) -> Tensor:
     """The algorithm's own implicit reward of each response (1-D, one entry per response), the
     quantity its loss compares (see the module's table); `lengths` in tokens, log-probs summed.
@@ -193,6 +300,7 @@ def implicit_reward(
         name, policy_chosen_logps=policy_logps, policy_rejected_logps=policy_logps, ref_chosen_logps=ref_logps,
         ref_rejected_logps=ref_logps, chosen_lengths=lengths, rejected_lengths=lengths, beta=beta, alpha=alpha,
         gamma=gamma, length_normalized=length_normalized, length_coef=length_coef,
+        label_smoothing=label_smoothing, discopop_tau=discopop_tau,
     )
     return rewards
 
@@ -211,11 +319,16 @@ def reward_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
 
 def loss_params(cfg: Any, job: Any) -> dict:
     """The keyword arguments of `daa_loss` for a resolved job (`alignsweep.config.resolve.Job`):
-    beta, alpha, gamma, and the algorithm's own switches from `cfg.algo` (IPO's length
-    normalisation, R-DPO's length coefficient). The one place config names become loss arguments."""
+    beta, alpha, gamma, and the algorithm's own knobs from `cfg.algo` (IPO's length normalisation,
+    R-DPO's length coefficient, label_smoothing, discopop_tau; which algorithm reads which:
+    `alignsweep.config.algorithms.ALGO_KNOBS`). The one place config names become loss arguments."""
     params: dict = {"beta": job.beta, "alpha": job.alpha, "gamma": job.gamma}
     if job.algo == "ipo":  # TRL's convention; ipo_daa has none
         params["length_normalized"] = bool(cfg.algo.length_normalized)
     if job.algo == "rdpo":
         params["length_coef"] = float(cfg.algo.length_coef or 0.0)
+    if job.algo in LABEL_SMOOTHING:
+        params["label_smoothing"] = float(cfg.algo.label_smoothing or 0.0)
+    if job.algo == "discopop":
+        params["discopop_tau"] = float(cfg.algo.discopop_tau)
     return params

@@ -3,7 +3,7 @@
 TRL keeps the data pipeline (tokenisation, padding, the fused log-prob head, accelerate,
 distributed training); the objective is ours, so every algorithm (reference-based or not) is
 exactly the published one and a TRL upgrade that changes a convention cannot change a sweep.
-The reference-free algorithms (SimPO, AlphaPO) never run the reference model during training.
+The reference-free algorithms (SimPO, AlphaPO, ORPO) never run the reference model during training.
 """
 
 from __future__ import annotations
