@@ -32,8 +32,10 @@ R2 = r"$R^2$"
 
 
 def algo_name(algo: str) -> str:
-    """The algorithm's name as its paper writes it (an unknown id is shown as it is)."""
-    return ALGO_NAMES.get(str(algo), str(algo))
+    """The algorithm's name as its paper writes it ("alphapo (a=0.25)" -> "AlphaPO (a=0.25)"; an
+    unknown id is shown as it is)."""
+    head, _, rest = str(algo).partition(" ")
+    return ALGO_NAMES.get(head, head) + (f" {rest}" if rest else "")
 
 
 def _num(value: Any) -> str:

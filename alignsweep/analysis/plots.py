@@ -310,8 +310,8 @@ def plot_tree_mdp(table, out_dir: Path) -> list[Path]:
         ratio = r"mean $\log \pi/\pi_{\mathrm{ref}}$ (symlog)"
         axes[2 * m + 1][0].set_ylabel(ratio if model is None else f"{model}\n{ratio}")
     fig.suptitle("Tree MDP, exact. Mass rows: in-distribution (solid) and out-of-distribution (dashed)\n"
-                 r"trajectories. Log-ratio rows: mean $\log \pi/\pi_{\mathrm{ref}}$ of chosen (solid) and rejected "
-                 r"(dashed); $-\mathrm{KL}(\pi_{\mathrm{ref}} \,\|\, \pi)$ dotted")
+                 r"trajectories. Log-ratio rows: mean $\log \pi/\pi_{\mathrm{ref}}$ of chosen (solid) and"
+                 "\n" r"rejected (dashed) trajectories; $-\mathrm{KL}(\pi_{\mathrm{ref}} \,\|\, \pi)$ dotted")
     figure_legend(fig)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
