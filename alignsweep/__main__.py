@@ -1,7 +1,7 @@
 """`python -m alignsweep [-m] key=value ...`: compose the config and run (or, with -m, launch) it.
 
 `python -m alignsweep TOOL ...` runs one of the tools on a sweep directory instead (each answers
-`--help`): collect, report, status, cache, findings, bench, bench-gpu.
+`--help`): collect, report, status, sync, cache, findings, bench, bench-gpu.
 """
 
 import importlib
@@ -18,6 +18,7 @@ TOOLS = {
     "collect": "alignsweep.analysis.summarize",
     "report": "alignsweep.analysis.report",
     "status": "alignsweep.results.status",
+    "sync": "alignsweep.results.sync",
     "cache": "alignsweep.cache.cli",
     "findings": "alignsweep.analysis.findings",
     "bench": "alignsweep.bench.overhead",

@@ -18,7 +18,7 @@ def sft_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sft-cache")
 
 
-TOOLS = ("collect", "report", "status", "cache", "findings", "bench", "bench-gpu")
+TOOLS = ("collect", "report", "status", "sync", "cache", "findings", "bench", "bench-gpu")
 
 
 @pytest.fixture

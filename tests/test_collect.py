@@ -16,7 +16,7 @@ import pytest
 
 from alignsweep.results import rundir
 
-from .wandb_log import history
+from .wandb_log import history, records, run_record
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,121 @@ def test_wandb_shows_the_same_numbers_as_the_table(sweep):
         assert all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
                    for a, b in zip(merged[f"{key}_wandb"].astype(float), merged[key].astype(float))
                    if not (math.isnan(a) and math.isnan(b)))
+
+
+def _config(record: dict) -> dict:
+    """A run record's config as {key: value} (the record log keeps values as JSON)."""
+    config = record["config"]
+    config = json.loads(config) if isinstance(config, str) else config
+    config = config.get("update", config)
+
+    def value(node):
+        return node["value"] if isinstance(node, dict) and set(node) <= {"value", "desc"} and "value" in node else node
+
+    return {k: value(v) for k, v in config.items()}
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_wandb_runs_are_grouped_tagged_and_hold_what_ran(sweep):
+    """One group per sweep (experiment + short id, not the timestamp), filterable tags, the resolved
+    values without local paths or dry_run as config, hyperparameters in config and not in history."""
+    summary = run_record(sweep)
+    group = summary["run_group"]
+    assert group.startswith("sweep-") and len(group) == len("sweep-") + 6 and group != sweep.name
+    for run in sorted(p for p in sweep.iterdir() if (p / rundir.CONFIG).exists()):
+        record = run_record(run)
+        assert record["run_group"] == group
+        config = _config(record)
+        algo = config["algo"]["name"]
+        assert set(record["tags"]) >= {f"algo:{algo}", "model:embedded_tiny", "data:embedded", "judge:gold",
+                                       "experiment:sweep"}
+        assert "paths" not in config and "dry_run" not in config and config["beta"] == config["algo"]["beta"]
+        assert not [s for s in _strings(config) if s.startswith("/") or str(sweep) in s], config
+        logged = history(run)
+        assert logged and all("win_rate" in h and "sqrt_kl" in h for h in logged)
+        for h in logged:
+            assert not {"beta", "alpha", "gamma", "seed"} & set(h), sorted(h)  # config, not history
+
+
+def test_the_summary_run_has_a_config_the_headline_figure_fits_and_samples(sweep):
+    record = run_record(sweep)
+    assert record["job_type"] == "summary" and "summary" in record["tags"]
+    config = _config(record)
+    assert config["experiment"] == "sweep" and config["runs"] == 4 and config["algo"] == ["dpo", "simpo"]
+    assert config["train.lr"] == [5e-4, 1e-3] and not [s for s in _strings(config) if s.startswith("/")]
+    logged = [r["history"]["item"] for r in records(sweep) if r["type"] == "history"]
+    keys = {key.split(".")[0] for key in set().union(*logged)}  # an image or table is logged as KEY._type, ...
+    assert {"winrate_vs_sqrt_kl", "fits", "results", "samples", "fig1_overoptimization"} <= keys, sorted(keys)
+    samples = list(sweep.glob("wandb/offline-run-*/files/media/table/samples_*.table.json"))
+    frame = json.loads(samples[0].read_text())
+    assert {"run", "step", "prompt", "sample", "verdict"} <= set(frame["columns"]) and frame["data"]
+    # collecting again continues the same summary run: still one to sync
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-m", "alignsweep", "collect", str(sweep)], capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    assert len(list(sweep.glob("wandb/offline-run-*"))) == 1 and run_record(sweep)["run_group"] == record["run_group"]
+
+
+def test_sync_lists_every_run_and_fails_in_one_line_without_a_server(sweep, tmp_path):
+    script = Path(sys.executable).with_name("alignsweep")
+    proc = subprocess.run([str(script), "sync", str(sweep), "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    listed = [Path(line) for line in proc.stdout.splitlines() if "offline-run-" in line]
+    expected = sorted(sweep.glob("*/wandb/offline-run-*")) + sorted(sweep.glob("wandb/offline-run-*"))
+    assert listed == expected and len(listed) == 5  # four jobs and the summary run
+    assert "4 job run(s), 1 summary run(s)" in proc.stdout
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = dict(os.environ, WANDB_API_KEY="x" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{port}")
+    proc = subprocess.run([str(script), "sync", str(sweep)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot reach the W&B server"), proc.stderr
+    # a server that answers, but refuses the key (a real HTTP server on this machine)
+    import http.server
+    import threading
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"errors": [{"message": "invalid api key"}]}')
+
+        do_GET = do_POST = do_HEAD = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env["WANDB_BASE_URL"] = f"http://127.0.0.1:{server.server_port}"
+        proc = subprocess.run([str(script), "sync", str(sweep)], capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        server.shutdown()
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith("error: wandb sync of") and "401" in errors[0], errors
+    env.pop("WANDB_API_KEY")
+    env["NETRC"] = str(tmp_path / "no-netrc")
+    proc = subprocess.run([str(script), "sync", str(sweep)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: no W&B API key") and "Traceback" not in proc.stderr
 
 
 def test_collecting_a_copied_half_finished_damaged_sweep(sweep, tmp_path):

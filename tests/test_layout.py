@@ -16,6 +16,7 @@ ENTRY_POINTS = [
     (["alignsweep", "collect"], "python -m alignsweep collect"),
     (["alignsweep", "report"], "python -m alignsweep report"),
     (["alignsweep", "status"], "python -m alignsweep status"),
+    (["alignsweep", "sync"], "python -m alignsweep sync"),
     (["alignsweep", "cache"], "python -m alignsweep cache"),
     (["alignsweep", "findings"], "python -m alignsweep findings"),
     (["alignsweep", "bench"], "python -m alignsweep bench"),

@@ -24,10 +24,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from alignsweep.analysis.figure_style import SQRT_KL, algo_name, figure_legend, figure_size
 from alignsweep.analysis.plots import (
     _colors,
     _evaluated,
-    _legend,
+    _paper,
     _plt,
     _save,
     figure_length,
@@ -126,6 +127,7 @@ def draw_length(table, fitted, out: Path) -> list[Path]:
     return files
 
 
+@_paper
 def figure_frontier(table, path: Path) -> list[Path]:
     """Win rate against sqrt(KL) with one colour per algorithm (every checkpoint), one panel per
     model: the KL/win-rate frontier of DPO against R-DPO (the paper's length figure, left)."""
@@ -134,22 +136,21 @@ def figure_frontier(table, path: Path) -> list[Path]:
     models = sorted(rows["model"].unique())
     algos = sorted(rows["algo"].unique())
     colors = _colors(algos)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=figure_size(len(models), 2.6), sharey=True, squeeze=False,
+                             layout="constrained")
     for ax, model in zip(axes[0], models):
         for algo in algos:
             pts = rows[(rows["model"] == model) & (rows["algo"] == algo)]
             ax.errorbar(pts["sqrt_kl"], pts["win_rate"], yerr=pts["win_rate_se"], fmt="o", markersize=4, capsize=2,
-                        color=colors[algo], alpha=0.8, label=algo.upper().replace("(A=", "(a="))
+                        color=colors[algo], alpha=0.8, label=algo_name(algo))
             if len(pts) > 2:  # the running best: the frontier
                 order = pts.sort_values("sqrt_kl")
                 ax.plot(order["sqrt_kl"], order["win_rate"].cummax(), color=colors[algo], linewidth=1, alpha=0.6)
-        ax.set_title(model, fontsize=10)
-        ax.set_xlabel("sqrt(KL(pi || pi_ref))")
-        ax.grid(alpha=0.3)
-        _legend(ax, 8)
+        ax.set_title(model)
+        ax.set_xlabel(SQRT_KL)
     axes[0][0].set_ylabel("win rate vs reference")
-    fig.suptitle("KL / win-rate frontier (line: best so far at that KL)", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle("KL / win-rate frontier (line: best so far at that KL)")
+    figure_legend(fig)
     return _save(fig, path)
 
 
@@ -202,6 +203,7 @@ def alpha_numbers(table, fitted) -> dict:
     return {"groups": out}
 
 
+@_paper
 def draw_alpha(table, fitted, out: Path) -> list[Path]:
     """Per alpha: held-out chosen/rejected log-likelihood, sqrt(KL) and win rate over training."""
     plt = _plt()
@@ -209,42 +211,42 @@ def draw_alpha(table, fitted, out: Path) -> list[Path]:
     rows["alpha"] = rows["alpha"].fillna(0.0)
     alphas = sorted(rows["alpha"].unique())
     colors = _colors(alphas)
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, 4, figsize=figure_size(4, 2.2), squeeze=False, layout="constrained")
     ax_c, ax_r, ax_k, ax_w = axes[0]
     for alpha in alphas:
         for _, run in rows[rows["alpha"] == alpha].groupby("run"):
             run = run.sort_values("step")
-            label = f"alpha={alpha:g}" + (" (SimPO)" if alpha == 0 else "")
+            label = rf"$\alpha$={alpha:g}" + (" (SimPO)" if alpha == 0 else "")
             ax_c.plot(run["progress"], run["chosen_logp"], marker="o", markersize=3, color=colors[alpha], label=label)
             ax_r.plot(run["progress"], run["rejected_logp"], marker="o", markersize=3, color=colors[alpha])
             ax_k.plot(run["progress"], run["sqrt_kl"], marker="o", markersize=3, color=colors[alpha])
             ax_w.errorbar(run["sqrt_kl"], run["win_rate"], yerr=run["win_rate_se"], marker="o", markersize=3,
                           capsize=2, color=colors[alpha])
     for ax, title, xlabel in (
-        (ax_c, "chosen log-likelihood (held out)", "fraction of the epoch"),
-        (ax_r, "rejected log-likelihood (held out)", "fraction of the epoch"),
-        (ax_k, "sqrt(KL(pi || pi_ref))", "fraction of the epoch"),
-        (ax_w, "win rate vs reference", "sqrt(KL(pi || pi_ref))"),
+        (ax_c, "chosen log-lik. (held out)", "fraction of the epoch"),
+        (ax_r, "rejected log-lik. (held out)", "fraction of the epoch"),
+        (ax_k, SQRT_KL, "fraction of the epoch"),
+        (ax_w, "win rate vs reference", SQRT_KL),
     ):
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
         ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    _legend(ax_c, 7)
-    fig.suptitle("Reward shape: AlphaPO over alpha (alpha = 0 is SimPO)", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(r"Reward shape: AlphaPO over $\alpha$ ($\alpha$ = 0 is SimPO)")
+    figure_legend(fig)
     return _save(fig, out / "alphapo_shape")
 
 
 # ----------------------------------------------------------------------------------------------
 
 
+@_paper
 def _winrate_by_group(table, path: Path, by: str, panel: str, row: str) -> list[Path]:
-    """Win rate against training progress: a panel per (row value, panel value), a line per `by`."""
+    """Win rate against training progress: a panel per (row value, panel value), a line per `by`
+    (a Greek-letter hyperparameter: alpha, beta or gamma)."""
     plt = _plt()
     rows = _evaluated(table)
     panels, row_values = sorted(rows[panel].unique()), sorted(rows[row].unique())
-    fig, axes = plt.subplots(len(row_values), len(panels), figsize=(3.6 * len(panels), 2.8 * len(row_values)),
-                             sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(len(row_values), len(panels), figsize=figure_size(len(panels), 2.0, len(row_values)),
+                             sharex=True, sharey=True, squeeze=False, layout="constrained")
     colors = _colors(sorted(rows[by].unique()))
     for i, rv in enumerate(row_values):
         for j, pv in enumerate(panels):
@@ -253,16 +255,14 @@ def _winrate_by_group(table, path: Path, by: str, panel: str, row: str) -> list[
             for (value, _run), run in sub.groupby([by, "run"]):
                 run = run.sort_values("step")
                 ax.errorbar(run["progress"], run["win_rate"], yerr=run["win_rate_se"], marker="o", markersize=3,
-                            capsize=2, color=colors[value], label=f"{by}={value:g}")
-            ax.set_title(f"{str(pv).upper()} / {rv}", fontsize=9)
-            ax.grid(alpha=0.3)
+                            capsize=2, color=colors[value], label=rf"$\{by}$={value:g}")
+            ax.set_title(f"{algo_name(pv) if panel == 'algo' else pv} / {rv}")
             if i == len(row_values) - 1:
                 ax.set_xlabel("fraction of the epoch")
             if j == 0:
                 ax.set_ylabel("win rate")
-    _legend(axes[0][-1], 7)
-    fig.suptitle("Win rate over one epoch", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle("Win rate over one epoch")
+    figure_legend(fig)
     return _save(fig, path)
 
 

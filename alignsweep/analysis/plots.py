@@ -12,10 +12,15 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from alignsweep.analysis.figure_style import (
+    KL, R2, RC, SQRT_KL, algo_name, figure_legend, figure_size, fitted_curve, panel_title, run_label, shape_columns,
+)
 
 
 def _plt():
@@ -27,12 +32,23 @@ def _plt():
     return plt
 
 
+def _paper(draw):
+    """Draw under the paper style (`alignsweep.analysis.figure_style.RC`), leaving the caller's alone."""
+
+    @functools.wraps(draw)
+    def wrapped(*args, **kwargs):
+        with _plt().rc_context(RC):
+            return draw(*args, **kwargs)
+
+    return wrapped
+
+
 def _save(fig: Any, path: Path) -> list[Path]:
     path = Path(path)
     out = []
     for suffix in (".png", ".svg"):
         target = path.with_suffix(suffix)
-        fig.savefig(target, dpi=120)
+        fig.savefig(target)
         out.append(target)
     _plt().close(fig)
     return out
@@ -40,13 +56,6 @@ def _save(fig: Any, path: Path) -> list[Path]:
 
 def _evaluated(table):
     return table.dropna(subset=["step", "win_rate", "sqrt_kl"])
-
-
-def _legend(ax: Any, fontsize: int) -> None:
-    """A legend with one entry per label (a label repeats when several runs share a beta)."""
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=fontsize)
 
 
 def _finals(rows):
@@ -60,41 +69,60 @@ def _colors(keys: list) -> dict:
     return {k: cmap(i) for i, k in enumerate(keys)}
 
 
+@_paper
 def plot_winrate_vs_kl(table, path: Path) -> Path:
-    """Win rate against sqrt(KL): one panel per algorithm, one line per beta (its checkpoints in
-    training order), the final checkpoint starred; error bars are one standard error."""
+    """Win rate against sqrt(KL): one panel per algorithm (a row of at most four), one line per
+    beta (its checkpoints in training order), the final checkpoint starred; error bars are one
+    standard error. The headline figure of the report and the wandb summary run."""
     plt = _plt()
     rows = _evaluated(table)
-    algos = sorted(rows["algo"].unique())
-    fig, axes = plt.subplots(1, len(algos), figsize=(3.6 * len(algos), 3.4), sharey=True, squeeze=False)
-    for ax, algo in zip(axes[0], algos):
+    algos = _algos(rows)
+    cols = min(len(algos), 4)
+    nrows = -(-len(algos) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=figure_size(cols, 2.4, nrows), sharey=True, squeeze=False,
+                             layout="constrained")
+    colors = _colors(sorted(rows["beta"].unique()))
+    for ax, algo in zip(axes.flat, algos):
         sub = rows[rows["algo"] == algo]
-        colors = _colors(sorted(sub["beta"].unique()))
-        for beta, color in colors.items():
-            for _, run in sub[sub["beta"] == beta].groupby("run"):
-                run = run.sort_values("step")
-                ax.errorbar(run["sqrt_kl"], run["win_rate"], yerr=run["win_rate_se"], color=color, marker="o",
-                            markersize=3, linewidth=1, capsize=2, label=f"beta={beta:g}")
-                last = run.iloc[-1]
-                ax.plot(last["sqrt_kl"], last["win_rate"], marker="*", markersize=11, color=color)
-        ax.set_title(algo.upper())
-        ax.set_xlabel("sqrt(KL(pi || pi_ref))")
-        ax.grid(alpha=0.3)
-        _legend(ax, 7)
-    axes[0][0].set_ylabel("win rate vs reference")
-    fig.suptitle("Win rate against sqrt(KL); star = final checkpoint", fontsize=10)
-    fig.tight_layout()
+        vary = shape_columns(sub)
+        for _, run in sub.groupby("run"):
+            run = run.sort_values("step")
+            color = colors[run["beta"].iloc[0]]
+            ax.errorbar(run["sqrt_kl"], run["win_rate"], yerr=run["win_rate_se"], color=color, marker="o",
+                        markersize=3, linewidth=1, capsize=2, label=run_label(run.iloc[0], vary))
+            last = run.iloc[-1]
+            ax.plot(last["sqrt_kl"], last["win_rate"], marker="*", markersize=10, color=color)
+        ax.set_title(panel_title(algo, rows))
+        ax.set_xlabel(SQRT_KL)
+    for ax in axes.flat[len(algos):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("win rate vs reference")
+    fig.suptitle(r"Win rate against $\sqrt{\mathrm{KL}}$ (star: final checkpoint; bars: $\pm$1 s.e.)")
+    figure_legend(fig)
     return _save(fig, path)[0]
 
 
+def _algos(rows) -> list[str]:
+    """The algorithms in the papers' order (DPO, IPO, ...), unknown ids last."""
+    from alignsweep.analysis.figure_style import ALGO_NAMES
+
+    order = list(ALGO_NAMES)
+    return sorted(rows["algo"].unique(), key=lambda a: (order.index(a) if a in order else len(order), str(a)))
+
+
+@_paper
 def figure_overoptimization(table, path: Path, fits=None, form: str = "log") -> list[Path]:
-    """The paper's Figure 1 (top: final checkpoints, bottom: all), with fitted curves dotted."""
+    """The paper's Figure 1 (top: final checkpoints, bottom: all), one colour per model; fitted
+    curves dotted, drawn over each group's measured sqrt(KL) range and clipped to [0, 1]; the
+    fitted peak as a diamond with its standard error, or an arrow when it is extrapolated."""
     plt = _plt()
     rows = _evaluated(table)
-    algos = sorted(rows["algo"].unique())
+    algos = _algos(rows)
     models = sorted(rows["model"].unique())
     colors = _colors(models)
-    fig, axes = plt.subplots(2, len(algos), figsize=(3.6 * len(algos), 6.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(2, len(algos), figsize=figure_size(len(algos), 2.3, 2), sharex="col", sharey=True,
+                             squeeze=False, layout="constrained")
     for col, algo in enumerate(algos):
         for row, (which, data) in enumerate((("final", _finals(rows)), ("all", rows))):
             ax = axes[row][col]
@@ -103,27 +131,26 @@ def figure_overoptimization(table, path: Path, fits=None, form: str = "log") -> 
                 pts = sub[sub["model"] == model]
                 if pts.empty:
                     continue
-                ax.errorbar(pts["sqrt_kl"], pts["win_rate"], yerr=pts["win_rate_se"], fmt="o", markersize=4,
+                ax.errorbar(pts["sqrt_kl"], pts["win_rate"], yerr=pts["win_rate_se"], fmt="o", markersize=3,
                             capsize=2, color=colors[model], alpha=0.8, label=model)
                 fit = _fit_for(fits, algo, model, which, form)
                 if fit is not None:
-                    d = np.linspace(0, max(pts["sqrt_kl"].max(), 1e-3) * 1.05, 200)
-                    ax.plot(d, _predict(fit, d, form), linestyle=":", linewidth=2, color=colors[model])
+                    d, y = fitted_curve(lambda x, f=fit: _predict(f, x, form), pts["sqrt_kl"].min(),
+                                        pts["sqrt_kl"].max())
+                    ax.plot(d, y, linestyle=":", linewidth=2, color=colors[model])
                     _draw_peak(ax, fit, form, colors[model])
-            ax.set_title(f"{algo.upper()} ({which} checkpoints)", fontsize=10)
-            ax.grid(alpha=0.3)
-            if row == 1:
-                ax.set_xlabel("sqrt(KL(pi || pi_ref))")
+            if row == 0:
+                ax.set_title(panel_title(algo, rows))
+            else:
+                ax.set_xlabel(SQRT_KL)
             if col == 0:
-                ax.set_ylabel("win rate vs reference")
-            if row == 0 and col == len(algos) - 1:
-                ax.legend(fontsize=7, title="model", title_fontsize=7)
+                ax.set_ylabel(f"win rate vs reference\n({which} checkpoints)")
     low = max(0.0, float((rows["win_rate"] - rows["win_rate_se"].fillna(0)).min()) - 0.05)
     high = min(1.0, float((rows["win_rate"] + rows["win_rate_se"].fillna(0)).max()) + 0.05)
     axes[0][0].set_ylim(low, high)  # the axes share y; a wild fit must not squash the data
-    fig.suptitle(f"Over-optimization: win rate against sqrt(KL), dotted = {form} fit, diamond = its peak "
-                 "+/- 1 s.e.", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(rf"Over-optimization: win rate against $\sqrt{{\mathrm{{KL}}}}$ (dotted: {form} fit; "
+                 r"diamond: its peak $\pm$1 s.e.)")
+    figure_legend(fig, title="model")
     return _save(fig, path)
 
 
@@ -148,8 +175,9 @@ def _draw_peak(ax, fit, form: str, color) -> None:
     d_max = float(fit.get("d_max", np.nan))
     if extrapolated and np.isfinite(d_max):
         y = float(_predict(fit, np.array([d_max]), form)[0])
-        ax.annotate(f"peak {d_peak:.3g} (extrapolated)", xy=(d_max, y), xytext=(-60, 12), textcoords="offset points",
-                    fontsize=6, color=color, arrowprops={"arrowstyle": "->", "color": color})
+        ax.annotate(f"peak {d_peak:.3g} (extrapolated)", xy=(d_max, min(max(y, 0.0), 1.0)), xytext=(-60, 12),
+                    textcoords="offset points", fontsize=8, color=color,
+                    arrowprops={"arrowstyle": "->", "color": color})
         return
     y = float(_predict(fit, np.array([d_peak]), form)[0])
     ax.errorbar([d_peak], [y], xerr=[se] if np.isfinite(se) else None, fmt="D", markersize=5, capsize=3,
@@ -162,6 +190,7 @@ def _predict(fit, d: np.ndarray, form: str) -> np.ndarray:
     return fit["baseline"] + fit["alpha"] * d - fit["beta"] * term
 
 
+@_paper
 def figure_length(table, path: Path) -> list[Path]:
     """R^2 of implicit reward on response length against KL, one colour per model (paper, Fig. 3
     right): smaller models and smaller budgets lean on length more."""
@@ -170,74 +199,76 @@ def figure_length(table, path: Path) -> list[Path]:
     rows = rows[rows["step"] > 0]
     models = sorted(rows["model"].unique())
     colors = _colors(models)
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    markers = dict(zip(sorted(rows["algo"].unique()), "osD^vP"))
+    fig, ax = plt.subplots(figsize=figure_size(1, 2.9), layout="constrained")
+    markers = dict(zip(_algos(rows), "osD^vPX"))
     for model in models:
         for algo, marker in markers.items():
             pts = rows[(rows["model"] == model) & (rows["algo"] == algo)]
             if not pts.empty:
-                ax.scatter(pts["kl"], pts["length_r2"], color=colors[model], marker=marker, s=22, alpha=0.8,
-                           label=f"{model} / {algo}")
-    ax.set_xlabel("KL(pi || pi_ref) (nats)")
-    ax.set_ylabel("R^2: implicit reward ~ length")
-    ax.set_title("Length exploitation against KL", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+                ax.scatter(pts["kl"], pts["length_r2"], color=colors[model], marker=marker, s=18, alpha=0.8,
+                           label=f"{model} / {algo_name(algo)}")
+    ax.set_xlabel(KL)
+    ax.set_ylabel(f"{R2}: implicit reward ~ length")
+    ax.set_title("Length exploitation against KL")
+    figure_legend(fig)
     return _save(fig, path)
 
 
+@_paper
 def figure_dynamics(table, path: Path) -> list[Path]:
-    """Win rate (top) and sqrt(KL) (bottom) against training progress, one line per beta."""
+    """Win rate (top) and sqrt(KL) (bottom) against training progress, one line per run (colour:
+    beta; alpha/gamma in the label where they differ); each row shares its y-axis."""
     plt = _plt()
     rows = _evaluated(table)
-    algos = sorted(rows["algo"].unique())
-    fig, axes = plt.subplots(2, len(algos), figsize=(3.6 * len(algos), 5.6), sharex=True, squeeze=False)
+    algos = _algos(rows)
+    fig, axes = plt.subplots(2, len(algos), figsize=figure_size(len(algos), 2.1, 2), sharex=True, sharey="row",
+                             squeeze=False, layout="constrained")
+    colors = _colors(sorted(rows["beta"].unique()))
     for col, algo in enumerate(algos):
         sub = rows[rows["algo"] == algo]
-        colors = _colors(sorted(sub["beta"].unique()))
-        for (beta, _run), run in sub.groupby(["beta", "run"]):
+        vary = shape_columns(sub)
+        for _run, run in sub.groupby("run"):
             run = run.sort_values("step")
-            axes[0][col].plot(run["progress"], run["win_rate"], marker="o", markersize=3, color=colors[beta],
-                              label=f"beta={beta:g}")
-            axes[1][col].plot(run["progress"], run["sqrt_kl"], marker="o", markersize=3, color=colors[beta])
-        axes[0][col].set_title(algo.upper(), fontsize=10)
+            color = colors[run["beta"].iloc[0]]
+            axes[0][col].plot(run["progress"], run["win_rate"], marker="o", markersize=3, color=color,
+                              label=run_label(run.iloc[0], vary))
+            axes[1][col].plot(run["progress"], run["sqrt_kl"], marker="o", markersize=3, color=color)
+        axes[0][col].set_title(panel_title(algo, rows))
         axes[1][col].set_xlabel("fraction of the epoch")
-        _legend(axes[0][col], 7)
-        for ax in axes[:, col]:
-            ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("win rate")
-    axes[1][0].set_ylabel("sqrt(KL)")
-    fig.suptitle("Training dynamics", fontsize=11)
-    fig.tight_layout()
+    axes[1][0].set_ylabel(r"$\sqrt{\mathrm{KL}}$")
+    fig.suptitle("Training dynamics")
+    figure_legend(fig)
     return _save(fig, path)
 
 
+@_paper
 def figure_likelihood(table, path: Path) -> list[Path]:
     """Held-out chosen (solid) and rejected (dashed) log-likelihood against progress: likelihood
-    displacement, the AlphaPO paper's concern."""
+    displacement, the AlphaPO paper's concern. Colour: beta; one shared y-axis."""
     plt = _plt()
     rows = _evaluated(table).dropna(subset=["chosen_logp", "rejected_logp"])
-    algos = sorted(rows["algo"].unique())
-    fig, axes = plt.subplots(1, len(algos), figsize=(3.6 * len(algos), 3.6), sharey=True, squeeze=False)
+    algos = _algos(rows)
+    fig, axes = plt.subplots(1, len(algos), figsize=figure_size(len(algos), 2.4), sharey=True, squeeze=False,
+                             layout="constrained")
+    colors = _colors(sorted(rows["beta"].unique()))
     for ax, algo in zip(axes[0], algos):
         sub = rows[rows["algo"] == algo]
-        colors = _colors(sorted(sub["beta"].unique()))
-        for (beta, _run), run in sub.groupby(["beta", "run"]):
+        vary = shape_columns(sub)
+        for _run, run in sub.groupby("run"):
             run = run.sort_values("step")
-            ax.plot(run["progress"], run["chosen_logp"], color=colors[beta], label=f"beta={beta:g} chosen")
-            ax.plot(run["progress"], run["rejected_logp"], color=colors[beta], linestyle="--",
-                    label=f"beta={beta:g} rejected")
-        ax.set_title(algo.upper(), fontsize=10)
+            color = colors[run["beta"].iloc[0]]
+            ax.plot(run["progress"], run["chosen_logp"], color=color, label=run_label(run.iloc[0], vary))
+            ax.plot(run["progress"], run["rejected_logp"], color=color, linestyle="--")
+        ax.set_title(panel_title(algo, rows))
         ax.set_xlabel("fraction of the epoch")
-        ax.grid(alpha=0.3)
-        _legend(ax, 6)
-    axes[0][0].set_ylabel("mean log-likelihood (held-out pairs)")
-    fig.suptitle("Likelihood displacement: chosen (solid) and rejected (dashed)", fontsize=11)
-    fig.tight_layout()
+    axes[0][0].set_ylabel("mean log-likelihood\n(held-out pairs)")
+    fig.suptitle("Likelihood displacement: chosen (solid) and rejected (dashed)")
+    figure_legend(fig)
     return _save(fig, path)
 
 
+@_paper
 def plot_tree_mdp(table, out_dir: Path) -> list[Path]:
     """The Tree MDP toy (data=tree_mdp), one column per algorithm, one colour per beta, and a pair of
     rows per tree policy (model=tabular, tree_mlp, ...). Upper row of a pair: exact probability mass
@@ -251,38 +282,37 @@ def plot_tree_mdp(table, out_dir: Path) -> list[Path]:
     models = sorted(rows["model"].dropna().unique()) if "model" in rows else []
     models = models or [None]
     n = len(models)
-    fig, axes = plt.subplots(2 * n, len(algos), figsize=(3.8 * len(algos), 3.3 * 2 * n + 0.4), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(2 * n, len(algos), figsize=figure_size(len(algos), 2.0, 2 * n), sharex=True,
+                             sharey="row", squeeze=False, layout="constrained")
+    all_colors = _colors(sorted(rows["beta"].unique()))
     for m, model in enumerate(models):
         of_model = rows if model is None else rows[rows["model"] == model]
         for col, algo in enumerate(algos):
             sub = of_model[of_model["algo"] == algo]
-            colors = _colors(sorted(rows.loc[rows["algo"] == algo, "beta"].unique()))
+            colors = all_colors
             top, bottom = axes[2 * m][col], axes[2 * m + 1][col]
             for (beta, _run), run in sub.groupby(["beta", "run"]):
                 run = run.sort_values("step")
                 color = colors[beta]
-                top.plot(run["step"], run["id_mass"], color=color, label=f"beta={beta:g}")
+                top.plot(run["step"], run["id_mass"], color=color, label=rf"$\beta$={beta:g}")
                 top.plot(run["step"], run["ood_mass"], color=color, linestyle="--")
-                bottom.plot(run["step"], run["chosen_logratio"], color=color, label=f"beta={beta:g}")
+                bottom.plot(run["step"], run["chosen_logratio"], color=color)
                 bottom.plot(run["step"], run["rejected_logratio"], color=color, linestyle="--")
                 bottom.plot(run["step"], -run["kl_ref_pi"], color=color, linestyle=":", linewidth=2)
             name = "" if model is None else f"model={model}: "
-            top.set_title(f"{name}{algo.upper()}", fontsize=10, fontweight="bold")
+            top.set_title(f"{name}{algo_name(algo)}", fontweight="bold")
             top.set_ylim(-0.02, 1.02)
-            bottom.set_yscale("symlog", linthresh=1.0)  # rejected log-ratios run to -30 (or -200) while chosen stay near 0
+            # rejected log-ratios run to -30 (or -200) while chosen stay near 0
+            bottom.set_yscale("symlog", linthresh=1.0)
             if m == n - 1:
                 bottom.set_xlabel("optimizer step (full batch)")
-            _legend(top, 7)
-            for ax in (top, bottom):
-                ax.grid(alpha=0.3)
         axes[2 * m][0].set_ylabel("probability mass (exact)" if model is None else f"{model}\nprobability mass (exact)")
-        axes[2 * m + 1][0].set_ylabel("mean log pi/pi_ref (symlog)" if model is None
-                                      else f"{model}\nmean log pi/pi_ref (symlog)")
-    fig.suptitle("Tree MDP, exact. Mass rows: in-distribution (solid) and out-of-distribution (dashed) "
-                 "trajectories.\nLog-ratio rows: mean log pi/pi_ref of chosen (solid) and rejected (dashed) "
-                 "trajectories; -KL(pi_ref || pi) dotted", fontsize=10)
-    fig.tight_layout()
+        ratio = r"mean $\log \pi/\pi_{\mathrm{ref}}$ (symlog)"
+        axes[2 * m + 1][0].set_ylabel(ratio if model is None else f"{model}\n{ratio}")
+    fig.suptitle("Tree MDP, exact. Mass rows: in-distribution (solid) and out-of-distribution (dashed)\n"
+                 r"trajectories. Log-ratio rows: mean $\log \pi/\pi_{\mathrm{ref}}$ of chosen (solid) and"
+                 "\n" r"rejected (dashed) trajectories; $-\mathrm{KL}(\pi_{\mathrm{ref}} \,\|\, \pi)$ dotted")
+    figure_legend(fig)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return _save(fig, out_dir / "tree_mdp_ood_mass")

@@ -54,8 +54,9 @@ def collect_and_report(sweep_dir: Path, figures: bool = True) -> None:
     if logger is not None and logger.name == "wandb":
         from alignsweep.results.tracking import log_sweep_summary
 
-        summary_dir = log_sweep_summary(logger, sweep_dir, table, fitted, drawn)
-        print(f"[alignsweep] wandb summary run: {summary_dir}")
+        summary_dir = log_sweep_summary(logger, sweep_dir, table, fitted, drawn, headline=plot)
+        if summary_dir is not None:
+            print(f"[alignsweep] wandb summary run: {summary_dir}")
     print(f"[alignsweep] table: {sweep_dir / 'results.csv'} (fits: fits.csv, figures: figures/)")
     print(f"[alignsweep] plot:  {plot}")
     unfinished = table[~table["status"].isin(["completed"])]["run"].unique()

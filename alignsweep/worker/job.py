@@ -156,16 +156,19 @@ def prepare_resume(run_dir: Path, checkpoint: Path | None) -> None:
 
 
 def _build_tracker(cfg: Any, run_dir: Path, job: Any):
-    from alignsweep.results.tracking import build_tracker
+    from alignsweep.results.tracking import build_tracker, dashboard_config, dashboard_group, dashboard_tags, sweep_of
 
-    sweep = run_dir.parent.name if (run_dir.parent / "multirun.yaml").exists() else run_dir.name
+    experiment, group = dashboard_group(sweep_of(run_dir))
     return build_tracker(
         cfg.logger,
         run_dir,
-        group=sweep,
+        group=group,
         job_type=job.algo,
-        name=f"{job.algo}-{job.model}-b{job.beta:g}" + (f"-a{job.alpha:g}" if job.alpha is not None else ""),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        name=f"{job.algo}-{job.model}-b{job.beta:g}" + (f"-a{job.alpha:g}" if job.alpha is not None else "")
+        + (f"-g{job.gamma:g}" if job.gamma is not None else ""),
+        config=dashboard_config(OmegaConf.to_container(cfg, resolve=True)),
+        tags=dashboard_tags(algo=job.algo, model=job.model, data=cfg.data.name, judge=cfg.judge.name,
+                            experiment=experiment),
         replay=rundir.read_metrics(run_dir, problems=[]),
     )
 
