@@ -114,10 +114,34 @@ def _has(cfg: Any, *keys: str) -> bool:
 def _refuse_unused(cfg: Any, key: str, who_has_it: str, *algo_keys: str) -> None:
     """An algorithm given a value it has no parameter for (its defaults are null) is refused."""
     if cfg.get(key) is not None and not _has(cfg, *algo_keys):
+        preset = _preset_of(cfg, key)
+        advice = f"remove `{key}=` from this job" if preset is None else (  # the user never typed it
+            f"{preset} sets it: run {preset} with an algorithm that has it ({who_has_it.split(' do')[0]}"
+            f"), e.g. `{preset} algo=simpo`, or add `{key}=null`")
         raise ConfigError(
             f"{key}: algo={cfg.algo.name} has no {key.split('_')[0]} parameter ({who_has_it}), got "
-            f"{key}={cfg.get(key)!r}; remove `{key}=` from this job"
+            f"{key}={cfg.get(key)!r}; {advice}"
         )
+
+
+def _preset_of(cfg: Any, key: str) -> Optional[str]:
+    """`recipe=NAME` (or `experiment=NAME`) when top-level `key` came from it, not the command line."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hydra = cfg.get("hydra") if isinstance(cfg, Mapping) else None
+    if hydra is None:  # a single run: @hydra.main hands over the config without its hydra node
+        if not HydraConfig.initialized():
+            return None
+        hydra = HydraConfig.get()
+    typed = OmegaConf.select(hydra, "overrides.task", default=None) or []
+    if any(str(o).lstrip("+~").split("=")[0] == key for o in typed):
+        return None
+    choices = OmegaConf.select(hydra, "runtime.choices", default=None) or {}
+    for group in ("recipe", "experiment"):
+        if choices.get(group) not in (None, "null"):
+            return f"{group}={choices[group]}"
+    return None
 
 
 def resolve_hyperparameters(cfg: Any) -> dict:
