@@ -169,6 +169,9 @@ class OpenAIServer:
             def do_POST(self) -> None:
                 server.handle(self)
 
+            def do_GET(self) -> None:  # GET /v1/models, as OpenAI and vLLM answer it (checked by preflight)
+                server.models(self)
+
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
@@ -242,6 +245,15 @@ class OpenAIServer:
         finally:
             with self.lock:
                 self.in_flight -= 1
+
+    def models(self, h: BaseHTTPRequestHandler) -> None:
+        entry: dict = {"n": 0, "t": time.monotonic(), "path": h.path}
+        auth = h.headers.get("Authorization")
+        if h.path.rstrip("/") != "/v1/models":
+            return self._send(h, entry, 404, {"error": {"message": f"no route {h.path}"}})
+        if self.knobs.required_key and auth != f"Bearer {self.knobs.required_key}":
+            return self._send(h, entry, 401, {"error": {"message": "Incorrect API key provided"}})
+        self._send(h, entry, 200, {"object": "list", "data": [{"id": "smollm2", "object": "model"}]})
 
     def _record(self, entry: dict) -> None:
         with self.lock:
