@@ -76,3 +76,27 @@ def test_a_recipes_margin_single_run_names_the_recipe():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "recipe=llama3_instruct sets it" in proc.stderr, proc.stderr[-500:]
     assert "Traceback" not in proc.stderr
+
+
+def test_the_alphapo_preset_gives_each_model_its_own_data():
+    """Observed (case 13): experiment=alphapo_ultrafeedback fed one data.path to both halves."""
+    mistral = compose_cfg("experiment=alphapo_ultrafeedback", "recipe=mistral_instruct", "alpha=0.25")
+    llama = compose_cfg("experiment=alphapo_ultrafeedback", "recipe=llama3_instruct", "alpha=0.25")
+    assert (mistral.model.name, mistral.data.name, mistral.data.hub_id) == (
+        "mistral_7b", "ultrafeedback", "princeton-nlp/mistral-instruct-ultrafeedback")
+    assert (llama.model.name, llama.data.name, llama.data.hub_id) == (
+        "llama3_8b", "ultrafeedback_llama3", "princeton-nlp/llama3-ultrafeedback-armorm")
+    assert resolve_job(mistral).data != resolve_job(llama).data  # told apart in tables and caches
+
+
+def test_one_local_copy_for_both_halves_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    run = lambda *args: subprocess.run([sys.executable, "-m", "alignsweep", "experiment=alphapo_ultrafeedback",
+                                        f"data.path={tmp_path}", "dry_run=true", *args],
+                                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    both = run()
+    assert both.returncode == 2 and "Traceback" not in both.stderr, both.stderr[-1000:]
+    assert both.stderr.count("is given to jobs of 2 different data sets") == 1
+    assert "data=ultrafeedback of" in both.stderr and "data=ultrafeedback_llama3 of" in both.stderr
+    one = run("hydra.sweeper.params.recipe=mistral_instruct")  # the advice works
+    assert one.returncode == 0 and one.stdout.count("data=ultrafeedback ") == 5, one.stderr[-1000:]

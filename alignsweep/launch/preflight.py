@@ -115,6 +115,24 @@ def _gguf_installed(spec: str) -> bool:
     return Path(spec).exists()
 
 
+def shared_local_copies(configs: Iterable[Any]) -> list[str]:
+    """One local copy (`data.path`, `data.sft_path`) given to jobs of different data (another
+    `data.name` or hub id, e.g. the two halves of experiment=alphapo_ultrafeedback): refused, as it
+    would train every job on the same rows under different names. Checked in dry runs too."""
+    users: dict[tuple, set] = {}
+    for cfg in configs:
+        for key, hub in (("path", "hub_id"), ("sft_path", "sft_hub_id")):
+            if cfg.data.get(key):
+                users.setdefault((key, str(cfg.data[key])), set()).add((cfg.data.name, cfg.data.get(hub)))
+    return [
+        f"data.{key}={path} is given to jobs of {len(datas)} different data sets ("
+        + ", ".join(f"data={name}" + (f" of {hub}" if hub else "") for name, hub in sorted(datas, key=str))
+        + f"): one local copy cannot be each of them; launch each with its own copy (`data.{key}=DIR` per launch, "
+        "e.g. one recipe at a time: `hydra.sweeper.params.recipe=NAME`)"
+        for (key, path), datas in users.items() if len(datas) > 1
+    ]
+
+
 def preflight(configs: Iterable[Any]) -> list[str]:
     """One message per distinct failure among everything `configs` (composed jobs) need, each
     thing checked once however many jobs need it, with how many jobs it would have failed."""
