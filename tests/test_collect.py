@@ -194,6 +194,32 @@ def test_sync_lists_every_run_and_fails_in_one_line_without_a_server(sweep, tmp_
     assert proc.returncode == 1 and proc.stderr.startswith("error: no W&B API key") and "Traceback" not in proc.stderr
 
 
+def test_samples_are_collected_reported_and_logged_to_wandb(sweep):
+    """Each checkpoint's samples (RUN_DIR/samples/step_NNNNNN.jsonl) reach samples.parquet, the
+    report and each run's wandb Table, one row per evaluation prompt, the same text everywhere."""
+    from alignsweep.analysis.report import samples_section
+
+    table = pd.read_parquet(sweep / "results.parquet")
+    samples = pd.read_parquet(sweep / "samples.parquet")
+    for column in ("run", "step", "index", "prompt", "sample", "reference", "verdict", "length"):
+        assert column in samples.columns, column
+    evaluated = table.dropna(subset=["win_rate"])
+    assert set(zip(samples["run"].astype(str), samples["step"])) == set(zip(evaluated["run"].astype(str), evaluated["step"]))
+    for (run, step), kept in samples.groupby(["run", "step"]):
+        row = evaluated[(evaluated["run"].astype(str) == str(run)) & (evaluated["step"] == step)].iloc[0]
+        assert len(kept) == row["n_eval"] and kept["verdict"].isin([0.0, 0.5, 1.0]).all()
+        assert kept["verdict"].mean() == pytest.approx(row["win_rate"])  # the verdicts the win rate counts
+        assert kept["prompt"].str.len().gt(0).all() and kept["length"].ge(0).all()
+    section = samples_section(sweep)
+    assert "no samples kept" not in section and section.count("<h3>") == samples["run"].nunique()
+    first = samples.iloc[0]
+    logged = sorted((sweep / str(first["run"])).glob("wandb/offline-run-*/files/media/table/samples_*.table.json"))
+    assert len(logged) == samples[samples["run"] == first["run"]]["step"].nunique()
+    frames = [json.loads(p.read_text()) for p in logged]
+    texts = {s for f in frames for s in pd.DataFrame(f["data"], columns=f["columns"])["sample"]}
+    assert set(samples[samples["run"] == first["run"]]["sample"]) == texts
+
+
 def test_collecting_a_copied_half_finished_damaged_sweep(sweep, tmp_path):
     laptop = tmp_path / "copied"
     shutil.copytree(sweep, laptop, ignore=shutil.ignore_patterns("wandb"))

@@ -101,27 +101,21 @@ def archive_section(sweep_dir: Path, table) -> str:
 
 
 def samples_section(sweep_dir: Path, per_checkpoint: int = 2) -> str:
-    """A few samples per checkpoint of each run, from the runs' kept samples (samples.jsonl)."""
-    from alignsweep.results.collect import run_dirs
+    """A few samples per checkpoint of each run, from the runs' kept samples
+    (RUN_DIR/samples/step_NNNNNN.jsonl, read by `alignsweep.results.collect.collect_samples`)."""
+    from alignsweep.results.collect import collect_samples
 
     parts = []
-    for run_dir in run_dirs(sweep_dir):
-        path = run_dir / "samples.jsonl"
-        if not path.exists():
-            continue
-        by_step: dict = {}
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                by_step.setdefault(row.get("step"), []).append(row)
-        rows = [r for step in sorted(by_step, key=lambda s: (s is None, s)) for r in by_step[step][:per_checkpoint]]
+    table = collect_samples(sweep_dir)
+    for run, kept in (table.groupby("run", sort=False) if not table.empty else ()):
+        rows = kept.sort_values(["step", "index"]).groupby("step").head(per_checkpoint).to_dict("records")
         cells = "".join(
             f"<tr><td>{html.escape(str(r.get('step')))}</td><td><pre>{html.escape(str(r.get('prompt', '')))}</pre></td>"
             f"<td><pre>{html.escape(str(r.get('sample', '')))}</pre></td>"
             f"<td><pre>{html.escape(str(r.get('reference', '')))}</pre></td><td>{html.escape(str(r.get('verdict')))}</td></tr>"
             for r in rows
         )
-        parts.append(f"<h3>{html.escape(run_dir.name)}</h3><table><tr><th>step</th><th>prompt</th><th>sample</th>"
+        parts.append(f"<h3>{html.escape(str(run))}</h3><table><tr><th>step</th><th>prompt</th><th>sample</th>"
                      f"<th>reference</th><th>verdict</th></tr>{cells}</table>")
     body = "".join(parts) or "<p>no samples kept by these runs</p>"
     return f"<h2 id='samples'>Samples</h2>{body}"

@@ -211,9 +211,11 @@ class LoggerConfig:
 @dataclass
 class SFTConfig:
     enabled: bool = True  # False: the model is already the reference (e.g. an instruct model)
-    epochs: float = knob(2.0, gt=0)
-    lr: float = knob(3e-3, gt=0)
-    batch_size: int = knob(32, ge=1)
+    # defaults for a pretrained model (this project's reading for Rafailov et al.'s SFT stage); the toy
+    # models set their own (conf/training/toy.yaml)
+    epochs: float = knob(1.0, gt=0)
+    lr: float = knob(1e-5, gt=0)
+    batch_size: int = knob(64, ge=1)
     warmup_ratio: float = knob(0.05, ge=0, lt=1)
     seed: int = knob(0, ge=0)  # the SFT model is shared by every job that agrees on these settings
 
@@ -221,8 +223,8 @@ class SFTConfig:
 @dataclass
 class TrainConfig:
     epochs: float = knob(1.0, gt=0)  # the paper trains one epoch
-    lr: float = knob(1e-3, gt=0)
-    optimizer: str = "adamw_torch"  # any transformers optimizer name; the paper used rmsprop
+    lr: float = knob(5e-7, gt=0)  # Rafailov et al. 2024; the toy models set their own (conf/training/toy.yaml)
+    optimizer: str = "rmsprop"  # any transformers optimizer name; the paper's (Rafailov et al. 2024)
     warmup_steps: float = knob(0, ge=0)  # optimizer steps of linear warm-up; a value in (0, 1) is a fraction of the run
     lr_scheduler: str = "constant_with_warmup"
     max_grad_norm: float = knob(10.0, gt=0)

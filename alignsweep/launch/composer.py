@@ -241,6 +241,12 @@ def prepare_jobs(
                                identity=ident, fingerprint=print_, busy=busy)
         first[print_] = by_dir[run_dir] = prepared
         jobs.append(prepared)
+    if not errors:  # one local copy for different data; each distinct model, dataset and judge, once
+        from alignsweep.launch.preflight import preflight, shared_local_copies
+
+        errors = shared_local_copies(j.config for j in jobs)
+        if not errors and not config.dry_run:
+            errors = preflight(j.config for j in jobs if not (j.skip or j.busy))
     if errors:
         print("error: the sweep was not started:\n  " + "\n  ".join(errors), file=sys.stderr)
         sys.exit(2)

@@ -138,7 +138,33 @@ def collect(sweep_dir: Path, quiet: bool = False):
         table = table.sort_values(by, key=_natural, na_position="last").reset_index(drop=True)
     _atomic(lambda tmp: table.to_csv(tmp, index=False), sweep_dir / "results.csv")
     _atomic(lambda tmp: table.to_parquet(tmp, index=False), sweep_dir / "results.parquet")
+    samples = collect_samples(sweep_dir)
+    if not samples.empty:
+        _atomic(lambda tmp: samples.to_parquet(tmp, index=False), sweep_dir / "samples.parquet")
     return table
+
+
+def collect_samples(sweep_dir: Path):
+    """Every kept sample of the sweep's runs (RUN_DIR/samples/step_NNNNNN.jsonl, written at each
+    checkpoint) as one DataFrame: run, step, index (the evaluation prompt's position), prompt,
+    sample, reference, verdict (1 win, 0.5 tie, 0 loss, NaN none), length (tokens). An unreadable
+    line is skipped with a warning; a run without samples adds no rows."""
+    import json
+
+    import pandas as pd
+
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for run_dir in run_dirs(sweep_dir):
+        name = str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else run_dir.name
+        for path in sorted((run_dir / rundir.SAMPLES).glob("step_*.jsonl")):
+            step = int(path.stem.split("_")[-1])
+            for index, line in enumerate(path.read_text().splitlines()):
+                try:
+                    rows.append({"run": name, "step": step, "index": index, **json.loads(line)})
+                except ValueError:
+                    print(f"warning: unreadable: {path} line {index + 1}", file=sys.stderr)
+    return pd.DataFrame(rows)
 
 
 def _atomic(write, path: Path) -> None:

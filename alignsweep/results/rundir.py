@@ -25,6 +25,7 @@ STATUS = "status.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 CONFIG_JSON = "config.json"  # the same config, for fast reading
+SAMPLES = "samples"  # samples/step_000123.jsonl: one line per evaluation prompt of that checkpoint
 LOG = "worker.log"
 LOCK = ".lock"
 FINAL_STATES = ("completed", "failed", "diverged")

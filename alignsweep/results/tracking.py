@@ -271,3 +271,15 @@ def _wandb_safe(frame: Any) -> Any:
         if out[column].dtype == object:
             out[column] = out[column].map(lambda v: None if v is None or v != v else str(v))
     return out
+
+
+def log_samples(tracker: Any, step: int, samples: list[dict]) -> None:
+    """The checkpoint's kept samples (prompt, sample, reference, verdict, length: one row per
+    evaluation prompt) as a wandb Table `samples` at `step`; nothing for a tracker without a run."""
+    run = getattr(tracker, "run", None)
+    if run is None or not samples:
+        return
+    import pandas as pd
+    import wandb
+
+    run.log({"samples": wandb.Table(dataframe=_wandb_safe(pd.DataFrame(samples))), "step": step}, step=step)

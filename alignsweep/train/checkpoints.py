@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 
 from alignsweep.errors import ConfigError
 from alignsweep.results import rundir
+from alignsweep.results.tracking import log_samples
 from alignsweep.runtime.distributed import (
     agree,
     any_rank,
@@ -106,6 +107,7 @@ class CheckpointCallback(TrainerCallback):
             row["stop_reason"] = reason
         rundir.append_metrics(self.run_dir, row)
         write_samples(self.run_dir, step, self.evaluator.last_samples)
+        log_samples(self.tracker, step, self.evaluator.last_samples)
         self.tracker.log(row, step=step)
         self._status(
             phase="train", step=trained, checkpoints_done=len(self.evaluated), last_win_rate=row["win_rate"],
@@ -184,7 +186,7 @@ class CheckpointCallback(TrainerCallback):
         self._status(stop_reason="kl_budget", stopped_at=step)
 
 
-SAMPLES = "samples"  # RUN_DIR/samples/step_000123.jsonl: one line per evaluation prompt
+SAMPLES = rundir.SAMPLES  # RUN_DIR/samples/step_000123.jsonl: one line per evaluation prompt
 
 
 def write_samples(run_dir: Path, step: int, samples: list[dict]) -> Path:
