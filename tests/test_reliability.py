@@ -254,15 +254,18 @@ def test_chaos_killed_jobs_and_launchers_then_a_grown_grid_end_as_an_undisturbed
                 victim = rng.choice(training) if training else None
                 time.sleep(0.2)
             if victim is not None:
-                time.sleep(rng.uniform(0.0, 3.0))
+                # a moment later, well inside the second or two a tiny job trains on a quiet machine
+                time.sleep(rng.uniform(0.0, 0.5))
                 run, status = victim
                 sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
                 target = rng.choice(["job", "launcher"])
-                try:
-                    os.kill(status["pid"] if target == "job" else proc.pid, sig)
-                    kills.append((attempt, target, run.name, sig.name, status.get("phase"), status.get("step")))
-                except ProcessLookupError:
-                    pass
+                for who, pid in ((target, status["pid"] if target == "job" else proc.pid), ("launcher", proc.pid)):
+                    try:  # a job that finished meanwhile: its launcher (still collecting) is hit instead
+                        os.kill(pid, sig)
+                        kills.append((attempt, who, run.name, sig.name, status.get("phase"), status.get("step")))
+                        break
+                    except ProcessLookupError:
+                        continue
         proc.communicate(timeout=600)
         codes.append(proc.returncode)
         states = {d.name: (rundir.read_status(d) or {}).get("state") for d in storm.glob("*")

@@ -62,10 +62,13 @@ def all_final(sweep: Path) -> bool:
 
 
 def test_users_command_is_one_array_of_nine_and_the_paper_grid_one_array_per_tier(cli, slurm_env):
-    proc = cli(
-        "-m", "algo=dpo,ipo,slic", "model=pythia_2_8b", "beta=0.01,0.1,1", *SLURM, *TINY,
-        "+hydra.launcher.additional_parameters.hold=true", "hydra.sweep.dir=users", env=slurm_env,
-    )
+    users = ["-m", "algo=dpo,ipo,slic", "model=pythia_2_8b", "beta=0.01,0.1,1", *SLURM, *TINY,
+             "+hydra.launcher.additional_parameters.hold=true", "hydra.sweep.dir=users"]
+    # offline, the preflight refuses it before anything is submitted (pythia-2.8b is not cached here)
+    refused = cli(*users, env=slurm_env, check=False)
+    assert refused.returncode == 2 and "hf download" in refused.stderr and not (cli.cwd / "users").exists()
+    # preflight=false (a login node that cannot see the hub the nodes see): the held array is submitted
+    proc = cli(*users, "preflight=false", env=slurm_env)
     arrays = re.findall(r"submitted array (\d+): (\d+) job", proc.stdout)
     try:
         assert [n for _, n in arrays] == ["9"]
@@ -83,7 +86,7 @@ def test_users_command_is_one_array_of_nine_and_the_paper_grid_one_array_per_tie
 
     # the 63-job paper grid: one array per resource tier (the models' time limits differ)
     proc = cli("experiment=overopt_tldr", *SLURM, *TINY, "+hydra.launcher.additional_parameters.hold=true",
-               "hydra.sweep.dir=grid", env=slurm_env)
+               "hydra.sweep.dir=grid", "preflight=false", env=slurm_env)
     arrays = re.findall(r"submitted array (\d+): (\d+) job", proc.stdout)
     for array_id, _ in arrays:
         subprocess.run(["scancel", array_id])

@@ -26,6 +26,7 @@ NOT_IDENTITY = (
     "paths.",  # where the files go
     "logger.",  # experiment tracking
     "dry_run",
+    "preflight",
     "hydra.",
     "model.resources.cpus", "model.resources.mem_gb", "model.resources.time_min",  # scheduler requests
     "train.resumable", "train.save_final_model",  # what is saved, not what is trained

@@ -290,6 +290,9 @@ class Config:
     kl_budget: Optional[float] = knob(None, gt=0)  # sequence KL in nats; training stops once exceeded
     seed: int = knob(0, ge=0)
     dry_run: bool = False  # print the resolved jobs and train nothing
+    # check each distinct model, dataset and judge endpoint once before a sweep starts any job;
+    # false where the launching machine cannot see what the jobs will (a login node without hub access)
+    preflight: bool = True
 
 
 def _if_simpo(algo: Any, alpha: Any, simpo: Any, otherwise: Any) -> Any:

@@ -245,7 +245,7 @@ def prepare_jobs(
         from alignsweep.launch.preflight import preflight, shared_local_copies
 
         errors = shared_local_copies(j.config for j in jobs)
-        if not errors and not config.dry_run:
+        if not errors and not config.dry_run and config.get("preflight", True):
             errors = preflight(j.config for j in jobs if not (j.skip or j.busy))
     if errors:
         print("error: the sweep was not started:\n  " + "\n  ".join(errors), file=sys.stderr)
