@@ -73,7 +73,9 @@ def test_exit_codes_and_signals_reach_the_launcher(tmp_path, sft_cache, fork):
     # convention (issue 18: interrupted, not failed); the launcher sees that code either way
     stopped = _prepare(tmp_path / "stopped", sft_cache)
     job = pool.start(stopped, stopped / rundir.LOG)
-    time.sleep(0.5)
+    deadline = time.time() + 120  # once the worker runs (a fresh interpreter is still importing torch at 0.5 s)
+    while time.time() < deadline and (rundir.read_status(stopped) or {}).get("state") != "running":
+        time.sleep(0.1)
     job.terminate()
     assert _finish(job) == 128 + signal.SIGTERM
     assert (rundir.read_status(stopped) or {}).get("state") in (None, "interrupted")
