@@ -16,7 +16,7 @@ import pytest
 
 from alignsweep.results import rundir
 
-from .wandb_log import history, records, run_record
+from .wandb_log import history, records, run_record, strings
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,15 +91,6 @@ def _config(record: dict) -> dict:
     return {k: value(v) for k, v in config.items()}
 
 
-def _strings(node):
-    if isinstance(node, dict):
-        for v in node.values():
-            yield from _strings(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _strings(v)
-    elif isinstance(node, str):
-        yield node
 
 
 def test_wandb_runs_are_grouped_tagged_and_hold_what_ran(sweep):
@@ -116,7 +107,7 @@ def test_wandb_runs_are_grouped_tagged_and_hold_what_ran(sweep):
         assert set(record["tags"]) >= {f"algo:{algo}", "model:embedded_tiny", "data:embedded", "judge:gold",
                                        "experiment:sweep"}
         assert "paths" not in config and "dry_run" not in config and config["beta"] == config["algo"]["beta"]
-        assert not [s for s in _strings(config) if s.startswith("/") or str(sweep) in s], config
+        assert not [s for s in strings(config) if s.startswith("/") or str(sweep) in s], config
         logged = history(run)
         assert logged and all("win_rate" in h and "sqrt_kl" in h for h in logged)
         for h in logged:
@@ -128,7 +119,7 @@ def test_the_summary_run_has_a_config_the_headline_figure_fits_and_samples(sweep
     assert record["job_type"] == "summary" and "summary" in record["tags"]
     config = _config(record)
     assert config["experiment"] == "sweep" and config["runs"] == 4 and config["algo"] == ["dpo", "simpo"]
-    assert config["train.lr"] == [5e-4, 1e-3] and not [s for s in _strings(config) if s.startswith("/")]
+    assert config["train.lr"] == [5e-4, 1e-3] and not [s for s in strings(config) if s.startswith("/")]
     logged = [r["history"]["item"] for r in records(sweep) if r["type"] == "history"]
     keys = {key.split(".")[0] for key in set().union(*logged)}  # an image or table is logged as KEY._type, ...
     assert {"winrate_vs_sqrt_kl", "fits", "results", "samples", "fig1_overoptimization"} <= keys, sorted(keys)

@@ -13,18 +13,11 @@ from alignsweep.config.run_config import resolved_container
 from alignsweep.config.schema import register
 from alignsweep.results.tracking import dashboard_config, dashboard_group, dashboard_tags
 
+from .wandb_log import strings
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def _strings(node):
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from _strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _strings(value)
-    elif isinstance(node, str):
-        yield node
 
 
 def test_the_config_holds_what_ran_and_no_local_path(tmp_path):
@@ -38,7 +31,7 @@ def test_the_config_holds_what_ran_and_no_local_path(tmp_path):
     assert "paths" not in config and "dry_run" not in config
     assert config["model"]["path"] == "my-pythia" and config["data"]["path"] == "prefs.jsonl"
     assert config["beta"] == config["algo"]["beta"] == 0.5 and config["algo"]["name"] == "simpo"
-    assert not [s for s in _strings(config) if s.startswith("/") or str(tmp_path) in s]
+    assert not [s for s in strings(config) if s.startswith("/") or str(tmp_path) in s]
     json.dumps(config)  # JSON-able, as wandb stores it
 
 

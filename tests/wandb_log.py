@@ -26,3 +26,15 @@ def history(run_dir: Path) -> list[dict]:
 
 def run_record(run_dir: Path) -> dict:
     return next(r["run"] for r in records(run_dir) if r["type"] == "run")
+
+
+def strings(node):
+    """Every string inside a nested dict/list (a run's config, a record), depth first."""
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+    elif isinstance(node, str):
+        yield node
