@@ -69,6 +69,22 @@ def test_kl_of_the_reference_against_itself_is_zero_and_win_rates_are_rates(tiny
     assert row["kl"] == pytest.approx(0.0, abs=1e-5) and row["sqrt_kl"] == pytest.approx(0.0, abs=3e-3)
     assert 0.0 <= row["win_rate"] <= 1.0 and row["n_eval"] == 30
     assert row["reward_accuracy"] == 0.5  # identical models: every pair a tie, counted 1/2
+    assert_length_controlled(row, ev.last_samples)
+
+
+def assert_length_controlled(row: dict, samples: list[dict]) -> None:
+    """The row's lc_win_rate is the regression on the characters of the texts the judge compared:
+    a rate with its error, or NaN with the reason (alignsweep.evaluate.length_control)."""
+    from alignsweep.evaluate.length_control import length_controlled_win_rate
+
+    expected = length_controlled_win_rate([s["verdict"] for s in samples], [len(s["sample"]) for s in samples],
+                                          [len(s["reference"]) for s in samples])
+    got = {k: row[k] for k in ("lc_win_rate", "lc_win_rate_se", "lc_length_coef", "lc_note")}
+    assert got == pytest.approx(expected.row(), nan_ok=True)
+    if row["lc_note"]:
+        assert row["lc_win_rate"] != row["lc_win_rate"] or row["lc_note"] == "every verdict is a tie"
+    else:
+        assert 0.0 <= row["lc_win_rate"] <= 1.0 and row["lc_win_rate_se"] > 0
 
 
 def test_mean_and_standard_error():

@@ -129,6 +129,9 @@ def test_evaluator_with_the_reward_model_judge(random_rm):
     row = ev.evaluate(policy, step=0)
     assert row["n_eval"] == 10 and row["unparseable"] == 0 and 0 <= row["win_rate"] <= 1
     assert {"rm_reward", "rm_reward_reference", "kl_exact_token"} <= set(row) and "gold_reward" not in row
+    from .test_evaluation import assert_length_controlled
+
+    assert_length_controlled(row, ev.last_samples)
 
 
 def test_gold_judge_reports_the_gold_reward():

@@ -238,6 +238,8 @@ def test_unparseable_answers_are_counted_and_left_out_and_the_key_is_never_writt
             sample_first = first != next(r.strip() for r in ev.references if r.strip() in entry["prompt"])
             outcomes.append(1.0 if (letter == "A") == sample_first else 0.0)
     assert row["win_rate"] == pytest.approx(sum(outcomes) / 2) and row["ties"] == 0
+    # two verdicts cannot fit the length regression: NaN, and why
+    assert row["lc_win_rate"] != row["lc_win_rate"] and row["lc_note"].startswith("too few verdicts: 2")
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

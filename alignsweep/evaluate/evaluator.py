@@ -25,6 +25,9 @@ Definitions (the paper's protocol):
   comparisons with a verdict, with its standard error; `ties` counts ties, `unparseable` the
   comparisons without a verdict (an LLM judge's unreadable answer, never guessed; left out of
   the win rate), `n_eval` all comparisons. Judges add their own metrics (`alignsweep.evaluate.judges`);
+- length-controlled win rate `lc_win_rate` (SE `lc_win_rate_se`, NaN with the reason in `lc_note`):
+  AlpacaEval 2's logistic regression on the length difference, read at zero
+  (`alignsweep.evaluate.length_control`), for every judge;
 - length: mean response length and the least-squares line of the algorithm's own implicit
   reward (`alignsweep.train.losses.implicit_reward`: beta log pi/pi_ref for DPO/IPO/SLiC, beta m(y)
   for SimPO, AlphaPO's r_alpha, ...) on response length over the samples (`length_slope`,
@@ -307,9 +310,7 @@ class Evaluator:
         heldout = self._heldout_logps(policy) if self.heldout_ref is not None else None
         if self.judge is None:
             return None
-        responses = est["responses"]
-        texts = [self.tokenizer.decode([t for t in r if t != self.eos_id], skip_special_tokens=True) for r in responses]
-        texts = [" " + t.strip() for t in texts]
+        texts = self._texts(est["responses"])
         if hasattr(self.judge, "evaluate"):
             judged = self.judge.evaluate(self.prompts, texts, self.references)
             outcomes, judge_metrics = judged.outcomes, judged.metrics
@@ -317,6 +318,11 @@ class Evaluator:
             outcomes, judge_metrics = self.judge.compare(self.prompts, texts, self.references), {}
         return {"est": est, "outcomes": list(outcomes), "judge_metrics": dict(judge_metrics), "heldout": heldout,
                 "texts": texts}
+
+    def _texts(self, responses: Sequence[Sequence[int]]) -> list[str]:
+        """The samples as the judge reads them: decoded without EOS, one leading space."""
+        decoded = (self.tokenizer.decode([t for t in r if t != self.eos_id], skip_special_tokens=True) for r in responses)
+        return [" " + t.strip() for t in decoded]
 
     def step0_busy(self) -> bool:
         """Whether another job is measuring the shared step 0 now (no file yet, its lock held): the
@@ -340,11 +346,12 @@ class Evaluator:
     def _summarize(self, measured: dict, step: int) -> dict:
         """A metric row from a measurement (cheap; the loss-specific parts are computed here)."""
         outcomes = measured["outcomes"]
-        row, lengths = sample_metrics(measured["est"], outcomes, eos_id=self.eos_id, kl_estimator=self.kl_estimator,
-                                      loss_name=self.loss_name, loss_params=self.loss_params)
         responses = measured["est"]["responses"]
         # what the policy wrote at this checkpoint (`samples`), kept in the run directory by the caller
-        texts = measured.get("texts") or [None] * len(responses)
+        texts = measured.get("texts") or self._texts(responses)  # a step-0 measurement stored without them
+        row, lengths = sample_metrics(measured["est"], outcomes, eos_id=self.eos_id, kl_estimator=self.kl_estimator,
+                                      loss_name=self.loss_name, loss_params=self.loss_params, texts=texts,
+                                      references=self.references)
         self.last_samples = [
             {"prompt": p, "sample": t, "reference": ref, "verdict": o, "length": n}
             for p, t, ref, o, n in zip(self.prompts, texts, self.references, outcomes, lengths)

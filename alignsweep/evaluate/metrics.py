@@ -1,6 +1,7 @@
 """The sample-based part of a checkpoint's metric row: KL and sqrt(KL) with standard errors (the
 estimator `eval.kl_estimator` names reported as `kl`), the judged win rate (ties count 1/2, verdicts
-that could not be read left out and counted), response lengths and the regression of the
+that could not be read left out and counted) and its length-controlled twin `lc_win_rate`
+(`alignsweep.evaluate.length_control`), response lengths and the regression of the
 algorithm's own implicit reward on length (`alignsweep.train.losses.implicit_reward`; NaN when
 undefined). Definitions: `alignsweep.evaluate.evaluator`.
 """
@@ -12,17 +13,20 @@ from typing import Sequence
 
 import torch
 
+from alignsweep.evaluate.length_control import length_controlled_win_rate
 from alignsweep.evaluate.sequences import least_squares, mean_se
 from alignsweep.train.losses import implicit_reward
 
 
 def sample_metrics(
-    est: dict, outcomes: Sequence[float], *, eos_id: int, kl_estimator: str, loss_name: str, loss_params: dict
+    est: dict, outcomes: Sequence[float], *, eos_id: int, kl_estimator: str, loss_name: str, loss_params: dict,
+    texts: Sequence[str], references: Sequence[str],
 ) -> tuple[dict, list[int]]:
     """(row, lengths): the metrics of one evaluation's samples. `est` holds the samples' token ids
     (`responses`), their summed log-probs under policy and reference (`policy_logps`, `ref_logps`,
     shape (n,), nats) and both KL estimates with SEs; `outcomes` the judge's verdicts (1, 0, 0.5 or
-    NaN). `lengths` are the responses' token counts without EOS."""
+    NaN); `texts` and `references` the strings the judge compared (their lengths in characters are the
+length-controlled win rate's length difference). `lengths` are the responses' token counts without EOS."""
     responses = est["responses"]
     verdicts = [o for o in outcomes if not math.isnan(o)]
     win, win_se = mean_se(verdicts)
@@ -46,6 +50,7 @@ def sample_metrics(
         "response_length": sum(lengths) / len(lengths),
         "truncated": sum(1 for r in responses if not r or r[-1] != eos_id),
     }
+    row.update(length_controlled_win_rate(outcomes, [len(t) for t in texts], [len(r) for r in references]).row())
     # the algorithm's own implicit reward of each sample (`alignsweep.train.losses.implicit_reward`),
     # |y| counting every scored token (EOS included, as in training)
     scored = torch.tensor([max(len(r), 1) for r in responses], dtype=est["policy_logps"].dtype)
