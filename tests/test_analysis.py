@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignsweep.analysis.fits import FitResult, TooFewPoints, fit_groups, fit_overoptimization
+from alignsweep.analysis.fits import FitResult, TooFewPoints, fit_overoptimization
+from alignsweep.analysis.sweep_fits import fit_groups
 
 # (alpha, beta, baseline) with a peak inside the sampled range of d
 TRUE = {"log": (0.30, 0.15, 0.30), "quadratic": (0.20, 0.02, 0.30)}

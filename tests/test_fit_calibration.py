@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignsweep.analysis.fits import fit_groups, fit_overoptimization, step0_baseline
+from alignsweep.analysis.fits import fit_overoptimization
+from alignsweep.analysis.sweep_fits import fit_groups, step0_baseline
 
 ALPHA, BETA, BASE = 0.30, 0.15, 0.50  # log form; peak at d* = e
 D_PEAK = math.exp(ALPHA / BETA - 1)
@@ -153,3 +154,22 @@ def test_tables_and_figures_show_d_peaks_error_and_extrapolation():
     bars = [c for c in ax.containers if getattr(c, "has_xerr", False)]
     assert len(bars) == 1  # the interior peak, with its standard error as a horizontal bar
     plt.close(fig)
+
+
+@pytest.mark.parametrize("form,truth", [("log", (0.30, 0.15, 0.30)), ("quadratic", (0.20, 0.02, 0.30))])
+@pytest.mark.parametrize("given", [False, True])
+def test_peak_se_is_the_spread_of_the_fitted_peak(form, truth, given):
+    """peak_se (delta method, the baseline's error included) against the spread of R(d*) over 400
+    replicate sweeps drawn from a known curve, noise and (when given) a measured baseline."""
+    alpha, beta, b = truth
+    d = np.linspace(0.3, 8.0, 12)
+    g = np.where(d > 0, d * np.log(d), 0.0) if form == "log" else d * d
+    rng = np.random.default_rng(5)
+    peaks, ses = [], []
+    for _ in range(400):
+        r = b + alpha * d - beta * g + rng.normal(0, 0.01, d.size)
+        base = b + rng.normal(0, 0.02) if given else None
+        fit = fit_overoptimization(d, r, form, base, 0.02 if given else None)
+        peaks.append(fit.peak)
+        ses.append(fit.peak_se)
+    assert np.median(ses) == pytest.approx(np.std(peaks, ddof=1), rel=0.2)

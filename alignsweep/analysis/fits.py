@@ -23,8 +23,7 @@ moves by -v per unit of b, v = (X^T X)^-1 X^T 1, so cov(theta) = s^2 (X^T X)^-1 
 `d_peak_se` is the delta method on that covariance; `extrapolated` says the peak lies outside the
 measured sqrt(KL) range (0 with a given baseline, else the smallest d, to the largest d).
 `FitResult.interval` gives 95% (or any level) intervals. `fit_overoptimization` fits one set of
-points; `fit_groups` one curve per group of a collected sweep table (`alignsweep.results.collect`),
-the step-0 evaluations giving the baseline and its standard error (`step0_baseline`).
+points; `alignsweep.analysis.sweep_fits.fit_groups` one curve per group of a collected sweep table.
 """
 
 from __future__ import annotations
@@ -67,6 +66,7 @@ class FitResult:
     beta_se: float
     baseline_se: float  # the given baseline's standard error (0 when given as exact)
     d_peak_se: float = math.nan  # delta method; nan without a peak
+    peak_se: float = math.nan  # R(d*)'s standard error, delta method with the baseline's error; nan without a peak
     extrapolated: bool = False  # d_peak outside the measured sqrt(KL) range (True for an infinite one)
     d_max: float = math.nan  # the largest measured sqrt(KL)
     dof: float = math.inf  # degrees of freedom of the residual variance (n - p; inf for the bootstrap)
@@ -178,16 +178,39 @@ def _d_peak_se(d_peak: float, alpha: float, beta: float, form: str, cov: np.ndar
     return se * d_peak if form == "log" else se  # log form: se(log d*) * d*
 
 
-def _bootstrap_cov(d, r, form, baseline, baseline_se, runs, n_bootstrap, seed, p) -> np.ndarray:
+def _peak_se(d_peak: float, alpha: float, beta: float, form: str, cov: np.ndarray, v, b_se: float) -> float:
+    """se of R(d*) = b + beta d* (log) or b + alpha d* / 2 (quadratic). Its gradient in (alpha, beta)
+    is (d*, d* (1 - alpha / beta)) or (d*, -d*^2); a fitted baseline adds 1 in its place; a given
+    one enters with var b_se^2 and its covariance -b_se^2 v with (alpha, beta), v = (X^T X)^-1 X^T 1."""
+    if not (d_peak > 0 and math.isfinite(d_peak)):
+        return math.nan
+    g = np.zeros(cov.shape[0])
+    g[:2] = [d_peak, d_peak * (1.0 - alpha / beta)] if form == "log" else [d_peak, -d_peak * d_peak]
+    if v is None:
+        g[2] = 1.0
+        var = float(g @ cov @ g)
+    else:
+        var = float(g @ cov @ g) + b_se**2 * (1.0 - 2.0 * float(g @ v))
+    return math.sqrt(var) if math.isfinite(var) and var >= 0 else math.nan
+
+
+def _bootstrap_cov(d, r, form, baseline, baseline_se, runs, n_bootstrap, seed, p, strata=None) -> np.ndarray:
     """Covariance of the coefficients over `n_bootstrap` resamples of whole runs (and draws of the
-    baseline), solved together as weighted normal equations; undetermined resamples are skipped."""
+    baseline), solved together as weighted normal equations; undetermined resamples are skipped.
+    With `strata` (one label per point) runs are resampled within their stratum (e.g. the seeds of
+    each beta), so that every resample keeps the sweep's design."""
     fit_baseline = baseline is None
-    labels, run_of = np.unique(np.asarray(runs, dtype=object).astype(str), return_inverse=True)
+    labels, first, run_of = np.unique(np.asarray(runs, dtype=object).astype(str), return_index=True,
+                                      return_inverse=True)
     G = labels.size
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, G, (n_bootstrap, G))
     counts = np.zeros((n_bootstrap, G))
-    np.add.at(counts, (np.repeat(np.arange(n_bootstrap), G), picks.ravel()), 1.0)
+    stratum = np.zeros(G, dtype=int) if strata is None else np.unique(
+        np.asarray(strata, dtype=object).astype(str)[first], return_inverse=True)[1]
+    for s in np.unique(stratum):
+        members = np.flatnonzero(stratum == s)
+        picks = members[rng.integers(0, members.size, (n_bootstrap, members.size))]
+        np.add.at(counts, (np.repeat(np.arange(n_bootstrap), members.size), picks.ravel()), 1.0)
     w = counts[:, run_of]  # (B, n): each point weighted by how often its run was drawn
     informative = d if fit_baseline else np.where(d > 0, d, np.nan)
     values, d_id = np.unique(np.nan_to_num(informative, nan=-1.0), return_inverse=True)
@@ -215,13 +238,15 @@ def fit_overoptimization(
     runs: Iterable[Any] | None = None,
     n_bootstrap: int = 0,
     seed: int = 0,
+    strata: Iterable[Any] | None = None,
 ) -> FitResult:
     """Least-squares fit of R(d) = baseline + d * (alpha - beta * g(d)), g = log d or d.
 
     `baseline` given (e.g. the SFT policy's win rate) fixes the value at d = 0, and
     `baseline_se` (its standard error; None = exact) is propagated into every parameter's
     standard error; None makes it a free parameter. `runs` labels each point's run (for the
-    bootstrap; None: every point its own). Pairs with a non-finite value are dropped. The fit needs
+    bootstrap; None: every point its own); `strata` labels each point's stratum, within which the
+    bootstrap resamples runs (`alignsweep.analysis.seeds.strata_columns`: seeds within a beta). Pairs with a non-finite value are dropped. The fit needs
     p + 1 points (p = 2 or 3 free parameters), so that the residual variance, and with it the
     standard errors, exists. Standard errors come from s^2 (X^T X)^-1 plus the baseline's term
     (module docstring), or, when n_bootstrap > 0, from refitting n_bootstrap resamples of the runs
@@ -244,8 +269,10 @@ def fit_overoptimization(
     b_se = 0.0 if baseline is None or baseline_se is None else float(baseline_se)
     if not (math.isfinite(b_se) and b_se >= 0):
         raise ValueError(f"baseline_se must be a finite value >= 0 or None; got {baseline_se}")
+    groups = None if strata is None else np.asarray(list(strata), dtype=object).ravel()
     keep = np.isfinite(d) & np.isfinite(r)
     d, r, labels = d[keep], r[keep], labels[keep]
+    groups = None if groups is None else groups[keep]
     k = int(keep.size - keep.sum())
     dropped = f" (after dropping {k} pair{'s' * (k != 1)} with a non-finite value)" if k else ""
     if np.any(d < 0):
@@ -268,7 +295,7 @@ def fit_overoptimization(
     xtx_inv = linalg.inv(X.T @ X)
     known = np.zeros((p, p))
     if n_bootstrap > 0:
-        cov = _bootstrap_cov(d, r, form, baseline, b_se, labels, n_bootstrap, seed, p)
+        cov = _bootstrap_cov(d, r, form, baseline, b_se, labels, n_bootstrap, seed, p, groups)
         dof = math.inf
     else:
         if not fit_baseline:
@@ -297,100 +324,10 @@ def fit_overoptimization(
         beta_se=float(se[1]),
         baseline_se=float(se[2]) if fit_baseline else b_se,
         d_peak_se=_d_peak_se(d_peak, alpha, beta, form, cov),
+        peak_se=_peak_se(d_peak, alpha, beta, form, cov, None if fit_baseline else xtx_inv @ X.T @ np.ones(n), b_se),
         extrapolated=extrapolated,
         d_max=float(d.max()),
         dof=dof,
         cov=tuple(map(tuple, cov.tolist())),
         cov_baseline=tuple(map(tuple, known.tolist())),
     )
-
-
-_FIT_COLUMNS = [
-    "n", "alpha", "beta", "baseline", "baseline_fitted", "rmse", "d_peak", "peak", "alpha_se", "beta_se", "baseline_se",
-    "d_peak_se", "extrapolated", "d_max", "dof",
-]
-_RESULT_COLUMNS = ["form", "checkpoints", *_FIT_COLUMNS, "error"]
-
-
-def fit_groups(
-    table: Any,
-    by: Iterable[str] = ("algo", "model"),
-    form: str = "log",
-    checkpoints: str = "final",
-    *,
-    n_bootstrap: int = 0,
-    seed: int = 0,
-) -> Any:
-    """One fitted curve per group of a sweep table (columns run, step, sqrt_kl, win_rate, *by).
-
-    checkpoints="final" fits each run's last evaluation (its largest step): one point per run,
-    e.g. per beta; "all" fits every evaluation, intermediate checkpoints too. The baseline is the
-    group's step-0 win rate (the SFT policy, which every run starts from) when it has any, with its
-    standard error (`step0_baseline`), and those rows are then left out of the fit (at d = 0 they
-    only restate the baseline); otherwise the baseline is fitted. The bootstrap resamples runs.
-    Rows without a step (runs never evaluated) are ignored. A group that cannot be fitted still
-    gets a row, with nan parameters and `error` saying why.
-    """
-    import pandas as pd
-
-    if checkpoints not in ("final", "all"):
-        raise ValueError(f"checkpoints must be 'final' or 'all'; got {checkpoints!r}")
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {', '.join(repr(f) for f in FORMS)}; got {form!r}")
-    by = [by] if isinstance(by, str) else list(by)
-    missing = [c for c in ["run", "step", "sqrt_kl", "win_rate", *by] if c not in table.columns]
-    if missing:
-        raise ValueError(f"table lacks column(s) {missing}")
-
-    rows = []
-    evaluated = table.dropna(subset=["step"]).reset_index(drop=True)  # unique labels for idxmax
-    for key, group in evaluated.groupby(by, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        baseline, baseline_se = step0_baseline(group[group["step"] == 0])
-        points = group.loc[group.groupby("run")["step"].idxmax()] if checkpoints == "final" else group
-        if baseline is not None:
-            points = points[points["step"] != 0]
-        row = dict(zip(by, key), form=form, checkpoints=checkpoints)
-        try:
-            fit = fit_overoptimization(
-                points["sqrt_kl"], points["win_rate"], form, baseline, baseline_se, runs=points["run"],
-                n_bootstrap=n_bootstrap, seed=seed,
-            )
-        except TooFewPoints as exc:  # reported in the row, never dropped
-            nan, given = math.nan, baseline is not None
-            note = " (the step-0 rows give the baseline and are not fitted)" if given else ""
-            row.update(
-                n=exc.n, alpha=nan, beta=nan, baseline=baseline if given else nan, baseline_fitted=not given,
-                rmse=nan, d_peak=nan, peak=nan, alpha_se=nan, beta_se=nan,
-                baseline_se=(baseline_se or 0.0) if given else nan, d_peak_se=nan, extrapolated=False, d_max=nan,
-                dof=nan, error=str(exc) + note,
-            )
-        else:
-            row.update({c: getattr(fit, c) for c in _FIT_COLUMNS}, error=None)
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=[*by, *_RESULT_COLUMNS])
-    out["error"] = out["error"].astype(object).where(out["error"].notna(), None)  # None, not nan
-    return out
-
-
-def step0_baseline(step0: Any) -> tuple[float | None, float | None]:
-    """The baseline (SFT) win rate and its standard error from a group's step-0 rows.
-
-    Jobs that share one step-0 measurement (`eval.share_step0`: same SFT model, data, seed, judge)
-    repeat the same row; each distinct measurement counts once (rows equal in win rate, its standard
-    error and KL). The baseline is their mean and its standard error sqrt(sum se_i^2) / k from the
-    rows' `win_rate_se`, or, without it, the spread of k >= 2 measurements (std / sqrt(k)); None
-    when unknown (the baseline is then taken as exact). (None, None) without step-0 rows."""
-    rows = step0[np.isfinite(step0["win_rate"].astype(float))]
-    if rows.empty:
-        return None, None
-    keys = [c for c in ("win_rate", "win_rate_se", "kl") if c in rows.columns]
-    distinct = rows.drop_duplicates(subset=keys)
-    k = len(distinct)
-    baseline = float(distinct["win_rate"].mean())
-    ses = distinct["win_rate_se"].astype(float).to_numpy() if "win_rate_se" in distinct.columns else np.array([])
-    if ses.size and np.all(np.isfinite(ses)):
-        return baseline, float(math.sqrt(float((ses**2).sum())) / k)
-    if k >= 2:
-        return baseline, float(distinct["win_rate"].std(ddof=1) / math.sqrt(k))
-    return baseline, None

@@ -328,8 +328,10 @@ FIGURES = {
 NEEDS = {"fig2_length": ("length_r2",), "fig4_likelihood": ("chosen_logp", "rejected_logp")}  # columns a figure reads
 
 
-def draw_all(table, out_dir: Path, fits=None) -> dict[str, list[Path]]:
-    """Every figure of the sweep into `out_dir` (PNG and SVG)."""
+def draw_all(table, out_dir: Path, fits=None, by_seed=None, scaling=None, sizes=None) -> dict[str, list[Path]]:
+    """Every figure of the sweep into `out_dir` (PNG and SVG); with the seed-aggregated table
+    (`by_seed`) `fig5_seeds`, with a model-size table (`scaling`, `sizes`) `fig6_scaling`
+    (`alignsweep.analysis.seed_plots`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = {}
@@ -342,4 +344,10 @@ def draw_all(table, out_dir: Path, fits=None) -> dict[str, list[Path]]:
             drawn[name] = draw(table, out_dir / name)
     if "id_mass" in table.columns:
         drawn["tree_mdp_ood_mass"] = plot_tree_mdp(table, out_dir)
+    from alignsweep.analysis.seed_plots import figure_scaling, figure_seeds
+
+    if by_seed is not None and not by_seed.empty:
+        drawn["fig5_seeds"] = figure_seeds(by_seed, out_dir / "fig5_seeds")
+    if scaling is not None and not scaling.empty and fits is not None:
+        drawn["fig6_scaling"] = figure_scaling(scaling, fits, sizes or {}, out_dir / "fig6_scaling")
     return drawn

@@ -2,7 +2,8 @@
 self-contained `report.html` (tables and figures inlined) that can be mailed or archived alone.
 
 The page opens with the headline figure (win rate against sqrt(KL)), then the results per run, the
-scaling-law fits, the four figures, a few samples per checkpoint when the runs kept them, and what
+scaling-law fits, the means across seeds and the regressions on model size when the sweep has them,
+the figures, a few samples per checkpoint when the runs kept them, and what
 an archive needs: the commands and overrides that launched the sweep, the code's commit, the date,
 the library versions, the models, data, judge and number of evaluation prompts.
 """
@@ -31,6 +32,8 @@ FIGURE_TITLES = {
     "fig3_dynamics": "Training dynamics: win rate and sqrt(KL) over training",
     "fig4_likelihood": "Likelihood displacement: held-out log-likelihood of chosen and rejected responses",
     "tree_mdp_ood_mass": "Tree MDP: probability mass on trajectories outside the data",
+    "fig5_seeds": "Across seeds: mean win rate and length-controlled win rate with 95% bands",
+    "fig6_scaling": "Across model sizes: peak position, peak win rate and curvature against parameters",
 }
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;font-size:12px}"
          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} img{max-width:100%} pre{white-space:pre-wrap}")
@@ -41,6 +44,24 @@ def fit_table(fitted):
     if fitted.empty:
         return fitted
     return fitted[[c for c in FIT_COLUMNS if c in fitted.columns]].rename(columns=FIT_NAMES)
+
+
+SCALING_COLUMNS = ["algo", "form", "checkpoints", "quantity", "n_sizes", "slope", "slope_ci_low", "slope_ci_high",
+                   "answer", "predict_params", "prediction", "prediction_ci_low", "prediction_ci_high", "note"]
+
+
+def seed_table(by_seed):
+    """The final checkpoint of each configuration across seeds: mean and 95% interval of the win
+    rate, its length-controlled twin and sqrt(KL), and the number of seeds."""
+    import pandas as pd
+
+    if by_seed is None or by_seed.empty:
+        return pd.DataFrame()
+    keys = [c for c in by_seed.columns if c not in ("step", "n_seeds", "seeds", "runs")
+            and not c.endswith(("_mean", "_sd", "_ci_low", "_ci_high"))]
+    final = by_seed.loc[by_seed.groupby(keys, dropna=False)["step"].idxmax()]
+    metrics = [f"{m}_{s}" for m in ("win_rate", "lc_win_rate", "sqrt_kl") for s in ("mean", "ci_low", "ci_high")]
+    return final[[*keys, "step", "n_seeds", *[c for c in metrics if c in final.columns]]].reset_index(drop=True)
 
 
 def _image(path: Path, alt: str) -> str:
@@ -125,21 +146,32 @@ def build(sweep_dir: Path) -> Path:
     import pandas as pd
 
     from alignsweep.analysis.plots import draw_all, plot_winrate_vs_kl
-    from alignsweep.analysis.summarize import fits
+    from alignsweep.analysis.scaling import headline as scaling_headline
+    from alignsweep.analysis.summarize import analyse
     from alignsweep.results.collect import collect, summary
 
     sweep_dir = Path(sweep_dir)
     table = collect(sweep_dir)
-    fitted = fits(table)
+    fitted, by_seed, scaling, sizes = analyse(table, sweep_dir)
     runs = summary(table)
     evaluated = "win_rate" in table.columns
     headline = plot_winrate_vs_kl(table, sweep_dir / "winrate_vs_sqrt_kl.png") if evaluated else None
-    drawn = draw_all(table, sweep_dir / "figures", fits=fitted) if evaluated else {}
+    drawn = draw_all(table, sweep_dir / "figures", fits=fitted, by_seed=by_seed, scaling=scaling,
+                     sizes=sizes) if evaluated else {}
+    seeds_view = seed_table(by_seed)
+    answers = scaling_headline(scaling)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         print("Results (per run)")
         print(runs.to_string(index=False) if not runs.empty else "  no evaluated checkpoints yet")
         print("\nScaling-law fits (R(d) = R0 + d(fit_a - fit_b log d) | d(fit_a - fit_b d), d = sqrt(KL))")
         print(fit_table(fitted).to_string(index=False) if not fitted.empty else "  nothing to fit yet")
+        if not seeds_view.empty:
+            print("\nAcross seeds (final checkpoints; mean and 95% CI over seeds)")
+            print(seeds_view.to_string(index=False))
+        if not scaling.empty:
+            print("\nAcross model sizes: do larger models degrade less?")
+            print("\n".join(answers))
+            print(scaling[SCALING_COLUMNS].to_string(index=False))
     states = table.groupby("run")["status"].first().value_counts().to_dict() if not table.empty else {}
     sections = [
         f"<h1>alignsweep report: {html.escape(sweep_dir.name)}</h1>",
@@ -156,8 +188,18 @@ def build(sweep_dir: Path) -> Path:
         " show that peak).</p>",
         fit_table(fitted).to_html(index=False, float_format="{:.4g}".format, na_rep="-")
         if not fitted.empty else "<p>nothing to fit yet</p>",
-        "<h2 id='figures'>Figures</h2>",
     ]
+    if not seeds_view.empty:
+        sections += ["<h2 id='seeds'>Across seeds</h2><p>Final checkpoint of each configuration: the mean over its "
+                     "seeds and the 95% t-interval of that mean (all checkpoints: results_by_seed.csv).</p>",
+                     seeds_view.to_html(index=False, float_format="{:.4g}".format, na_rep="-")]
+    if not scaling.empty:
+        sections += ["<h2 id='scaling'>Across model sizes: do larger models degrade less?</h2><p>"
+                     + "<br>".join(html.escape(a) for a in answers) + "</p><p>Weighted regressions of the fitted peak "
+                     "position (log d*), peak win rate and curvature on log10(parameters); prediction at an unseen "
+                     "size with the 95% interval of the regression line (scaling.csv).</p>",
+                     scaling[SCALING_COLUMNS].to_html(index=False, float_format="{:.4g}".format, na_rep="-")]
+    sections.append("<h2 id='figures'>Figures</h2>")
     for name, paths in drawn.items():
         title = FIGURE_TITLES.get(name, name)
         png = next(p for p in paths if p.suffix == ".png")

@@ -97,6 +97,8 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             problems.append(f"{run_dir / rundir.STATUS}: {exc}")
             status = {"state": "unknown"}
         base = {"run": name, "status": status.get("state", "pending"), **values}
+        if status.get("model_params") is not None:  # recorded by the worker when it loads the model
+            base["model_params"] = int(status["model_params"])
         base.update({f"cfg.{k}": configs[name].get(k) for k in varying})
         metrics = rundir.read_metrics(run_dir, problems)
         if not metrics:
@@ -182,7 +184,7 @@ def _natural(col):
 
 
 def summary(table) -> Any:
-    """Per run: final sqrt(KL) and win rate, the best win rate and where it occurred."""
+    """Per run: final sqrt(KL), win rate and length-controlled win rate, the best win rate and where it occurred."""
     import pandas as pd
 
     out = []
@@ -200,6 +202,7 @@ def summary(table) -> Any:
                 "status": final["status"],
                 "final_sqrt_kl": final["sqrt_kl"],
                 "final_win_rate": final["win_rate"],
+                "final_lc_win_rate": final.get("lc_win_rate", float("nan")),
                 "best_win_rate": best["win_rate"],
                 "best_at_step": int(best["step"]),
                 "best_at_sqrt_kl": best["sqrt_kl"],

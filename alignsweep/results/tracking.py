@@ -186,13 +186,14 @@ def build_tracker(logger_cfg: Any, run_dir: Path, **kwargs: Any):
 
 
 def log_sweep_summary(logger_cfg: Any, sweep_dir: Path, table: Any, fits: Any, figures: dict,
-                      headline: Path | None = None) -> str | None:
+                      headline: Path | None = None, tables: dict | None = None) -> str | None:
     """One wandb run per sweep (job_type "summary", in its jobs' group) holding the collected table,
     the fits, the headline figure (`headline`, win rate vs sqrt(KL)), the figures and, when the runs
     kept samples (RUN_DIR/samples/step_*.jsonl), a samples table; its config names the experiment
     and the values the sweep covers. Re-collecting continues the same run (same id); offline, the
     earlier record is replaced, so a sweep never has more than one summary run to sync. Returns the
-    run's directory (None for logger=none and for a single run, whose own run is its dashboard)."""
+    run's directory (None for logger=none and for a single run, whose own run is its dashboard).
+    `tables`: more named DataFrames (results_by_seed, scaling), logged when not empty."""
     if logger_cfg.name != "wandb" or (Path(sweep_dir) / "config.yaml").exists():
         return None  # no tracker, or a single run: its own wandb run is its dashboard
     import shutil
@@ -212,6 +213,9 @@ def log_sweep_summary(logger_cfg: Any, sweep_dir: Path, table: Any, fits: Any, f
     payload: dict[str, Any] = {"results": wandb.Table(dataframe=_wandb_safe(table))}
     if fits is not None and not fits.empty:
         payload["fits"] = wandb.Table(dataframe=_wandb_safe(fits))
+    for name, frame in (tables or {}).items():
+        if frame is not None and not frame.empty:
+            payload[name] = wandb.Table(dataframe=_wandb_safe(frame))
     if headline is not None and Path(headline).exists():
         payload["winrate_vs_sqrt_kl"] = wandb.Image(str(headline))
     for name, paths in figures.items():

@@ -75,6 +75,8 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
         ref.eval().requires_grad_(False)
         if torch.cuda.is_available():
             ref.to("cuda")
+    if main:  # the model's size, for the regressions across model sizes (alignsweep.analysis.scaling)
+        rundir.write_status(run_dir, model_params=sum(p.numel() for p in policy.parameters()))
 
     params = loss_params(cfg, job)
     n_eval = cfg.eval.prompts or len(task["eval"])

@@ -1,0 +1,125 @@
+"""Seeds and model sizes as dimensions of a sweep: `python -m alignsweep collect` / `report` on run
+directories written as the worker writes them (config, status, metrics.jsonl through
+alignsweep.results.rundir), with curves, seed noise and size trends known here.
+
+Expected values come from numpy/scipy in this file (means, Student-t intervals), never from the
+code under test."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from alignsweep.analysis.report import build
+from alignsweep.analysis.summarize import collect_and_report
+from alignsweep.results import rundir
+
+BETAS = (0.05, 0.1, 0.5)
+STEPS = (0, 10, 20, 30, 40)
+SIZES = {"m_small": 1_000_000, "m_big": 10_000_000}
+
+
+def curve(d: float, a: float = 0.3, b: float = 0.15, base: float = 0.3) -> float:
+    """The log form R(d) = base + d (a - b log d)."""
+    return base + (d * (a - b * math.log(d)) if d > 0 else 0.0)
+
+
+def write_run(run_dir: Path, *, algo: str, model: str, beta: float, seed: int, rows: list[dict], state: str,
+              params: int | None) -> None:
+    run_dir.mkdir(parents=True)
+    config = {"algo": {"name": algo, "beta": beta}, "model": {"name": model}, "data": {"name": "embedded"},
+              "beta": beta, "seed": seed, "kl_budget": None}
+    (run_dir / rundir.CONFIG).write_text(yaml.safe_dump(config))
+    (run_dir / rundir.CONFIG_JSON).write_text(json.dumps(config))
+    rundir.write_status(run_dir, state=state, **({"model_params": params} if params else {}))
+    for row in rows:
+        rundir.append_metrics(run_dir, row)
+
+
+def make_sweep(root: Path, seeds=(0, 1, 2), models=("m_small",), fail_last=True) -> dict:
+    """dpo over BETAS x seeds x models; each run's d grows with its step (faster for small beta;
+    larger models reach a given d later and peak higher), win rate on the curve plus the run's own
+    noise. With `fail_last` seed 2 of beta 0.5 fails after step 20. Returns what was written."""
+    rng = np.random.default_rng(0)
+    written = {}
+    i = 0
+    for model in models:
+        lift = 0.05 if model == "m_big" else 0.0
+        for beta in BETAS:
+            for seed in seeds:
+                rows = []
+                failed = fail_last and beta == 0.5 and seed == 2
+                for step in STEPS:
+                    if failed and step > 20:
+                        break
+                    d = step / 40 * 3.0 / (1 + 4 * beta)
+                    win = curve(d, base=0.3 + lift) + (rng.normal(0, 0.02) if step else 0.0)
+                    rows.append({"step": step, "progress": step / 40, "sqrt_kl": d, "kl": d * d, "win_rate": win,
+                                 "win_rate_se": 0.02, "lc_win_rate": win - 0.05 + rng.normal(0, 0.01),
+                                 "lc_win_rate_se": 0.03})
+                written[(model, beta, seed)] = rows
+                write_run(root / str(i), algo="dpo", model=model, beta=beta, seed=seed, rows=rows,
+                          state="failed" if failed else "completed", params=SIZES[model])
+                i += 1
+    return written
+
+
+def test_collect_aggregates_seeds_with_t_intervals_and_bootstraps_the_fits_within_each_beta(tmp_path, capsys):
+    written = make_sweep(tmp_path)
+    collect_and_report(tmp_path)
+    by_seed = pd.read_csv(tmp_path / "results_by_seed.csv")
+    assert len(by_seed) == len(BETAS) * len(STEPS)  # one row per (configuration, checkpoint)
+    for beta in BETAS:
+        for step in STEPS:
+            values = np.array([r["win_rate"] for s in (0, 1, 2) for r in written[("m_small", beta, s)]
+                               if r["step"] == step])
+            row = by_seed[(by_seed["beta"] == beta) & (by_seed["step"] == step)].iloc[0]
+            assert row["n_seeds"] == values.size and row["win_rate_mean"] == pytest.approx(values.mean())
+            half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+            if step:
+                assert row["win_rate_ci_low"] == pytest.approx(values.mean() - half)
+                assert row["win_rate_ci_high"] == pytest.approx(values.mean() + half)
+            assert "lc_win_rate_mean" in row and "sqrt_kl_ci_high" in row
+    # the failed seed counts where it was evaluated, and no further: never silently
+    late = by_seed[(by_seed["beta"] == 0.5) & (by_seed["step"] == 40)].iloc[0]
+    assert late["n_seeds"] == 2 and late["seeds"] == "0,1"
+    fits = pd.read_csv(tmp_path / "fits.csv")
+    assert set(fits["uncertainty"]) == {"bootstrap: 1000 resamples of runs within beta"}
+    log_all = fits[(fits["form"] == "log") & (fits["checkpoints"] == "all")].iloc[0]
+    assert np.isfinite(log_all["d_peak_se"]) and np.isfinite(log_all["peak_se"])
+    assert (tmp_path / "figures" / "fig5_seeds.png").stat().st_size > 5_000
+    assert "across seeds" in capsys.readouterr().out
+    assert not (tmp_path / "scaling.csv").exists()  # one model: no regression on size
+
+
+def test_one_seed_per_configuration_writes_no_seed_table_and_fits_from_residuals(tmp_path):
+    make_sweep(tmp_path, seeds=(0,), fail_last=False)
+    (tmp_path / "results_by_seed.csv").write_text("stale")
+    collect_and_report(tmp_path, figures=False)
+    assert not (tmp_path / "results_by_seed.csv").exists()
+    assert set(pd.read_csv(tmp_path / "fits.csv")["uncertainty"]) == {"residuals"}
+
+
+def test_two_model_sizes_give_the_scaling_table_figure_and_report(tmp_path, capsys):
+    make_sweep(tmp_path, models=("m_small", "m_big"), fail_last=False)
+    build(tmp_path)
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert dict(table.groupby("model")["model_params"].first()) == SIZES
+    scaling = pd.read_csv(tmp_path / "scaling.csv")
+    peak = scaling[(scaling["form"] == "log") & (scaling["checkpoints"] == "all") & (scaling["quantity"] == "peak")]
+    row = peak.iloc[0]
+    assert row["n_sizes"] == 2 and row["predict_params"] == 1e8
+    # the big model's curve is the small one's lifted by 0.05: one decade, +0.05 in peak win rate
+    assert row["slope"] == pytest.approx(0.05, abs=3 * row["slope_se"])
+    out = capsys.readouterr().out
+    assert "do larger models degrade less?" in out
+    page = (tmp_path / "report.html").read_text()
+    assert "id='scaling'" in page and "id='seeds'" in page and "fig6_scaling" in page
+    assert (tmp_path / "figures" / "fig6_scaling.png").stat().st_size > 5_000
