@@ -198,7 +198,8 @@ def _bootstrap_cov(d, r, form, baseline, baseline_se, runs, n_bootstrap, seed, p
     """Covariance of the coefficients over `n_bootstrap` resamples of whole runs (and draws of the
     baseline), solved together as weighted normal equations; undetermined resamples are skipped.
     With `strata` (one label per point) runs are resampled within their stratum (e.g. the seeds of
-    each beta), so that every resample keeps the sweep's design."""
+    each beta), so that every resample keeps the sweep's design, and the covariance is scaled by
+    k/(k-1), k the strata's harmonic mean size, when every stratum has two runs or more."""
     fit_baseline = baseline is None
     labels, first, run_of = np.unique(np.asarray(runs, dtype=object).astype(str), return_index=True,
                                       return_inverse=True)
@@ -225,7 +226,13 @@ def _bootstrap_cov(d, r, form, baseline, baseline_se, runs, n_bootstrap, seed, p
     A = np.einsum("bi,ij,ik->bjk", w[ok], X, X)
     c = np.einsum("bi,ij,bi->bj", w[ok], X, y[ok])
     draws = np.linalg.solve(A, c[..., None])[..., 0] if ok.any() else np.zeros((0, p))
-    return np.cov(draws, rowvar=False, ddof=1) if len(draws) >= 2 else np.full((p, p), np.nan)
+    if len(draws) < 2:
+        return np.full((p, p), np.nan)
+    # resampling k runs of a stratum shows (k-1)/k of their variance (the bootstrap variance of a
+    # mean is s^2 (k-1)/k^2): with strata of k >= 2 runs, undo it (k: their harmonic mean)
+    sizes = np.bincount(stratum)[np.unique(stratum)]
+    k = sizes.size / np.sum(1.0 / sizes) if strata is not None and sizes.min() >= 2 else np.inf
+    return np.cov(draws, rowvar=False, ddof=1) * (k / (k - 1) if np.isfinite(k) else 1.0)
 
 
 def fit_overoptimization(
