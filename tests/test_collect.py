@@ -43,6 +43,8 @@ def test_table_has_a_row_per_checkpoint_and_the_varying_hyperparameters(sweep):
     assert len(table) == 4 * 6 and table["run"].nunique() == 4
     assert set(table["status"]) == {"completed"}
     assert sorted(table["cfg.train.lr"].unique()) == [5e-4, 1e-3]  # varies, so it is a column
+    # the worker records the model's size (every parameter of the policy) for the scaling table
+    assert table["model_params"].nunique() == 1 and table["model_params"].iloc[0] > 10_000
     assert not any(c.startswith("cfg.paths") for c in table.columns)
     for column in ("algo", "model", "beta", "step", "epoch", "progress", "sqrt_kl", "sqrt_kl_se", "win_rate",
                    "win_rate_se", "lc_win_rate", "lc_win_rate_se", "lc_note", "response_length", "chosen_logp",

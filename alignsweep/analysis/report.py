@@ -22,10 +22,10 @@ from alignsweep.cli_style import tool_parser
 FIT_NAMES = {
     "alpha": "fit_a (slope)", "beta": "fit_b (curvature)", "alpha_se": "fit_a SE", "beta_se": "fit_b SE",
     "baseline": "R0 (step 0)", "baseline_se": "R0 SE", "d_peak": "sqrt(KL) at peak",
-    "d_peak_se": "sqrt(KL) at peak SE", "peak": "peak win rate",
+    "d_peak_se": "sqrt(KL) at peak SE", "peak": "peak win rate", "peak_se": "peak win rate SE",
 }
 FIT_COLUMNS = ["algo", "model", "form", "checkpoints", "n", "alpha", "beta", "baseline", "d_peak", "d_peak_se",
-               "extrapolated", "peak", "rmse", "alpha_se", "beta_se", "baseline_se", "error"]
+               "extrapolated", "peak", "peak_se", "rmse", "alpha_se", "beta_se", "baseline_se", "uncertainty", "error"]
 FIGURE_TITLES = {
     "fig1_overoptimization": "Over-optimization: win rate against sqrt(KL) with the fitted scaling laws",
     "fig2_length": "Length: how much of the implicit reward response length explains",

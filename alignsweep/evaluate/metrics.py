@@ -20,7 +20,7 @@ from alignsweep.train.losses import implicit_reward
 
 def sample_metrics(
     est: dict, outcomes: Sequence[float], *, eos_id: int, kl_estimator: str, loss_name: str, loss_params: dict,
-    texts: Sequence[str], references: Sequence[str],
+    texts: Sequence[str] | None = None, references: Sequence[str] | None = None,
 ) -> tuple[dict, list[int]]:
     """(row, lengths): the metrics of one evaluation's samples. `est` holds the samples' token ids
     (`responses`), their summed log-probs under policy and reference (`policy_logps`, `ref_logps`,
@@ -50,7 +50,11 @@ length-controlled win rate's length difference). `lengths` are the responses' to
         "response_length": sum(lengths) / len(lengths),
         "truncated": sum(1 for r in responses if not r or r[-1] != eos_id),
     }
-    row.update(length_controlled_win_rate(outcomes, [len(t) for t in texts], [len(r) for r in references]).row())
+    if texts is None or references is None:
+        row.update(lc_win_rate=math.nan, lc_win_rate_se=math.nan, lc_length_coef=math.nan,
+                   lc_note="no texts given: the length difference is unknown")
+    else:
+        row.update(length_controlled_win_rate(outcomes, [len(t) for t in texts], [len(r) for r in references]).row())
     # the algorithm's own implicit reward of each sample (`alignsweep.train.losses.implicit_reward`),
     # |y| counting every scored token (EOS included, as in training)
     scored = torch.tensor([max(len(r), 1) for r in responses], dtype=est["policy_logps"].dtype)
