@@ -36,7 +36,7 @@ def figure_seeds(aggregated: Any, path: Path) -> list[Path]:
         for ax, (algo, model) in zip(axes[0], panels):
             sub = rows[(rows["algo"] == algo) & (rows["model"] == model)]
             vary = shape_columns(sub)
-            for _, curve in sub.groupby([c for c in config if c not in ("algo", "model")], dropna=False):
+            for _, curve in sub.groupby([c for c in config if c not in ("algo", "model")] or ["beta"], dropna=False):
                 curve = curve.sort_values("step")
                 color = colors[curve["beta"].iloc[0]]
                 x = curve["sqrt_kl_mean"].to_numpy(float)

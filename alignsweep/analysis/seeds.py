@@ -34,6 +34,16 @@ def configuration_columns(table: Any) -> list[str]:
     return [c for c in columns if c in table.columns and table[c].notna().any()]
 
 
+def _hashable(table: Any, columns: list[str]) -> Any:
+    """`table` with list or dict values of `columns` (a swept list setting) written as text, so
+    that they can name a group."""
+    out = table.copy()
+    for column in columns:
+        if out[column].map(lambda v: isinstance(v, (list, dict, tuple))).any():
+            out[column] = out[column].map(lambda v: repr(v) if isinstance(v, (list, dict, tuple)) else v)
+    return out
+
+
 def max_seeds(table: Any) -> int:
     """The most seeds any configuration of the table has (0 for a table without runs)."""
     if table.empty or "seed" not in table.columns:
@@ -41,7 +51,7 @@ def max_seeds(table: Any) -> int:
     keys = configuration_columns(table)
     if not keys:
         return int(table["seed"].nunique())
-    return int(table.groupby(keys, dropna=False)["seed"].nunique().max())
+    return int(_hashable(table, keys).groupby(keys, dropna=False)["seed"].nunique().max())
 
 
 def aggregate_seeds(table: Any, level: float = 0.95) -> Any:
@@ -56,6 +66,7 @@ def aggregate_seeds(table: Any, level: float = 0.95) -> Any:
         return pd.DataFrame()
     evaluated = table.dropna(subset=["step"])
     keys = [*configuration_columns(evaluated), "step"]
+    evaluated = _hashable(evaluated, keys)
     metrics = [m for m in METRICS if m in evaluated.columns]
     out = []
     for key, group in evaluated.groupby(keys, dropna=False, sort=True):
