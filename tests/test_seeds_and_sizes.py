@@ -128,11 +128,11 @@ def test_two_model_sizes_give_the_scaling_table_figure_and_report(tmp_path, caps
 def test_a_swept_list_setting_names_configurations_too(tmp_path):
     """A list-valued setting that differs between configurations (cfg.<key> holds lists) still
     groups: two target lists x 2 seeds give two configurations of two seeds each."""
-    from alignsweep.analysis.seeds import aggregate_seeds, max_seeds
+    from alignsweep.analysis.seeds import aggregate_seeds, max_seeds, strata_columns
 
     rows = [{"run": f"{i}", "algo": "dpo", "model": "m", "beta": 0.1, "seed": i % 2, "step": 10, "win_rate": 0.5 + i / 100,
              "sqrt_kl": 1.0, "cfg.eval.targets": [0.5, 1.0] if i < 2 else [1.5]} for i in range(4)]
     table = pd.DataFrame(rows)
-    assert max_seeds(table) == 2
+    assert max_seeds(table) == 2 and strata_columns(table) == ["cfg.eval.targets"]
     by_seed = aggregate_seeds(table)
     assert sorted(by_seed["n_seeds"]) == [2, 2] and sorted(by_seed["win_rate_mean"]) == pytest.approx([0.505, 0.525])

@@ -102,5 +102,6 @@ def strata_columns(table: Any) -> list[str]:
     """The columns within whose values a bootstrap over seeds resamples runs: those of a
     configuration that vary in the table (beta, alpha, ..., the varied cfg.* keys), but algorithm
     and model, which the fits group by."""
-    return [c for c in configuration_columns(table)
-            if c not in ("algo", "model") and table[c].nunique(dropna=False) > 1]
+    columns = [c for c in configuration_columns(table) if c not in ("algo", "model")]
+    named = _hashable(table, columns)
+    return [c for c in columns if named[c].nunique(dropna=False) > 1]
