@@ -86,6 +86,10 @@ def collect_and_report(sweep_dir: Path, figures: bool = True) -> None:
     if not by_seed.empty:
         print(f"[alignsweep] across seeds: {sweep_dir / 'results_by_seed.csv'} (mean and 95% CI per configuration "
               "and checkpoint)")
+    unsized = sorted(set(table["model"].dropna().astype(str)) - set(sizes)) if "model" in table.columns else []
+    if unsized and table["model"].nunique() > 1:
+        print(f"[alignsweep] no parameter count recorded for model(s) {', '.join(unsized)} (runs older than "
+              "model_params): left out of the regressions on model size")
     if not scaling.empty:
         from alignsweep.analysis.scaling import headline
 
