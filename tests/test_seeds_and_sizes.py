@@ -136,3 +136,21 @@ def test_a_swept_list_setting_names_configurations_too(tmp_path):
     assert max_seeds(table) == 2 and strata_columns(table) == ["cfg.eval.targets"]
     by_seed = aggregate_seeds(table)
     assert sorted(by_seed["n_seeds"]) == [2, 2] and sorted(by_seed["win_rate_mean"]) == pytest.approx([0.505, 0.525])
+
+
+@pytest.mark.slow
+def test_a_real_seed_sweep_is_aggregated_when_it_ends(cli):
+    """`python -m alignsweep -m seed=0,1`: the sweep's own collect writes results_by_seed.csv from
+    the two real runs, and its fits bootstrap over them."""
+    cli("-m", "seed=0,1", "train.checkpoints=1", "hydra.sweep.dir=sweep")
+    sweep = cli.cwd / "sweep"
+    table = pd.read_csv(sweep / "results.csv")
+    by_seed = pd.read_csv(sweep / "results_by_seed.csv")
+    assert sorted(table["seed"].unique()) == [0, 1] and len(by_seed) == table["step"].nunique()
+    for _, row in by_seed.iterrows():
+        at = table[table["step"] == row["step"]]
+        assert row["n_seeds"] == 2 and row["seeds"] == "0,1"
+        assert row["win_rate_mean"] == pytest.approx(at["win_rate"].mean())
+        assert row["lc_win_rate_mean"] == pytest.approx(at["lc_win_rate"].mean(), nan_ok=True)
+    assert set(pd.read_csv(sweep / "fits.csv")["uncertainty"]) == {"bootstrap: 1000 resamples of runs"}
+    assert (sweep / "figures" / "fig5_seeds.png").exists()
