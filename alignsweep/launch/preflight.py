@@ -11,7 +11,8 @@ What is checked (nothing is downloaded):
 - an OpenAI-compatible judge (`judge.base_url`): `GET {base_url}/models` answers (httpx, short
   timeout); a refused key (401/403) is a failure too.
 Local paths are checked by the job's own compose-time checks (`alignsweep.config.resolve`).
-The dry run does not preflight. Imports no torch.
+Sweeps (`alignsweep.launch.composer.prepare_jobs`) and single runs (`alignsweep.app.run`) are
+checked alike; `preflight=false` skips it. The dry run does not preflight. Imports no torch.
 """
 
 from __future__ import annotations
@@ -133,9 +134,10 @@ def shared_local_copies(configs: Iterable[Any]) -> list[str]:
     ]
 
 
-def preflight(configs: Iterable[Any]) -> list[str]:
+def preflight(configs: Iterable[Any], counts: bool = True) -> list[str]:
     """One message per distinct failure among everything `configs` (composed jobs) need, each
-    thing checked once however many jobs need it, with how many jobs it would have failed."""
+    thing checked once however many jobs need it, with how many jobs it would have failed
+    (`counts`; a single run's messages leave it out)."""
     checks: dict[tuple, Callable[[], str | None]] = {}
     users: dict[tuple, int] = {}
     for cfg in configs:
@@ -146,5 +148,5 @@ def preflight(configs: Iterable[Any]) -> list[str]:
     for what, check in checks.items():
         problem = check()
         if problem:
-            errors.append(f"{problem} ({users[what]} job(s) need it)")
+            errors.append(f"{problem} ({users[what]} job(s) need it)" if counts else problem)
     return errors
