@@ -112,6 +112,10 @@ def test_the_judge_endpoint_is_asked_once(tmp_path, monkeypatch):
         server.reset(required_key="sk-other")
         refused = check_endpoint(server.url, "PREFLIGHT_KEY")
         assert refused and "refused the key" in refused and "PREFLIGHT_KEY" in refused
+        assert "judge.api_key_env" in refused
+        monkeypatch.delenv("PREFLIGHT_KEY")  # the variable named, but not set where the launch runs
+        unset = check_endpoint(server.url, "PREFLIGHT_KEY")
+        assert unset and "judge.api_key_env=PREFLIGHT_KEY is not set" in unset and "export PREFLIGHT_KEY" in unset
     finally:
         server.stop()
     down = f"http://127.0.0.1:{_closed_port()}/v1"

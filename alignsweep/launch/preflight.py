@@ -81,8 +81,12 @@ def check_endpoint(base_url: str, api_key_env: str | None) -> str | None:
         return (f"judge endpoint {base_url!r} does not answer ({type(exc).__name__}: {exc}); start the server "
                 f"or set judge.base_url to one this machine reaches")
     if answer.status_code in (401, 403):
+        if api_key_env and key is None:
+            return (f"judge endpoint {base_url!r} wants a key (HTTP {answer.status_code} for GET /models) and "
+                    f"judge.api_key_env={api_key_env} is not set here: export {api_key_env}=KEY")
         return (f"judge endpoint {base_url!r} refused the key (HTTP {answer.status_code} for GET /models); "
-                f"set {api_key_env or 'judge.api_key_env'} to a valid key")
+                + (f"set {api_key_env} (judge.api_key_env) to a valid key" if api_key_env
+                   else "name the variable holding a valid key with judge.api_key_env=VAR"))
     return None
 
 
