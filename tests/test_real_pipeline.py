@@ -103,10 +103,10 @@ def _trained_pairs(cache: Path, tokenizer) -> list[dict]:
 def test_smollm2_dpo_on_hh_dialogues(smollm2, judge, cli, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(_hh(i)) + "\n" for i in range(N)))
+    cache = _cache(smollm2, tmp_path)
     cli("model=smollm2_135m", "algo=dpo", "data=tldr", "data.prompt_column=null", "data.sft_hub_id=null",
         "sft.enabled=true", f"data.path={data}", "data.heldout_size=2", "data.max_length=128", *TINY,
-        "train.save_final_model=true", *_judged_by(judge), "hydra.run.dir=run",
-        f"paths.cache_dir={_cache(smollm2, tmp_path)}", timeout=900)
+        "train.save_final_model=true", *_judged_by(judge), "hydra.run.dir=run", f"paths.cache_dir={cache}", timeout=900)
     run = cli.cwd / "run"
     status = rundir.read_status(run)
     report = status["data"]
@@ -118,7 +118,13 @@ def test_smollm2_dpo_on_hh_dialogues(smollm2, judge, cli, tmp_path):
     for row in rows:
         for key in ("win_rate", "kl", "chosen_logp", "rejected_logp", "response_length"):
             assert row.get(key) is not None and math.isfinite(row[key]), (key, row)
-    _samples(run, 2, [0, 2])
+    held = {s["prompt"] for s in _samples(run, 2, [0, 2])[0]}
+    trained = _trained_pairs(cache, smollm2[1].tokenizer)
+    assert len(trained) == N - 2
+    for pair in trained:  # the shared prefix is the prompt, given to the instruct model as a user turn
+        assert pair["prompt"].count("Human: How do I boil egg") == 1 and pair["prompt"].endswith("<|im_start|>assistant\n")
+        assert pair["chosen"].startswith("Put it in boiling water") and "Human:" not in pair["chosen"], pair
+        assert not any(p in pair["prompt"] for p in held), pair  # no held-out prompt trained on
     _moved(run, status["sft_model"])
 
 
@@ -139,6 +145,7 @@ def test_smollm2_simpo_and_alphapo_on_ultrafeedback_chats(smollm2, judge, cli, t
     cache = _cache(smollm2, tmp_path)
     cli("-m", "model=smollm2_135m", "algo=simpo,alphapo", "data=ultrafeedback", f"data.path={data}",
         "data.prompt_column=null", "data.heldout_size=4", "data.max_length=128", *TINY, "eval.temperature=1e-4",
+        "train.save_final_model=true",
         *_judged_by(judge), "hydra.sweep.dir=sweep", f"paths.cache_dir={cache}", timeout=900)
     sweep = cli.cwd / "sweep"
     table = pd.read_csv(sweep / "results.csv")
@@ -167,6 +174,7 @@ def test_smollm2_simpo_and_alphapo_on_ultrafeedback_chats(smollm2, judge, cli, t
             raw = tokenizer.decode(smollm2[1].model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:],
                                    skip_special_tokens=True)
             assert s["sample"].strip() != raw.strip(), (s, raw)  # not the user's text continued
+        _moved(run, next((smollm2[0] / "models").iterdir()))  # from the instruct model itself (no SFT)
     held = {s["prompt"] for s in samples[0]}
     trained = _trained_pairs(cache, tokenizer)
     assert len(trained) == n - 4
