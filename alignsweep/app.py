@@ -56,6 +56,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
         return previous
     if rundir.lock_held(run_dir):
         raise rundir.RunInUse(f"{run_dir} is being run by another process (pid {previous.get('pid', '?')})")
+    _preflight(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, cfg)
     write_identity(run_dir, ident)
@@ -67,6 +68,20 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict | None:
     print(results_line(run_dir), flush=True)
     print(f"run directory: {run_dir} ({status['state']})", flush=True)
     return status
+
+
+def _preflight(cfg: DictConfig, run_dir: Path) -> None:
+    """The sweep's preflight for this one job (`alignsweep.launch.preflight`: its hub model,
+    tokenizer, datasets and judge endpoint, checked before anything loads): a ConfigError naming
+    each failure, and no run directory left behind. `preflight=false` skips it."""
+    if not cfg.get("preflight", True):
+        return
+    from alignsweep.launch.preflight import preflight
+
+    errors = preflight([cfg], counts=False)
+    if errors:
+        rundir.discard_if_untouched(run_dir)
+        raise ConfigError("the run was not started: " + "; ".join(errors))
 
 
 def results_line(run_dir: Path) -> str:

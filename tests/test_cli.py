@@ -78,7 +78,10 @@ def test_make_run_sweep_is_fifteen_jobs(cli):
 
 
 def test_a_model_the_hub_cannot_give_stops_the_job_with_a_way_out(cli):
-    proc = cli("model=pythia_1b", "logger=none", check=False, env={"HF_HUB_OFFLINE": "1"}, timeout=300)
+    """The job's own check, past preflight (preflight=false: where the launching machine cannot
+    see what the job will; preflight's refusal is tests/test_preflight.py's)."""
+    proc = cli("model=pythia_1b", "logger=none", "preflight=false", check=False, env={"HF_HUB_OFFLINE": "1"},
+               timeout=300)
     assert proc.returncode == 2
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith("error: model=pythia_1b: cannot load 'EleutherAI/pythia-1b-deduped'")

@@ -78,3 +78,32 @@ def test_the_dry_run_of_the_paper_grid_imports_no_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert "#62 " in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "HEAVY []" in proc.stdout
+
+
+SWEEP_TOOLS = ["collect", "report", "status", "sync"]
+
+
+@pytest.mark.parametrize("tool", SWEEP_TOOLS)
+def test_the_sweep_tools_check_their_sweep_dir_alike(tool, tmp_path, capsys):
+    """collect, report, status and sync each checked SWEEP_DIR their own way (report called a
+    missing path one with no runs; status did not say a file is not a directory): one argparse
+    argument (`alignsweep.cli_style.add_sweep_dir`), one message per mistake, usage line, exit 2."""
+    import importlib
+
+    from alignsweep.__main__ import TOOLS
+
+    main = importlib.import_module(TOOLS[tool]).main
+    (tmp_path / "file").write_text("")
+    (tmp_path / "empty").mkdir()
+    cases = {"missing": "does not exist", "file": "is not a directory"}
+    if tool != "sync":  # sync finds no offline runs in an empty directory and says so itself
+        cases["empty"] = "holds n"
+    for name, says in cases.items():
+        path = str(tmp_path / name)
+        try:
+            code = main([path])
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2 and f"usage: python -m alignsweep {tool}" in err, (name, err)
+        assert f"error: argument SWEEP_DIR: {path} {says}" in err, (name, err)

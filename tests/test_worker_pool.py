@@ -79,3 +79,41 @@ def test_exit_codes_and_signals_reach_the_launcher(tmp_path, sft_cache, fork):
     job.terminate()
     assert _finish(job) == 128 + signal.SIGTERM
     assert (rundir.read_status(stopped) or {}).get("state") in (None, "interrupted")
+
+
+GATE_SITE = '''import os, sys, time
+if "multiprocessing.forkserver" in " ".join(getattr(sys, "orig_argv", [])):  # the fork server only
+    while not os.path.exists(os.environ["ALIGNSWEEP_TEST_GATE"]):
+        time.sleep(0.05)
+'''
+
+
+def test_a_refused_sweep_ends_its_output_pipe_when_it_exits(tmp_path, cli):
+    """Observed: `python -m alignsweep -m ... | cat` with a refused job printed the refusal and
+    exited 2, but the pipe stayed open ~30 s more: the fork server, started while the jobs were
+    composed, held it while importing torch. Here the fork server is held at its start (a
+    sitecustomize waits on a gate file) for as long as the test wants, so a server that holds the
+    pipe keeps it open for certain, not just for the length of an import."""
+    import os
+    import subprocess
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(GATE_SITE)
+    gate = tmp_path / "gate"
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "ALIGNSWEEP_TEST_GATE": str(gate)}
+    proc = cli.popen("-m", "train.lr=1e-4,-1", "logger=none", "hydra.sweep.dir=sweep", env=env)
+    try:
+        code = proc.wait(timeout=300)
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(timeout=60)  # the launcher has exited: nobody else may hold the pipe
+        assert not reader.is_alive(), "the pipe stayed open after the launcher exited (the fork server holds it)"
+        assert code == 2 and "train.lr" in out[0] and "Traceback" not in out[0], (code, out)
+    finally:
+        gate.write_text("")  # let a held server go on (and end: its launcher is gone)
+        if proc.poll() is None:
+            proc.kill()

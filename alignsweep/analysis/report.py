@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from alignsweep.cli_style import tool_parser
+from alignsweep.cli_style import add_sweep_dir, tool_parser
 
 # The fits' own parameters are not the losses' alpha and beta: they are shown under these names.
 FIT_NAMES = {
@@ -216,15 +216,11 @@ def build(sweep_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from alignsweep.results.collect import run_dirs
+    from alignsweep.analysis.summarize import runs_lacking
 
     parser = tool_parser("python -m alignsweep report", __doc__)
-    parser.add_argument("sweep_dir", type=Path, help="a sweep directory (or one run directory)")
-    sweep_dir = parser.parse_args(argv).sweep_dir
-    if not sweep_dir.is_dir() or not run_dirs(sweep_dir):
-        print(f"error: {sweep_dir} holds no run directories (no */config.yaml)", file=sys.stderr)
-        return 2
-    build(sweep_dir)
+    add_sweep_dir(parser, "a sweep directory (or one run directory)", holds=runs_lacking)
+    build(parser.parse_args(argv).sweep_dir)
     return 0
 
 

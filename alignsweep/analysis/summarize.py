@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from alignsweep.cli_style import tool_parser
+from alignsweep.cli_style import add_sweep_dir, tool_parser
 from alignsweep.results import rundir
 from alignsweep.results.collect import _atomic, collect, run_dirs, summary
 
@@ -123,17 +123,15 @@ def _sweep_logger(sweep_dir: Path):
     return None
 
 
+def runs_lacking(sweep_dir: Path) -> str | None:
+    """What a directory lacks to be collected: None when it holds run directories."""
+    return None if run_dirs(sweep_dir) else f"no run directories (no */{rundir.CONFIG})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser("python -m alignsweep collect", __doc__)
-    parser.add_argument("sweep_dir", type=Path, help="a sweep directory (or one run directory)")
-    sweep_dir = parser.parse_args(argv).sweep_dir
-    if not sweep_dir.is_dir():
-        print(f"error: {sweep_dir} is not a directory", file=sys.stderr)
-        return 2
-    if not run_dirs(sweep_dir):
-        print(f"error: {sweep_dir} holds no run directories (no */{rundir.CONFIG})", file=sys.stderr)
-        return 2
-    collect_and_report(sweep_dir)
+    add_sweep_dir(parser, "a sweep directory (or one run directory)", holds=runs_lacking)
+    collect_and_report(parser.parse_args(argv).sweep_dir)
     return 0
 
 

@@ -11,7 +11,8 @@ held-out pairs and evaluation prompts disjoint by prompt, and SFT demonstrations
   demonstration for that prompt when there is one (TL;DR's human summary), else the chosen response.
 - SFT: the demonstrations of `data.sft_path` / `data.sft_hub_id` (TRL's prompt/completion layout,
   or `messages` whose last turn is the completion), less those of held-out prompts; without them,
-  the chosen responses of the training pairs (`report["sft_data"]` says which).
+  the chosen responses of the training pairs (`report["sft_data"]` says which, or that there is
+  no SFT: `sft.enabled=false`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def assemble(cfg: Any, lengths: Callable, has_template: bool) -> dict:
         report["heldout"] = {"pairs": len(heldout), "prompts": len({prompt_key(r["prompt"]) for r in heldout})}
     held = {prompt_key(r["prompt"]) for r in heldout}
     sft, references, report["sft_data"] = _demonstrations(cfg, lengths, template, held)
+    if not cfg.sft.enabled:  # demonstrations still give the evaluation its references
+        report["sft_data"] = "none (sft.enabled=false: training starts from the model itself)"
     if sft is None:
         sft = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in train]
     evaluation, seen = [], set()

@@ -108,16 +108,46 @@ class WorkerPool:
 
     def _start_server(self) -> None:
         """Start the server with the jobs' environment, which the libraries read when imported
-        (threads, progress bars)."""
+        (threads, progress bars), and with its output detached (/dev/null: each job writes its
+        own log), so that it never holds the launcher's stdout/stderr: a launch that ends while the
+        server still imports torch (a refused sweep, `... | cat`) ends its pipe when it exits."""
         from multiprocessing import forkserver
 
         saved = dict(os.environ)
         os.environ.update(self.env)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        kept = [os.dup(1), os.dup(2)]
+        null = os.open(os.devnull, os.O_WRONLY)
         try:
+            os.dup2(null, 1)
+            os.dup2(null, 2)
             forkserver.ensure_running()
         finally:
+            os.dup2(kept[0], 1)
+            os.dup2(kept[1], 2)
+            for fd in (null, *kept):
+                os.close(fd)
             os.environ.clear()
             os.environ.update(saved)
+
+    def close(self) -> None:
+        """Stop the fork server now (a launch that starts no job: it would go on importing torch
+        for nothing until it noticed the launcher had gone)."""
+        if self.context is None:
+            return
+        import signal
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver  # the process-wide server ensure_running() started
+        pid = getattr(server, "_forkserver_pid", None)
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+            server._stop()  # closes its pipe and reaps it
+        except (OSError, AttributeError):
+            pass
 
     def start(self, run_dir: Path, log_path: Path) -> Job:
         if self.context is not None:

@@ -11,7 +11,8 @@ What is checked (nothing is downloaded):
 - an OpenAI-compatible judge (`judge.base_url`): `GET {base_url}/models` answers (httpx, short
   timeout); a refused key (401/403) is a failure too.
 Local paths are checked by the job's own compose-time checks (`alignsweep.config.resolve`).
-The dry run does not preflight. Imports no torch.
+Sweeps (`alignsweep.launch.composer.prepare_jobs`) and single runs (`alignsweep.app.run`) are
+checked alike; `preflight=false` skips it. The dry run does not preflight. Imports no torch.
 """
 
 from __future__ import annotations
@@ -80,8 +81,12 @@ def check_endpoint(base_url: str, api_key_env: str | None) -> str | None:
         return (f"judge endpoint {base_url!r} does not answer ({type(exc).__name__}: {exc}); start the server "
                 f"or set judge.base_url to one this machine reaches")
     if answer.status_code in (401, 403):
+        if api_key_env and key is None:
+            return (f"judge endpoint {base_url!r} wants a key (HTTP {answer.status_code} for GET /models) and "
+                    f"judge.api_key_env={api_key_env} is not set here: export {api_key_env}=KEY")
         return (f"judge endpoint {base_url!r} refused the key (HTTP {answer.status_code} for GET /models); "
-                f"set {api_key_env or 'judge.api_key_env'} to a valid key")
+                + (f"set {api_key_env} (judge.api_key_env) to a valid key" if api_key_env
+                   else "name the variable holding a valid key with judge.api_key_env=VAR"))
     return None
 
 
@@ -133,9 +138,10 @@ def shared_local_copies(configs: Iterable[Any]) -> list[str]:
     ]
 
 
-def preflight(configs: Iterable[Any]) -> list[str]:
+def preflight(configs: Iterable[Any], counts: bool = True) -> list[str]:
     """One message per distinct failure among everything `configs` (composed jobs) need, each
-    thing checked once however many jobs need it, with how many jobs it would have failed."""
+    thing checked once however many jobs need it, with how many jobs it would have failed
+    (`counts`; a single run's messages leave it out)."""
     checks: dict[tuple, Callable[[], str | None]] = {}
     users: dict[tuple, int] = {}
     for cfg in configs:
@@ -146,5 +152,5 @@ def preflight(configs: Iterable[Any]) -> list[str]:
     for what, check in checks.items():
         problem = check()
         if problem:
-            errors.append(f"{problem} ({users[what]} job(s) need it)")
+            errors.append(f"{problem} ({users[what]} job(s) need it)" if counts else problem)
     return errors

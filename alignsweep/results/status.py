@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from alignsweep.cli_style import tool_parser
+from alignsweep.cli_style import add_sweep_dir, tool_parser
 from alignsweep.results import rundir
 from alignsweep.results import slurm_state as cluster
 
@@ -77,14 +77,12 @@ def _g(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser("python -m alignsweep status", __doc__)
-    parser.add_argument("sweep_dir", type=Path, help="a launched sweep directory (manifest.json) or a run directory")
+    add_sweep_dir(parser, "a launched sweep directory (manifest.json) or a run directory", holds=lambda d: (
+        None if (d / "manifest.json").exists() or (d / rundir.CONFIG).exists()
+        else f"neither a launched sweep (no manifest.json) nor a run (no {rundir.CONFIG})"))
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = parser.parse_args(argv)
     sweep_dir = args.sweep_dir
-    if not (sweep_dir / "manifest.json").exists() and not (sweep_dir / rundir.CONFIG).exists():
-        print(f"error: {sweep_dir} is neither a launched sweep directory (no manifest.json) nor a run directory "
-              f"(no {rundir.CONFIG})", file=sys.stderr)
-        return 2
     table = rows(sweep_dir)
     counts = Counter(r["state"] for r in table)
     if args.json:

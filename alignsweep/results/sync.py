@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from alignsweep.cli_style import tool_parser
+from alignsweep.cli_style import add_sweep_dir, tool_parser
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 
@@ -89,13 +89,10 @@ def _failure(output: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser("python -m alignsweep sync", __doc__)
-    parser.add_argument("sweep_dir", type=Path, help="a sweep directory (or one run directory)")
+    add_sweep_dir(parser, "a sweep directory (or one run directory)")
     parser.add_argument("--dry-run", action="store_true", help="list the offline runs, sync nothing")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds wandb sync may take (default 3600)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a directory", file=sys.stderr)
-        return 2
     runs = offline_runs(args.sweep_dir)
     if not runs:
         print(f"error: {args.sweep_dir} holds no offline wandb runs (*/wandb/offline-run-* or wandb/offline-run-*); "

@@ -87,7 +87,12 @@ class LocalProcessLauncher(SweepLauncher, Launcher):
         return self.pool
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        jobs, sweep_dir = self.prepare(job_overrides, initial_job_idx)
+        try:
+            jobs, sweep_dir = self.prepare(job_overrides, initial_job_idx)
+        except BaseException:  # refused (exit 2) or interrupted before any job started
+            if self.pool is not None:
+                self.pool.close()
+            raise
         if self.config.dry_run:
             return self.dry_run(jobs)
         print(
