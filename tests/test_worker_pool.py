@@ -95,7 +95,6 @@ def test_a_refused_sweep_ends_its_output_pipe_when_it_exits(tmp_path, cli):
     sitecustomize waits on a gate file) for as long as the test wants, so a server that holds the
     pipe keeps it open for certain, not just for the length of an import."""
     import os
-    import subprocess
     import threading
 
     site = tmp_path / "site"
