@@ -1,0 +1,204 @@
+"""LoRA (`model.lora`, alignsweep/train/lora.py): adapters train and the base does not move, the
+reference is the same module with its adapters disabled (one copy of the weights), its log-probs
+are the base model's, a LoRA job resumes exactly, and what cannot work is refused at compose."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from alignsweep.config.identity import fingerprint, identity
+from alignsweep.config.lora import with_implied_lora
+from alignsweep.results import rundir
+
+SMALL = ["data.embedded.n_train=64", "data.embedded.n_sft=64", "sft.epochs=2", "eval.prompts=32", "logger=none",
+         "train.checkpoints=2"]
+LORA = ["lora=default", "model.lora.r=4", "train.lr=5e-3"]
+
+
+# ---- compose time -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["model=mistral_7b", "model.resources.tasks_per_node=2", "preflight=false"],
+         "model.resources.strategy=single"),
+        (["model.resources.strategy=fsdp", "model.resources.tasks_per_node=2"], "model.lora=null"),
+        (["eval.sampler=vllm"], "eval.sampler=transformers"),
+        (["model.lora.target_modules=[]"], "model.lora.target_modules=all-linear"),
+        (["model.lora.r=0"], "model.lora.r: must be an integer >= 1"),
+        (["model.lora.dropout=1"], "model.lora.dropout: must be >= 0 and < 1"),
+        (["model.lora.alpha=0"], "model.lora.alpha: must be > 0"),
+        (["model=tabular", "data=tree_mdp", "judge=gold"], "Tree MDP policy"),
+    ],
+)
+def test_lora_combinations_that_cannot_work_are_refused_in_the_dry_run(cli, overrides, says):
+    proc = cli("lora=default", *overrides, "dry_run=true", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_lora_knob_alone_asks_for_lora_and_a_sweep_over_it_is_one_job_per_value(cli):
+    out = cli("-m", "model.lora.r=4,8", "dry_run=true").stdout
+    jobs = [line for line in out.splitlines() if line.startswith("#")]
+    assert len(jobs) == 2 and "lora=r4,alpha32" in jobs[0] and "lora=r8,alpha32" in jobs[1]
+    assert "lora=" not in cli("dry_run=true").stdout  # full fine-tuning by default
+    assert with_implied_lora(["x", "model.lora=null"]) == ["x", "model.lora=null"]
+    assert with_implied_lora(["x", "-m", "model.lora={r:8}"]) == ["x", "-m", "model.lora={r:8}", "lora=default"]
+
+
+def test_full_fine_tuning_keeps_its_fingerprint_and_sft_key_and_lora_changes_them():
+    from alignsweep.train.sft import sft_key
+
+    config = {"model": {"name": "m", "dtype": "float32"}, "algo": {"name": "dpo"}, "beta": 0.1, "data": {"name": "d"},
+              "sft": {"epochs": 1.0}}
+    before = fingerprint(identity(config))  # a run written before model.lora existed
+    full = {**config, "model": {**config["model"], "lora": None}}
+    lora = {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": "all-linear", "sft": True}
+    with_lora = {**config, "model": {**config["model"], "lora": lora}}
+    r16 = {**config, "model": {**config["model"], "lora": {**lora, "r": 16}}}
+    assert fingerprint(identity(full)) == before
+    assert len({before, fingerprint(identity(with_lora)), fingerprint(identity(r16))}) == 3
+    key = lambda c: sft_key(OmegaConf.create(c))  # noqa: E731
+    full_sft_for_lora = {**config, "model": {**config["model"], "lora": {**lora, "sft": False}}}
+    assert key(full) == key(config) == key(full_sft_for_lora)  # full SFT: shared with full fine-tuning
+    assert key(with_lora) != key(config) and key(with_lora) != key(r16)
+
+
+# ---- one model, adapters disabled as the reference (real TRL training, tiny model) --------------
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory):
+    from alignsweep.data import embedded
+    from alignsweep.train import models
+
+    cfg = SimpleNamespace(
+        seed=3, n_words=12, n_fillers=4, min_topics=2, max_topics=4, n_sft=1, n_train=16, n_heldout=8,
+        n_eval=8, length_bias=1.0, label_noise=0.0, label_temperature=0.1,
+    )
+    task = embedded.generate(cfg)
+    tok = models.build_word_tokenizer(embedded.vocabulary(cfg.n_words, cfg.n_fillers).tokens)
+    arch = SimpleNamespace(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+    folder = tmp_path_factory.mktemp("sft")
+    models.build_tiny_model(arch, tok, seed=0).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return task, folder
+
+
+def _lora_trainer(task, folder, out, steps=4):
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from alignsweep.train.lora import peft_config
+    from alignsweep.train.trainer import DAATrainer
+    from alignsweep.worker.task import policy_and_reference
+
+    lora = OmegaConf.create({"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "all-linear", "sft": True})
+    cfg = OmegaConf.create({"model": {"lora": lora, "dtype": "float32"}})
+    policy, ref, tok = policy_and_reference(cfg, folder)
+    assert ref is None  # no second copy is loaded
+    args = DPOConfig(
+        output_dir=str(out), per_device_train_batch_size=4, report_to=[], use_cpu=True, bf16=False, max_length=64,
+        disable_tqdm=True, save_strategy="no", learning_rate=1e-2, max_steps=steps, precompute_ref_log_probs=True,
+    )
+    trainer = DAATrainer(
+        model=policy, ref_model=None, args=args, train_dataset=Dataset.from_list(task["train"]), processing_class=tok,
+        loss_name="dpo", loss_params={"beta": 0.5, "alpha": None, "gamma": None}, peft_config=peft_config(lora),
+    )
+    return trainer, tok
+
+
+@pytest.mark.slow
+def test_adapters_train_the_base_stays_and_the_reference_is_the_same_module_with_adapters_off(sft_model, tmp_path):
+    from alignsweep.evaluate.evaluator import Evaluator
+    from alignsweep.evaluate.sequences import make_batch, sequence_logps
+    from alignsweep.train import models
+    from alignsweep.train.lora import AdaptersDisabled, base_state_dict, state_hash
+    from trl.trainer.utils import hash_module
+
+    task, folder = sft_model
+    base, _ = models.load_saved(folder)
+    trainer, tok = _lora_trainer(task, folder, tmp_path)
+    model = trainer.model
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    trainer.train()
+    trained = dict(model.named_parameters())
+    # adapters moved, and they are all that is trainable; the base weights did not move at all
+    assert lora_before and all(not torch.equal(trained[n], v) for n, v in lora_before.items() if "lora_B" in n)
+    assert {n for n, p in trained.items() if p.requires_grad} == set(lora_before)
+    base_now = base_state_dict(model)
+    assert set(base_now) == set(base.state_dict())
+    assert all(torch.equal(base_now[n], t) for n, t in base.state_dict().items())
+    # one copy: the reference the evaluator holds is the policy's own module; no tensor of its own
+    assert trainer.ref_model is None
+    evaluator = Evaluator(
+        ref_model=AdaptersDisabled(model), tokenizer=tok, judge=None, eval_rows=task["eval"], heldout_rows=task["heldout"],
+        loss_name="dpo", loss_params={"beta": 0.5, "alpha": None, "gamma": None}, max_new_tokens=4, temperature=1.0,
+        seed=0,
+    )
+    ptrs = lambda m: {p.data_ptr() for p in m.parameters()}  # noqa: E731
+    assert ptrs(evaluator.ref_model) == ptrs(model)
+    # the reference's log-probs (adapters disabled) are the base model's; the policy's differ
+    prompts, chosen = evaluator.heldout[0]
+    batch = make_batch(prompts, chosen, tok.pad_token_id)
+    with torch.no_grad():
+        plain = sequence_logps(base, batch)
+        policy = sequence_logps(model, batch)
+    torch.testing.assert_close(sequence_logps(evaluator.ref_model, batch), plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(evaluator.heldout_ref[0], plain, rtol=0, atol=1e-5)
+    assert not torch.allclose(policy, plain, atol=1e-3)
+    assert model.training  # the reference call put the policy back in training mode
+    # the training pairs' precomputed reference log-probs are the base model's too, and their shared
+    # cache key is the plain model's: LoRA and full fine-tuning jobs of one SFT model share them
+    assert trainer._reference_hash() == hash_module(base) == state_hash(base.state_dict())
+    ref_chosen = torch.tensor(trainer.train_dataset["ref_chosen_logps"])
+    first = trainer.train_dataset.select(range(4))
+    with torch.no_grad():
+        c, _ = trainer.sequence_logps(base, trainer.data_collator([first[i] for i in range(4)]))[0].chunk(2)
+    torch.testing.assert_close(ref_chosen[:4].to(c.dtype), c, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_lora_job_sfts_with_merged_adapters_trains_evaluates_and_resumes_exactly(cli, tmp_path):
+    """A whole LoRA job through the CLI; then the completed run set back to its checkpoint (as a
+    requeue finds it) and resumed: the same rows and the same final adapters."""
+    from safetensors.torch import load_file
+
+    cli(*LORA, *SMALL, "train.save_final_model=true", "hydra.run.dir=run", f"paths.cache_dir={tmp_path / 'cache'}")
+    run = cli.cwd / "run"
+    status = rundir.read_status(run)
+    assert status["state"] == "completed"
+    rows = rundir.read_metrics(run)
+    assert [r["step"] for r in rows][0] == 0 and len(rows) == 3 and rows[0]["kl"] == pytest.approx(0, abs=1e-6)
+    assert rows[-1]["kl"] > 1e-4  # the adapters moved the policy away from the reference
+    # SFT trained adapters and merged them: the cached SFT model is a plain checkpoint
+    sft = next((tmp_path / "cache" / "sft").glob("*/DONE")).parent
+    sft_weights = load_file(str(sft / "model.safetensors"))
+    assert not any("lora" in k or "base_layer" in k for k in sft_weights)
+    # the final model is the adapters (peft's format) on the SFT model as their base
+    adapters = load_file(str(run / "model" / "adapter_model.safetensors"))
+    assert adapters and all("lora_" in k for k in adapters)
+    assert json.loads((run / "model" / "adapter_config.json").read_text())["r"] == 4
+    checkpoints = list((run / "trainer").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "adapter_model.safetensors").exists()
+    assert not (checkpoints[0] / "model.safetensors").exists()  # no copy of the base per checkpoint
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed, ignore=shutil.ignore_patterns("model"))
+    status["state"] = "running"  # killed after its first evaluation
+    (resumed / "status.json").write_text(json.dumps(status))
+    proc = subprocess.run([sys.executable, "-m", "alignsweep.worker", str(resumed)], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    again = rundir.read_status(resumed)
+    assert again["state"] == "completed" and again["resumed_from"] == checkpoints[0].name
+    assert rundir.read_metrics(resumed) == rows
+    final = load_file(str(resumed / "model" / "adapter_model.safetensors"))
+    assert set(final) == set(adapters) and all(torch.equal(final[k], adapters[k]) for k in adapters)
