@@ -158,11 +158,11 @@ def test_adapters_train_the_base_stays_and_the_reference_is_the_same_module_with
     # the training pairs' precomputed reference log-probs are the base model's too, and their shared
     # cache key is the plain model's: LoRA and full fine-tuning jobs of one SFT model share them
     assert trainer._reference_hash() == hash_module(base) == state_hash(base.state_dict())
-    ref_chosen = torch.tensor(trainer.train_dataset["ref_chosen_logps"])
-    first = trainer.train_dataset.select(range(4))
+    data = trainer.train_dataset
+    pairs = make_batch(data["prompt_ids"], data["chosen_ids"], tok.pad_token_id)
     with torch.no_grad():
-        c, _ = trainer.sequence_logps(base, trainer.data_collator([first[i] for i in range(4)]))[0].chunk(2)
-    torch.testing.assert_close(ref_chosen[:4].to(c.dtype), c, rtol=0, atol=1e-5)
+        expected = sequence_logps(base, pairs)
+    torch.testing.assert_close(torch.tensor(data["ref_chosen_logps"]).to(expected.dtype), expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
