@@ -175,6 +175,11 @@ def test_a_lora_job_sfts_with_merged_adapters_trains_evaluates_and_resumes_exact
     run = cli.cwd / "run"
     status = rundir.read_status(run)
     assert status["state"] == "completed"
+    # one copy of the weights: the reference adds no storage; only the adapters train
+    memory = status["memory"]
+    assert 0 < memory["trainable"] < memory["parameters"] / 10
+    assert memory["weights_bytes"] == 4 * memory["parameters"]  # float32, each storage once
+    assert memory["optimizer_bytes"] == 2 * 4 * memory["trainable"]  # AdamW's two moments, adapters only
     rows = rundir.read_metrics(run)
     assert [r["step"] for r in rows][0] == 0 and len(rows) == 3 and rows[0]["kl"] == pytest.approx(0, abs=1e-6)
     assert rows[-1]["kl"] > 1e-4  # the adapters moved the policy away from the reference

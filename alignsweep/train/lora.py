@@ -103,3 +103,27 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
 def merged(model: Any) -> Any:
     """The plain model with the adapters' updates added into its weights (peft's `merge_and_unload`)."""
     return model.merge_and_unload()
+
+
+def held_memory(policy: Any, ref: Any, optimizer: Any = None) -> dict:
+    """What the job's models hold, in bytes and parameters: `weights_bytes` counts each tensor
+    storage of the policy and the reference once (a reference that shares the policy's storages,
+    as under LoRA, adds nothing), `gradients_bytes` the trainable parameters' gradients during a
+    step, `optimizer_bytes` the optimizer's state tensors; `parameters` / `trainable` count the policy's."""
+    storages: dict[int, int] = {}
+    for model in (policy, ref):
+        if model is None:
+            continue
+        for tensor in model.parameters():
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    params = list(policy.parameters())
+    grads = sum(p.nbytes for p in params if p.requires_grad)  # held during each step (freed between)
+    state = 0
+    if optimizer is not None:
+        for entry in optimizer.state.values():
+            state += sum(v.nbytes for v in entry.values() if torch.is_tensor(v) and v.dim() > 0)  # not `step`
+    return {
+        "parameters": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "weights_bytes": sum(storages.values()), "gradients_bytes": grads, "optimizer_bytes": state,
+    }

@@ -40,7 +40,7 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     from alignsweep.runtime.distributed import init_process_group
     from alignsweep.runtime.phase_clock import PhaseClock, waited
     from alignsweep.train import models, sft, sharding
-    from alignsweep.train.lora import AdaptersDisabled, peft_config
+    from alignsweep.train.lora import AdaptersDisabled, held_memory, peft_config
     from alignsweep.train.trainer import DAATrainer
 
     clock = PhaseClock()  # where this job's time goes, in its status (`seconds`, `waited_s`)
@@ -164,6 +164,10 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     with clock("train"):  # step0 and eval inside are counted under their own names
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     timing = {"seconds": clock.rounded(), "waited_s": round(waited(), 3)}
+    if main:  # one copy of the weights under LoRA: the reference shares the policy's storages
+        rundir.write_status(run_dir, memory=held_memory(trainer.model, trainer.ref_model if lora is None else
+                                                         evaluator.ref_model if evaluator is not None else None,
+                                                         trainer.optimizer))
     if main:  # again: what was read after training began (step 0, the held-out pairs) is known now
         rundir.write_status(run_dir, **shared_status(task_hit, trainer, evaluator, callback.step0_deferred))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
