@@ -256,8 +256,13 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
             else:
+                reference = self.ref_model
+                if reference is None:  # LoRA: the policy's own module with its adapters disabled
+                    from alignsweep.train.lora import AdaptersDisabled
+
+                    reference = AdaptersDisabled(self.accelerator.unwrap_model(model))
                 with torch.no_grad():
-                    ref_logps, _ = self.sequence_logps(self.ref_model, inputs)
+                    ref_logps, _ = self.sequence_logps(reference, inputs)
                 ref_chosen, ref_rejected = ref_logps.chunk(2, dim=0)
         losses, chosen_rewards, rejected_rewards = daa_loss(
             self.loss_name,
