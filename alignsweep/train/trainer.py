@@ -81,7 +81,10 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
     the same data from the same reference reads them instead of running the reference model
     (TRL's own precompute repeats it per job); without it, this job computes them the same way.
     `prepared_cache_dir`: TRL's tokenised training set is stored there the same way
-    (`alignsweep.data.shared`)."""
+    (`alignsweep.data.shared`). LoRA (`peft_config`, `ref_model=None`): TRL wraps the model in
+    peft adapters and the reference is the same module with its adapters disabled, for the
+    precomputed log-probs (keyed by the base weights alone, `_reference_hash`) and the inline ones;
+    checkpoints hold the adapters, loaded back strictly (`load_adapters`)."""
 
     def __init__(
         self, *args: Any, loss_name: str, loss_params: dict[str, Any], ref_cache_dir: str | None = None,
