@@ -92,7 +92,7 @@ def sft_model(tmp_path_factory):
     return task, folder
 
 
-def _lora_trainer(task, folder, out, steps=4):
+def _lora_trainer(task, folder, out, steps=4, dtype="float32"):
     from datasets import Dataset
     from trl import DPOConfig
 
@@ -101,11 +101,12 @@ def _lora_trainer(task, folder, out, steps=4):
     from alignsweep.worker.task import policy_and_reference
 
     lora = OmegaConf.create({"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "all-linear", "sft": True})
-    cfg = OmegaConf.create({"model": {"lora": lora, "dtype": "float32"}})
+    cfg = OmegaConf.create({"model": {"lora": lora, "dtype": dtype}})
     policy, ref, tok = policy_and_reference(cfg, folder)
     assert ref is None  # no second copy is loaded
     args = DPOConfig(
-        output_dir=str(out), per_device_train_batch_size=4, report_to=[], use_cpu=True, bf16=False, max_length=64,
+        output_dir=str(out), per_device_train_batch_size=4, report_to=[], use_cpu=True, bf16=dtype == "bfloat16",
+        max_length=64,
         disable_tqdm=True, save_strategy="no", learning_rate=1e-2, max_steps=steps, precompute_ref_log_probs=True,
     )
     trainer = DAATrainer(
@@ -163,6 +164,22 @@ def test_adapters_train_the_base_stays_and_the_reference_is_the_same_module_with
     with torch.no_grad():
         expected = sequence_logps(base, pairs)
     torch.testing.assert_close(torch.tensor(data["ref_chosen_logps"]).to(expected.dtype), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lora_in_bfloat16_keeps_a_frozen_bfloat16_base_and_trains_float32_adapters(sft_model, tmp_path):
+    """model.dtype=bfloat16 under LoRA: the one copy of the base is in bf16 (no float32 master
+    weights are needed for frozen weights), the adapters in float32 move under autocast."""
+    task, folder = sft_model
+    trainer, _ = _lora_trainer(task, folder, tmp_path, steps=2, dtype="bfloat16")
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    for name, p in after.items():
+        assert p.dtype == (torch.float32 if "lora_" in name else torch.bfloat16), name
+        if "lora_" not in name:
+            assert torch.equal(p, before[name]), name  # the base did not move
+    assert any(not torch.equal(after[n], before[n]) for n in after if "lora_B" in n)
 
 
 @pytest.mark.slow
