@@ -263,3 +263,29 @@ def test_lora_on_smollm2_trains_named_modules_and_its_reference_is_the_pretraine
     with torch.no_grad():
         expected = sequence_logps(pretrained, batch)
     torch.testing.assert_close(sequence_logps(AdaptersDisabled(model), batch), expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_two_process_ddp_lora_job_keeps_its_replicas_equal_and_saves_the_adapters(cli, tmp_path):
+    """model.resources.strategy=single with two processes (DDP, gloo on CPU) under LoRA: both ranks
+    train the same adapters (equal parameter checksums), rank 0 writes the rows and the adapters."""
+    cli(*LORA, *SMALL, "data.embedded.n_train=128", "train.save_final_model=true", "model.resources.tasks_per_node=2",
+        "dry_run=true")  # composes: DDP is not refused
+    cli(*LORA, *SMALL, "train.save_final_model=true", "hydra.run.dir=one", f"paths.cache_dir={tmp_path / 'cache'}")
+    run = tmp_path / "ddp"
+    run.mkdir()
+    config = (cli.cwd / "one" / "config.yaml").read_text()
+    assert "tasks_per_node: null" in config
+    (run / "config.yaml").write_text(config.replace("tasks_per_node: null", "tasks_per_node: 2"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "alignsweep.worker", str(run)], capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    status = rundir.read_status(run)
+    assert status["state"] == "completed" and status["strategy"] == "single"
+    ranks = [json.loads((run / "ranks" / f"{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2 and ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
+    assert (run / "model" / "adapter_model.safetensors").exists()
+    assert [r["step"] for r in rundir.read_metrics(run)][0] == 0
+

@@ -48,7 +48,7 @@ def _job(work: Path, cache: Path, run: Path, overrides: list[str]) -> dict:
             "steps": status["step"], "memory": status["memory"]}
 
 
-def bench_lora(work: Path, cache: Path, quick: bool, shape: str = "default", repeats: int = 3) -> dict:
+def bench_lora(work: Path, cache: Path, quick: bool, shape: str = "default", repeats: int = 5) -> dict:
     overrides = SHAPES[shape]
     for name, extra in VARIANTS.items():  # untimed: the SFT model and the shared reference log-probs
         _job(work, cache, work / f"lora-{shape}-{name}-warmup", [*overrides, *extra])
