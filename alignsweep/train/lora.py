@@ -109,12 +109,13 @@ def held_memory(policy: Any, ref: Any, optimizer: Any = None) -> dict:
     """What the job's models hold, in bytes and parameters: `weights_bytes` counts each tensor
     storage of the policy and the reference once (a reference that shares the policy's storages,
     as under LoRA, adds nothing), `gradients_bytes` the trainable parameters' gradients during a
-    step, `optimizer_bytes` the optimizer's state tensors; `parameters` / `trainable` count the policy's."""
+    step, `optimizer_bytes` the optimizer's state tensors (this rank's shard of each, when sharded); `parameters` / `trainable` count the policy's."""
     storages: dict[int, int] = {}
     for model in (policy, ref):
         if model is None:
             continue
         for tensor in model.parameters():
+            tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2: this rank's shard
             storage = tensor.untyped_storage()
             storages[storage.data_ptr()] = storage.nbytes()
     params = list(policy.parameters())

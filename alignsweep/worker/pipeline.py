@@ -39,7 +39,7 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     from alignsweep.evaluate.judges import build_judge
     from alignsweep.runtime.distributed import init_process_group
     from alignsweep.runtime.phase_clock import PhaseClock, waited
-    from alignsweep.train import models, sft, sharding
+    from alignsweep.train import sft, sharding
     from alignsweep.train.lora import AdaptersDisabled, held_memory, peft_config
     from alignsweep.train.trainer import DAATrainer
 
