@@ -148,5 +148,9 @@ def step0_cache_path(cfg: Any, job: Any, sft_dir: Path, task: dict, n_eval: int,
         "eval": task["eval"][:n_eval], "heldout": task["heldout"], "max_new_tokens": cfg.data.max_new_tokens,
         "temperature": cfg.eval.temperature, "judge": OmegaConf.to_container(cfg.judge, resolve=True),
     }
+    if cfg.model.get("lora") is not None and cfg.model.dtype != "float32":
+        # the LoRA policy's base is in model.dtype, a fully fine-tuned one in float32 (autocast):
+        # in float32 both are the SFT model to the bit and share step 0; otherwise not
+        payload["policy_dtype"] = cfg.model.dtype
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return Path(cfg.paths.cache_dir) / "step0" / f"{key}.pt"
