@@ -26,6 +26,8 @@ def test_bench_quick_runs_and_writes_its_results(tmp_path, sft_cache):
     assert results["dry_run"]["jobs"] == 63 and results["dry_run"]["torch_imported"] is False
     assert results["collect"]["rows"] == 600
     assert results["overhead"]["alignsweep_s"] and results["overhead"]["plain_trl_s"]
+    lora = json.loads((tmp_path / "results_lora.json").read_text())["lora"][0]["jobs"]  # LoRA vs full, one each
+    assert 0 < lora["lora"][0]["memory"]["trainable"] < lora["full"][0]["memory"]["trainable"]
     text = markdown.read_text()
     assert "intro" in text and "after" in text and "old" not in text and "dry run of the 63-job paper grid" in text
 
