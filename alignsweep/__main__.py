@@ -80,6 +80,9 @@ def entry() -> None:
         sys.exit(run_tool(sys.argv[1], sys.argv[2:]))
     if {"-sc", "--shell-completion"} & set(sys.argv) and "query=bash" in sys.argv:
         sys.exit(complete())
+    from alignsweep.config.lora import with_implied_lora
+
+    sys.argv = with_implied_lora(sys.argv)  # model.lora.r=8 alone asks for LoRA
     try:
         main()
     except SystemExit as exc:

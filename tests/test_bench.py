@@ -26,6 +26,8 @@ def test_bench_quick_runs_and_writes_its_results(tmp_path, sft_cache):
     assert results["dry_run"]["jobs"] == 63 and results["dry_run"]["torch_imported"] is False
     assert results["collect"]["rows"] == 600
     assert results["overhead"]["alignsweep_s"] and results["overhead"]["plain_trl_s"]
+    lora = json.loads((tmp_path / "results_lora.json").read_text())["lora"][0]["jobs"]  # LoRA vs full, one each
+    assert 0 < lora["lora"][0]["memory"]["trainable"] < lora["full"][0]["memory"]["trainable"]
     text = markdown.read_text()
     assert "intro" in text and "after" in text and "old" not in text and "dry run of the 63-job paper grid" in text
 
@@ -34,12 +36,13 @@ def test_gpu_benchmark_script_runs_on_the_tiny_architecture(tmp_path):
     """CI has no GPU: `--tiny` trains the embedded architecture through both trainers, so the
     script that a GPU machine runs (`make bench-gpu`) is known to work."""
     proc = subprocess.run(
-        [sys.executable, "-m", "alignsweep", "bench-gpu", "--tiny", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)],
+        [sys.executable, "-m", "alignsweep", "bench-gpu", "--tiny", "--lora", "--steps", "2", "--warmup", "1",
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_results_tiny.json").read_text())
-    assert [v["variant"] for v in results["variants"]] == ["trl", "alignsweep"]
+    assert [v["variant"] for v in results["variants"]] == ["trl", "alignsweep", "alignsweep_lora"]
     for v in results["variants"]:
         assert len(v["step_s"]) == 2 and v["tokens_per_s"] > 0 and v["tokens_per_step"] == 32 * 2 * 40
 

@@ -245,10 +245,11 @@ def bad_value(bounds: dict, kind: type):
 def test_every_numeric_knob_declares_a_range_and_every_out_of_range_value_is_refused():
     declared = {key for key, _, _ in ranges.knobs()}
     assert set(ranges.numeric_fields()) == declared, set(ranges.numeric_fields()) ^ declared
-    bases = {"": compose_cfg(), "data.tree.": compose_cfg("data=tree_mdp", "model=tabular")}
+    bases = {"": compose_cfg(), "data.tree.": compose_cfg("data=tree_mdp", "model=tabular"),
+             "model.lora.": compose_cfg("lora=default")}
     tried = 0
     for key, bounds, kind in ranges.knobs():
-        base = bases["data.tree." if key.startswith("data.tree.") else ""]
+        base = bases[next((p for p in ("data.tree.", "model.lora.") if key.startswith(p)), "")]
         values = [bad_value(bounds, kind)] + ([float("inf"), float("nan")] if kind is float else [])
         for value in values:
             cfg = base.copy()

@@ -12,7 +12,9 @@ side by side in one run (alternated). Reported per variant:
   token follow PaLM's count: 6N + 12 L H S for the policy's forward and backward (N non-embedding
   parameters, L layers, H hidden size, S sequence length) plus 2N + 4 L H S for the reference's
   forward when it runs; recomputation by gradient checkpointing is not counted (it is not model
-  FLOPs).
+  FLOPs). With `--lora` a third variant trains LoRA adapters (`lora=default`) through alignsweep's
+  trainer, the reference being the policy with its adapters disabled: 4N instead of 6N for the
+  policy (no weight gradients of the frozen base).
 
 Writes bench/gpu_results.json and the section between the bench-gpu markers in BENCHMARKS.md.
 `--tiny` runs the embedded tiny architecture on whatever device there is, for a check that the
@@ -56,8 +58,10 @@ def peak_flops(device_name: str) -> float | None:
     return None
 
 
-def model_flops_per_token(n_params: int, layers: int, hidden: int, seq: int, reference: bool) -> float:
-    policy = 6 * n_params + 12 * layers * hidden * seq
+def model_flops_per_token(n_params: int, layers: int, hidden: int, seq: int, reference: bool,
+                          lora: bool = False) -> float:
+    # LoRA: no weight gradients of the frozen base (2N fewer); the adapters' own FLOPs are negligible
+    policy = (4 if lora else 6) * n_params + 12 * layers * hidden * seq
     ref = 2 * n_params + 4 * layers * hidden * seq if reference else 0
     return float(policy + ref)
 
@@ -135,8 +139,9 @@ def run_variant(which: str, spec: dict, work: Path) -> dict:
                            use_parallel_residual=True, tie_word_embeddings=False,
                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
+    lora = which == "alignsweep_lora"
     policy = GPTNeoXForCausalLM(config).to(dtype)
-    ref = GPTNeoXForCausalLM(config).to(dtype)
+    ref = None if lora else GPTNeoXForCausalLM(config).to(dtype)  # LoRA: the policy with adapters disabled
     pairs = spec["batch"] * spec["grad_accum"] * (spec["steps"] + spec["warmup"])
     data = _dataset(pairs, spec["prompt_len"], spec["response_len"], spec["arch"]["vocab_size"])
     device = {"bf16": dtype == torch.bfloat16} if cuda else {"use_cpu": True, "bf16": False}
@@ -147,7 +152,14 @@ def run_variant(which: str, spec: dict, work: Path) -> dict:
         save_strategy="no", report_to=[], disable_tqdm=True, logging_steps=10_000, seed=0, **device,
     )
     common = dict(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tok)
-    if which == "alignsweep":
+    if lora:
+        from omegaconf import OmegaConf
+
+        from alignsweep.train.lora import peft_config
+
+        conf = OmegaConf.load(ROOT / "conf" / "lora" / "default.yaml")  # lora=default
+        trainer = DAATrainer(**common, loss_name="dpo", loss_params={"beta": 0.1}, peft_config=peft_config(conf))
+    elif which == "alignsweep":
         trainer = DAATrainer(**common, loss_name="dpo", loss_params={"beta": 0.1})
     else:
         trainer = DPOTrainer(**common)
@@ -158,9 +170,9 @@ def run_variant(which: str, spec: dict, work: Path) -> dict:
     trainer.train()
     timed = timer.times[spec["warmup"]:]
     tokens_per_step = spec["batch"] * spec["grad_accum"] * 2 * spec["seq"]
-    n_params = sum(p.numel() for n, p in policy.named_parameters() if "embed" not in n)
+    n_params = sum(p.numel() for n, p in policy.named_parameters() if "embed" not in n and "lora_" not in n)
     per_token = model_flops_per_token(n_params, spec["arch"]["num_hidden_layers"], spec["arch"]["hidden_size"],
-                                      spec["seq"], reference=True)
+                                      spec["seq"], reference=True, lora=lora)
     step_s = statistics.median(timed)
     result = {
         "variant": which, "step_s": timed, "median_step_s": step_s, "tokens_per_step": tokens_per_step,
@@ -200,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     parser.add_argument("--grad-accum", type=int, default=None, help="override the model config's grad_accum")
     parser.add_argument("--tiny", action="store_true", help="embedded tiny architecture: check the script runs")
+    parser.add_argument("--lora", action="store_true", help="also alignsweep's trainer with LoRA (lora=default)")
     parser.add_argument("--out", default="outputs/bench", help="folder for gpu_results.json (default: %(default)s; make bench-gpu: bench/)")
     parser.add_argument("--markdown", default=None,
                         help="a file whose bench-gpu section to update (make bench-gpu: BENCHMARKS.md); default: none")
@@ -228,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_flops(device) if cuda else None
     variants = {}
     with tempfile.TemporaryDirectory(prefix="alignsweep-bench-gpu-") as work:
-        for which in ("trl", "alignsweep"):
+        for which in ("trl", "alignsweep", *(("alignsweep_lora",) if args.lora else ())):
             print(f"[bench-gpu] {which} ...", flush=True)
             variants[which] = run_variant(which, spec, Path(work))
     for r in variants.values():

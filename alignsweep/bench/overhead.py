@@ -15,6 +15,7 @@ Measured side by side in one run, on this machine (they are shared and noisy: re
    starting a job shows) and one of the findings shape.
 3. dry run of the 63-job paper grid: wall time, and whether torch was imported.
 4. collecting a sweep of 10,000 checkpoint rows.
+5. LoRA vs full fine-tuning: step time and memory of one job each way (`alignsweep.bench.lora`).
 Writes bench/results.json and the section between the markers in BENCHMARKS.md.
 """
 
@@ -335,10 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/bench", help="folder for results.json (default: %(default)s; make bench: bench/)")
     parser.add_argument("--markdown", default=None,
                         help="a file whose bench section to update (make bench: BENCHMARKS.md); default: none")
+    parser.add_argument("--lora-only", action="store_true", help="only LoRA vs full fine-tuning (alignsweep.bench.lora)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="alignsweep-bench-"))
     cache = Path(os.environ.get("ALIGNSWEEP_BENCH_CACHE", ROOT / ".cache" / "alignsweep"))
+    from alignsweep.bench import lora
+
     try:
+        if args.lora_only:
+            lora.run(work, cache, args.quick, Path(args.out), args.markdown)
+            return 0
         print("[bench] dry run ...", flush=True)
         dry = bench_dry_run(work, args.quick)
         print("[bench] collect ...", flush=True)
@@ -358,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.quick or args.no_findings_shape):
             print("[bench] one job of the findings shape vs plain TRL ...", flush=True)
             overhead_findings = bench_overhead(work, cache, False, OVERHEAD_SHAPES["findings"], repeats=3)
+        lora.run(work, cache, args.quick, Path(args.out), args.markdown)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {

@@ -16,6 +16,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 # each. Internal groups (model/family: settings a model file inherits) are not offered.
 GROUPS = {
     "algo": "the direct alignment loss",
+    "lora": "LoRA adapters instead of full fine-tuning (model.lora; none = full)",
     "model": "policy and reference model (and the resources a job asks for)",
     "data": "the preference data",
     "judge": "who decides win rates",

@@ -6,7 +6,8 @@ relaunching (or growing) a sweep matches jobs to run directories by fingerprint,
 number, and a single run into a directory of another config is refused, naming the keys that differ.
 
 Left out of the identity (`NOT_IDENTITY`): where files go, logging, how the work is scheduled or
-shared, and settings documented not to change results. `beta`, `alpha` and `gamma` enter resolved
+shared, and settings documented not to change results. `model.lora: null` (full fine-tuning) is
+left out too, so runs written before LoRA existed keep their fingerprints; a LoRA block enters whole. `beta`, `alpha` and `gamma` enter resolved
 (the top-level value, else the algorithm's default), so `beta=0.001`, `beta=1e-3` and an omitted
 beta equal to the default are one job. Written to RUN_DIR/identity.json by whoever prepares the run.
 Imports no torch.
@@ -69,7 +70,10 @@ def identity(container: Mapping[str, Any]) -> dict[str, Any]:
     resolved = dict(container)
     for key in ("beta", "alpha", "gamma"):
         resolved[key] = container.get(key) if container.get(key) is not None else algo.get(key)
-    return {k: v for k, v in sorted(_flatten(resolved).items()) if _kept(k)}
+    flat = _flatten(resolved)
+    if flat.get("model.lora", "set") is None:  # full fine-tuning: the identity of runs from before LoRA
+        del flat["model.lora"]
+    return {k: v for k, v in sorted(flat.items()) if _kept(k)}
 
 
 def fingerprint(ident: Mapping[str, Any]) -> str:

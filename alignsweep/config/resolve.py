@@ -35,6 +35,7 @@ class Job:
     reference_free: bool
     resources: Mapping[str, Any]
     knobs: Mapping[str, Any] = field(default_factory=dict)  # the algorithm's own knobs (ALGO_KNOBS) and their values
+    lora: Optional[str] = None  # `r=16,alpha=32` under LoRA (model.lora), None for full fine-tuning
 
     def describe(self) -> str:
         """The dry-run line: what would run, and what it would ask the cluster for."""
@@ -47,6 +48,7 @@ class Job:
             f"alpha={_fmt(self.alpha)}",
             f"gamma={_fmt(self.gamma)}",
             *(f"algo.{k}={v}" for k, v in self.knobs.items()),
+            *([f"lora={self.lora}"] if self.lora else []),
             f"kl_budget={_fmt(self.kl_budget)}",
             f"seed={self.seed}",
             f"| gpus={res['gpus']} nodes={res['nodes']} tasks={res['tasks_per_node']} cpus={res['cpus']} "
@@ -281,6 +283,7 @@ def resolve_job(cfg: Any) -> Job:
         reference_free=bool(algo.reference_free),
         resources=resources,
         knobs={k: algo.get(k) for k, owners in ALGO_KNOBS.items() if name in owners and algo.get(k) is not None},
+        lora=None if model.get("lora") is None else f"r{model.lora.r},alpha{model.lora.alpha:g}",
     )
 
 
@@ -308,7 +311,9 @@ def combination_errors(cfg: Any) -> list[str]:
     project = str(cfg.logger.project)
     if cfg.logger.name == "wandb" and (not 0 < len(project) <= 128 or any(c in project for c in "/\\#?%:")):
         errors.append(f"logger.project: W&B takes 1 to 128 characters without / \\ # ? % :, got {project!r}")
-    return errors
+    from alignsweep.config.lora import lora_errors
+
+    return errors + lora_errors(cfg)
 
 
 def check_tokenizer_can_pad(folder: str) -> None:

@@ -77,6 +77,23 @@ class TreeNetConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2022, LoRA) trained instead of the whole model, through the `peft`
+    library (`alignsweep.train.lora`). The base weights stay frozen: the reference is the same model
+    with its adapters disabled (no second copy in memory). `model.lora: null` = full fine-tuning."""
+
+    r: int = knob(16, ge=1)  # rank of each adapter's update B @ A (peft's `r`)
+    alpha: float = knob(32.0, gt=0)  # the update is scaled by alpha / r (peft's `lora_alpha`)
+    dropout: float = knob(0.0, ge=0, lt=1)  # dropout on the adapters' input (peft's `lora_dropout`)
+    # which layers get adapters: all-linear (every linear layer but the output head), or a list of
+    # module names, e.g. [query_key_value, dense] (GPT-NeoX) or [q_proj, k_proj, v_proj, o_proj] (Llama)
+    target_modules: Any = "all-linear"
+    # true: SFT trains adapters too and merges them into the base (the SFT model, pi_ref, is a plain
+    # checkpoint); false: SFT fine-tunes fully (and is shared with full fine-tuning jobs of the sweep)
+    sft: bool = True
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # short id, used in tables and run names
     hub_id: Optional[str] = None  # Hugging Face hub id of the base checkpoint
@@ -100,6 +117,7 @@ class ModelConfig:
     per_device_batch: int = knob(8, ge=1)  # pairs per device per micro-batch
     grad_accum: int = knob(1, ge=1)  # micro-batches per optimizer step
     gradient_checkpointing: bool = False
+    lora: Optional[LoRAConfig] = None  # null = full fine-tuning; `lora=default` or model.lora={r:16}: LoRA
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
 

@@ -1,6 +1,7 @@
 """The SFT policy: trained once per (model, data, SFT settings) and shared by every job of a sweep.
 
-It is both the initial policy and the reference model, as in the paper. The cache folder is named
+It is both the initial policy and the reference model, as in the paper. Under `model.lora` (with
+`model.lora.sft`) SFT trains LoRA adapters and the cached model is the base with them merged in. The cache folder is named
 by a hash of everything that determines it. One job builds it under a file lock while the others
 wait; it is written to a temporary folder and renamed into place when complete, so a builder that
 crashes leaves nothing another job could mistake for a finished model.
@@ -27,6 +28,9 @@ def sft_key(cfg: Any) -> str:
     model.pop("resources", None)
     model.pop("per_device_batch", None)
     model.pop("grad_accum", None)
+    lora = model.pop("lora", None)
+    if lora is not None and lora.get("sft", True):  # SFT trains (and merges) adapters
+        model["lora"] = lora  # null or full SFT: the key of full fine-tuning, shared with its jobs
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("max_new_tokens", None)
     data.pop("share_prepared", None)  # where the prepared data comes from, not what it is
@@ -72,7 +76,7 @@ def ensure_sft(
         model = build_base_model()
         state = None  # None: the model's own weights; under sharding, the gathered ones on rank 0
         if cfg.sft.enabled:
-            state = _train(cfg, task["sft"], model, tokenizer, root / f"{key}.trainer", device_kwargs, report)
+            model, state = _train(cfg, task["sft"], model, tokenizer, root / f"{key}.trainer", device_kwargs, report)
         if main:
             model.save_pretrained(tmp, state_dict=state)
             tokenizer.save_pretrained(tmp)
@@ -101,8 +105,17 @@ def _progress_callback(report: Any) -> Any:
     return SFTProgress()
 
 
+def sft_lora(cfg: Any) -> Any:
+    """`model.lora` when the SFT stage trains adapters (`model.lora.sft`), else None."""
+    lora = cfg.model.get("lora")
+    return lora if lora is not None and lora.sft else None
+
+
 def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_kwargs: dict,
-           report: Any = None) -> dict | None:
+           report: Any = None) -> tuple[Any, dict | None]:
+    """(the trained model, its gathered state dict under sharding or None). With `model.lora`
+    (and `model.lora.sft`) SFT trains LoRA adapters and returns the model they are merged into:
+    the SFT model, pi_ref, is a plain checkpoint (why: `alignsweep.train.lora`)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -128,7 +141,14 @@ def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_k
     from alignsweep.train.sharding import CPUFSDPMixin
 
     trainer_class = type("SFTTrainer", (CPUFSDPMixin, SFTTrainer), {})
-    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    lora = sft_lora(cfg)
+    peft = None
+    if lora is not None:
+        from alignsweep.train.lora import peft_config
+
+        peft = peft_config(lora)
+    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                            peft_config=peft)
     if report is not None:
         trainer.add_callback(_progress_callback(report))
     trainer.train()
@@ -139,4 +159,8 @@ def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_k
         state = full_state_dict(trainer)  # collective: the shards gathered on rank 0
     trainer.accelerator.wait_for_everyone()
     shutil.rmtree(out, ignore_errors=True)
-    return state
+    if lora is not None:  # LoRA is never sharded (refused at compose): the adapters merged into the base
+        from alignsweep.train.lora import merged
+
+        return merged(trainer.accelerator.unwrap_model(trainer.model)), None
+    return model, state

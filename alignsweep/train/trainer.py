@@ -38,6 +38,24 @@ def _token_ids_digest(digest: Any, dataset: Any, columns: tuple[str, ...]) -> st
     return digest.hexdigest()
 
 
+def load_adapters(model: Any, checkpoint: str) -> None:
+    """The LoRA adapters saved in `checkpoint` (peft's adapter_model.safetensors) loaded into
+    `model`, strictly: every adapter tensor of the model must be in the file and nothing else."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(checkpoint) / "adapter_model.safetensors"))
+    expected = set(get_peft_model_state_dict(model))
+    if set(saved) != expected:
+        raise RuntimeError(
+            f"{checkpoint}: the adapters saved ({len(saved)} tensors) are not this model's ({len(expected)}): "
+            f"missing {sorted(expected - set(saved))[:3]}, unexpected {sorted(set(saved) - expected)[:3]}"
+        )
+    result = set_peft_model_state_dict(model, saved)
+    if result.unexpected_keys:
+        raise RuntimeError(f"{checkpoint}: adapter tensors not loaded: {result.unexpected_keys[:3]}")
+
+
 class EpochSeededSampler(torch.utils.data.Sampler):
     """A random order that depends only on (seed, epoch), never on the global RNG: a job resumed
     from a checkpoint sees the same batches as one that was never interrupted."""
@@ -63,7 +81,10 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
     the same data from the same reference reads them instead of running the reference model
     (TRL's own precompute repeats it per job); without it, this job computes them the same way.
     `prepared_cache_dir`: TRL's tokenised training set is stored there the same way
-    (`alignsweep.data.shared`)."""
+    (`alignsweep.data.shared`). LoRA (`peft_config`, `ref_model=None`): TRL wraps the model in
+    peft adapters and the reference is the same module with its adapters disabled, for the
+    precomputed log-probs (keyed by the base weights alone, `_reference_hash`) and the inline ones;
+    checkpoints hold the adapters, loaded back strictly (`load_adapters`)."""
 
     def __init__(
         self, *args: Any, loss_name: str, loss_params: dict[str, Any], ref_cache_dir: str | None = None,
@@ -125,7 +146,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         from alignsweep.cache.store import load_or_compute, load_or_compute_row_parts
         from alignsweep.runtime.distributed import distributed, from_rank_zero
 
-        digest = hashlib.sha256(f"{self._precompute_model_hash}|{self.args.max_length}|{self.args.truncation_mode}".encode())
+        digest = hashlib.sha256(f"{self._reference_hash()}|{self.args.max_length}|{self.args.truncation_mode}".encode())
         key = from_rank_zero(_token_ids_digest(digest, dataset, ("prompt_ids", "chosen_ids", "rejected_ids"))[:20])
         if distributed():
             # multi-process: rank 0 alone locks and decides; on a miss all ranks compute (collectives)
@@ -143,6 +164,17 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         )
         self.ref_parts = (computed, len(parts))
         return self._with_ref_columns(dataset, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+
+    def _reference_hash(self) -> str:
+        """The reference weights' hash (TRL's `hash_module`). Under LoRA the reference is the base
+        with its adapters disabled: its hash leaves the adapters out (their random initialisation
+        differs between jobs, the reference does not), and equals the plain model's, so LoRA and
+        full fine-tuning jobs that share an SFT model share its reference log-probs."""
+        from alignsweep.train.lora import base_state_dict, is_peft, state_hash
+
+        if self.ref_model is None and is_peft(self.model):
+            return state_hash(base_state_dict(self.model))
+        return self._precompute_model_hash
 
     @staticmethod
     def _with_ref_columns(dataset: Any, values: dict[str, torch.Tensor]) -> Any:
@@ -192,6 +224,10 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         model = self.model if model is None else model
+        from alignsweep.train.lora import is_peft
+
+        if is_peft(model):  # LoRA: the checkpoint holds the adapters only (the base is the SFT model)
+            return load_adapters(model, resume_from_checkpoint)
         saved = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
         model.load_state_dict(saved.state_dict(), strict=True)
         del saved
@@ -223,8 +259,13 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
             else:
+                reference = self.ref_model
+                if reference is None:  # LoRA: the policy's own module with its adapters disabled
+                    from alignsweep.train.lora import AdaptersDisabled
+
+                    reference = AdaptersDisabled(self.accelerator.unwrap_model(model))
                 with torch.no_grad():
-                    ref_logps, _ = self.sequence_logps(self.ref_model, inputs)
+                    ref_logps, _ = self.sequence_logps(reference, inputs)
                 ref_chosen, ref_rejected = ref_logps.chunk(2, dim=0)
         losses, chosen_rewards, rejected_rewards = daa_loss(
             self.loss_name,

@@ -13,9 +13,11 @@ from typing import Any
 from alignsweep.results import rundir
 from alignsweep.runtime.distributed import rank, write_rank_record
 from alignsweep.train.losses import loss_params
-from alignsweep.train.strategy import effective, lockstep_evaluation
+from alignsweep.errors import ConfigError
+from alignsweep.train.strategy import SHARDED, effective, lockstep_evaluation
 from alignsweep.worker.task import (
     base_model_and_tokenizer,
+    policy_and_reference,
     device_kwargs,
     heldout_ref_cache_path,
     sampler_for,
@@ -37,7 +39,8 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     from alignsweep.evaluate.judges import build_judge
     from alignsweep.runtime.distributed import init_process_group
     from alignsweep.runtime.phase_clock import PhaseClock, waited
-    from alignsweep.train import models, sft, sharding
+    from alignsweep.train import sft, sharding
+    from alignsweep.train.lora import AdaptersDisabled, held_memory, peft_config
     from alignsweep.train.trainer import DAATrainer
 
     clock = PhaseClock()  # where this job's time goes, in its status (`seconds`, `waited_s`)
@@ -49,6 +52,9 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     strategy, asked = effective(cfg.model.resources.strategy), cfg.model.resources.strategy
     shard = sharding.training_kwargs(cfg, run_dir)
     lockstep = lockstep_evaluation(asked)
+    if cfg.model.get("lora") is not None and strategy in SHARDED:  # e.g. torchrun over a fsdp config
+        raise ConfigError(f"model.lora: LoRA does not run with model.resources.strategy={strategy} "
+                          "(sharded); use model.resources.strategy=single or model.lora=null")
     # eval.sampler=vllm where vLLM or CUDA is missing stops here, before anything is built (exit 2)
     sampler_name = sampler_for(cfg)
     if main:
@@ -67,15 +73,10 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     del base
     if main:
         rundir.write_status(run_dir, phase="prepare", sft_model=str(sft_dir))
+    lora = cfg.model.get("lora")
     with clock("load_models"):
-        # the trained policy in float32 (master weights, autocast to model.dtype); the frozen
-        # reference in model.dtype
-        policy, tokenizer = models.load_saved(sft_dir, "float32")
-        ref, _ = models.load_saved(sft_dir, cfg.model.dtype)
-        ref.eval().requires_grad_(False)
-        if torch.cuda.is_available():
-            ref.to("cuda")
-    if main:  # the model's size, for the regressions across model sizes (alignsweep.analysis.scaling)
+        policy, ref, tokenizer = policy_and_reference(cfg, sft_dir)
+    if main:  # the base model's size, for the regressions across model sizes (alignsweep.analysis.scaling)
         rundir.write_status(run_dir, model_params=sum(p.numel() for p in policy.parameters()))
 
     params = loss_params(cfg, job)
@@ -87,8 +88,8 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
         sampler = VLLMSampler(
             sft_dir, dtype=cfg.model.dtype, gpu_memory_utilization=cfg.eval.vllm_gpu_memory_utilization
         )
-    with clock("heldout_ref_logps"):  # the evaluator scores the held-out pairs with the reference
-        evaluator = None if not ((main or lockstep) and cfg.eval.enabled) else Evaluator(
+    def make_evaluator(ref: Any) -> Any:  # it scores the held-out pairs with the reference when made
+        return None if not ((main or lockstep) and cfg.eval.enabled) else Evaluator(
             ref_model=ref,
             tokenizer=tokenizer,
             judge=build_judge(cfg.judge, data_name=cfg.data.name, cache_root=cfg.paths.cache_dir) if main else None,
@@ -106,6 +107,10 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
             step0_cache=step0_cache_path(cfg, job, sft_dir, task, n_eval, sampler_name) if cfg.eval.share_step0 else None,
             heldout_ref_cache=heldout_ref_cache_path(cfg, sft_dir, task) if cfg.train.share_ref_logps else None,
         )
+
+    if lora is None:
+        with clock("heldout_ref_logps"):
+            evaluator = make_evaluator(ref)
     share_ref = bool(cfg.train.share_ref_logps) and not job.reference_free
     args = DPOConfig(
         output_dir=str(run_dir / "trainer"),
@@ -135,6 +140,7 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     )
     with clock("trainer_setup"):  # tokenise and ref_logps inside are counted under their own names
         trainer = DAATrainer(
+            peft_config=None if lora is None else peft_config(lora),  # adapters added by TRL (get_peft_model)
             ref_cache_dir=str(Path(cfg.paths.cache_dir) / "ref_logps") if share_ref else None,
             prepared_cache_dir=str(Path(cfg.paths.cache_dir) / "data") if cfg.data.share_prepared else None,
             model=policy,
@@ -146,6 +152,9 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
             loss_params=params,
             clock=clock,
         )
+    if lora is not None:  # the reference: the policy's own module with its adapters disabled
+        with clock("heldout_ref_logps"):
+            evaluator = make_evaluator(AdaptersDisabled(trainer.model))
     if main:
         rundir.write_status(run_dir, **shared_status(task_hit, trainer, evaluator))
     from alignsweep.train.checkpoints import CheckpointCallback
@@ -157,6 +166,10 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     with clock("train"):  # step0 and eval inside are counted under their own names
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     timing = {"seconds": clock.rounded(), "waited_s": round(waited(), 3)}
+    if main:  # one copy of the weights under LoRA: the reference shares the policy's storages
+        rundir.write_status(run_dir, memory=held_memory(trainer.model, trainer.ref_model if lora is None else
+                                                         evaluator.ref_model if evaluator is not None else None,
+                                                         trainer.optimizer))
     if main:  # again: what was read after training began (step 0, the held-out pairs) is known now
         rundir.write_status(run_dir, **shared_status(task_hit, trainer, evaluator, callback.step0_deferred))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -164,7 +177,7 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     if callback.diverged_at is not None:
         return {"state": "diverged", "phase": "done", "step": callback.diverged_at, "stop_reason": callback.stop_reason,
                 **timing}
-    if cfg.train.save_final_model:
+    if cfg.train.save_final_model:  # under LoRA: the adapters (peft's format) on the SFT model as base
         if shard:
             sharding.save_full_model(trainer, run_dir / "model")  # gathered from the shards
         else:

@@ -66,7 +66,10 @@ def sampler_for(cfg: Any) -> str | None:
         return None
     from alignsweep.evaluate.vllm_sampler import resolve_sampler  # imports no vLLM
 
-    return resolve_sampler(cfg.eval.sampler, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    setting = cfg.eval.sampler
+    if setting == "auto" and cfg.model.get("lora") is not None:
+        setting = "transformers"  # vLLM takes full weights, not adapters (vllm itself refused at compose)
+    return resolve_sampler(setting, world_size=int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def base_model_and_tokenizer(cfg: Any):
@@ -82,6 +85,27 @@ def base_model_and_tokenizer(cfg: Any):
     cache = cfg.paths.cache_dir
     tokenizer = models.load_pretrained_tokenizer(cfg.model, cache)
     return (lambda: models.load_pretrained_model(cfg.model, cache)), tokenizer
+
+
+def policy_and_reference(cfg: Any, sft_dir: Path) -> tuple[Any, Any, Any]:
+    """(policy, reference, tokenizer) loaded from the SFT model. Full fine-tuning: the policy in
+    float32 (master weights, autocast to model.dtype) and a frozen copy in model.dtype as the
+    reference. LoRA (`model.lora`): one copy, the frozen base in model.dtype (it needs no float32
+    master weights; TRL adds float32 adapters through peft), and reference None: the reference is
+    that model with its adapters disabled (`alignsweep.train.lora.AdaptersDisabled`)."""
+    import torch
+
+    from alignsweep.train import models
+
+    if cfg.model.get("lora") is not None:
+        policy, tokenizer = models.load_saved(sft_dir, cfg.model.dtype)
+        return policy, None, tokenizer
+    policy, tokenizer = models.load_saved(sft_dir, "float32")
+    ref, _ = models.load_saved(sft_dir, cfg.model.dtype)
+    ref.eval().requires_grad_(False)
+    if torch.cuda.is_available():
+        ref.to("cuda")
+    return policy, ref, tokenizer
 
 
 def shared_task(cfg: Any, tokenizer: Any) -> tuple[dict, bool | None]:
@@ -124,5 +148,9 @@ def step0_cache_path(cfg: Any, job: Any, sft_dir: Path, task: dict, n_eval: int,
         "eval": task["eval"][:n_eval], "heldout": task["heldout"], "max_new_tokens": cfg.data.max_new_tokens,
         "temperature": cfg.eval.temperature, "judge": OmegaConf.to_container(cfg.judge, resolve=True),
     }
+    if cfg.model.get("lora") is not None and cfg.model.dtype != "float32":
+        # the LoRA policy's base is in model.dtype, a fully fine-tuned one in float32 (autocast):
+        # in float32 both are the SFT model to the bit and share step 0; otherwise not
+        payload["policy_dtype"] = cfg.model.dtype
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return Path(cfg.paths.cache_dir) / "step0" / f"{key}.pt"
