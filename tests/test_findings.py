@@ -90,7 +90,8 @@ def test_losses_finding_on_a_reduced_grid(cli, tmp_path):
     assert sorted(g["algo"] for g in numbers["groups"]) == ["dpo", "kto", "orpo"]
     for g in numbers["groups"]:
         assert g["reference_free"] == (g["algo"] == "orpo")
-        assert g["drop_best_to_max_kl"] >= 0 and g["drop_se"] >= 0 and g["max_sqrt_kl"] > 0
+        assert g["drop_best_to_max_kl"] >= 0 and g["drop_best_to_worst_final"] >= 0 and g["max_sqrt_kl"] > 0
+        assert g["drop_best_to_worst_final_se"] >= 0 and g["worst_final_beta"] == 0.2
         assert set(g["final"]) == {"0.2"}
     assert (out / "losses_embedded.png").stat().st_size > 1000
 

@@ -32,17 +32,23 @@ def _fit(fitted, algo: str):
 
 def losses_numbers(table, fitted) -> dict:
     """Per loss (all its betas and checkpoints): the SFT win rate, the best checkpoint, the
-    checkpoint of largest KL and the drop between them with its standard error (the two
-    checkpoints' win-rate s.e. combined), and the log-form fit R(d) = R0 + d(alpha - beta log d)
-    over all checkpoints with its standard errors (`alignsweep.analysis.fits`)."""
+    checkpoint of largest KL, the worst final checkpoint (over the betas) and the drop from the
+    best to each with its standard error (the two checkpoints' win-rate s.e. combined), each
+    beta's final checkpoint, and the log-form fit R(d) = R0 + d(alpha - beta log d) over all
+    checkpoints with its standard errors (`alignsweep.analysis.fits`). Sorted by the drop from the
+    best to the worst final checkpoint: the losses that over-optimize least first."""
     rows = _evaluated(table)
     out = []
     for algo, group in rows.groupby("algo"):
         base = group[group["step"] == 0]["win_rate"].mean()
         best = group.loc[group["win_rate"].idxmax()]
         far = group.loc[group["sqrt_kl"].idxmax()]
-        drop_se = math.hypot(float(best["win_rate_se"]), float(far["win_rate_se"])) if best.name != far.name else 0.0
         finals = group.loc[group.groupby("run")["step"].idxmax()]
+        worst = finals.loc[finals["win_rate"].idxmin()]
+
+        def drop_se(row):
+            return math.hypot(float(best["win_rate_se"]), float(row["win_rate_se"])) if best.name != row.name else 0.0
+
         entry = {
             "algo": algo, "reference_free": algo in REFERENCE_FREE, "sft_win_rate": _num(base),
             "best_win_rate": _num(best["win_rate"]), "best_win_rate_se": _num(best["win_rate_se"]),
@@ -50,7 +56,11 @@ def losses_numbers(table, fitted) -> dict:
             "best_progress": _num(best["progress"]),
             "max_sqrt_kl": _num(far["sqrt_kl"]), "max_kl_beta": _num(far["beta"]),
             "win_rate_at_max_kl": _num(far["win_rate"]), "win_rate_at_max_kl_se": _num(far["win_rate_se"]),
-            "drop_best_to_max_kl": _num(best["win_rate"] - far["win_rate"]), "drop_se": _num(drop_se),
+            "drop_best_to_max_kl": _num(best["win_rate"] - far["win_rate"]), "drop_best_to_max_kl_se": _num(drop_se(far)),
+            "worst_final_beta": _num(worst["beta"]), "worst_final_sqrt_kl": _num(worst["sqrt_kl"]),
+            "worst_final_win_rate": _num(worst["win_rate"]), "worst_final_win_rate_se": _num(worst["win_rate_se"]),
+            "drop_best_to_worst_final": _num(best["win_rate"] - worst["win_rate"]),
+            "drop_best_to_worst_final_se": _num(drop_se(worst)),
             "final": {f"{float(r['beta']):g}": {"sqrt_kl": _num(r["sqrt_kl"]), "win_rate": _num(r["win_rate"]),
                                                 "win_rate_se": _num(r["win_rate_se"])}
                       for _, r in finals.iterrows()},
@@ -65,14 +75,15 @@ def losses_numbers(table, fitted) -> dict:
                 "fit_rmse": _num(fit["rmse"]), "fit_error": fit["error"],
             })
         out.append(entry)
-    out.sort(key=lambda e: (e["drop_best_to_max_kl"] is None, e["drop_best_to_max_kl"]))
+    out.sort(key=lambda e: (e["drop_best_to_worst_final"] is None, e["drop_best_to_worst_final"]))
     return {"groups": out}
 
 
 @_paper
 def draw_losses(table, fitted, out: Path) -> list[Path]:
     """Win rate against sqrt(KL), one panel per loss (every checkpoint, a line per beta, bars one
-    standard error), the log-form fit over all its checkpoints dotted, the SFT win rate dashed."""
+    standard error), the log-form fit over all its checkpoints dotted, the SFT win rate dashed; each
+    panel its own sqrt(KL) range (the losses' ranges differ ten-fold), reference-free losses starred."""
     import numpy as np
 
     from alignsweep.analysis.plots import _algos
@@ -82,7 +93,7 @@ def draw_losses(table, fitted, out: Path) -> list[Path]:
     algos = _algos(rows)
     cols = 6
     nrows = -(-len(algos) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=figure_size(cols, 1.45, nrows), sharex=True, sharey=True,
+    fig, axes = plt.subplots(nrows, cols, figsize=figure_size(cols, 1.45, nrows), sharey=True,
                              squeeze=False, layout="constrained")
     betas = sorted(rows["beta"].unique())
     colors = _colors(betas)
@@ -99,13 +110,13 @@ def draw_losses(table, fitted, out: Path) -> list[Path]:
         if fit is not None and fit["error"] is None and math.isfinite(fit["alpha"]):
             d = np.linspace(1e-3, float(sub["sqrt_kl"].max()), 60)
             ax.plot(d, np.clip(_predict(fit, d, "log"), 0, 1), color="black", linestyle=":", linewidth=1)
-        ax.set_title(algo_name(algo) + (" (ref.-free)" if algo in REFERENCE_FREE else ""))
+        ax.set_title(algo_name(algo) + ("*" if algo in REFERENCE_FREE else ""))
+        ax.set_xlabel(SQRT_KL)
     for ax in axes.flat[len(algos):]:
         ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel(SQRT_KL)
     for row in axes:
         row[0].set_ylabel("win rate")
-    fig.suptitle(r"Every loss on the embedded task (dashed: SFT; dotted: log-form fit; bars: $\pm$1 s.e.)")
+    fig.suptitle(r"Every loss on the embedded task (dashed: SFT; dotted: log-form fit; bars: $\pm$1 s.e.; "
+                 "*: reference-free)")
     figure_legend(fig)
     return _save(fig, out / "losses_embedded")
