@@ -22,8 +22,10 @@ micro-batch is one whole chunk. The chunks are fixed by the data alone, so
 - unlike TRL's sequential order, the order of the chunks is shuffled per epoch, seeded by
   (seed, epoch) like every other algorithm's (exact resume).
 
-Within a chunk the pairs stay in dataset order (alignsweep's embedded and file data are shuffled
-when split). A last chunk of a single pair takes the pair before it in the dataset.
+Within a chunk the pairs keep the dataset's order: the embedded task draws every pair
+independently; file data keep the file's order, so in a file sorted by prompt, related prompts
+share a chunk and z is estimated on nearly matched pairs (as in TRL's sequential KTOTrainer).
+A last chunk of a single pair takes the pair before it in the dataset.
 """
 
 from __future__ import annotations

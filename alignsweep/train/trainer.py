@@ -135,7 +135,10 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             mismatched = self._precompute_ref_logps_shared(kto.kl_view(dataset), name, batch_size)
             if parts is not None and self.ref_parts is not None:
                 self.ref_parts = (parts[0] + self.ref_parts[0], parts[1] + self.ref_parts[1])
-            values = {new: torch.as_tensor(mismatched.with_format("numpy")[old]) for new, old in zip(
+            from alignsweep.data.shared import arrow_table
+
+            table = arrow_table(mismatched)  # a column read through datasets' numpy format took 0.75 s
+            values = {new: torch.from_numpy(table.column(old).to_numpy()) for new, old in zip(
                 kto.REF_KL_COLUMNS, ("ref_chosen_logps", "ref_rejected_logps"))}
             return self._with_ref_columns(out, values)
 
