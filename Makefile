@@ -58,7 +58,7 @@ bench: $(STAMP) ## measure sweep overheads side by side; writes bench/results.js
 bench-gpu: $(STAMP) ## DPO step throughput and MFU on one GPU (Pythia-2.8B architecture) vs plain TRL
 	$(PY) -m alignsweep bench-gpu --out bench --markdown BENCHMARKS.md
 
-findings: $(STAMP) ## run the four embedded-scale findings and draw docs/figures/findings/ (about 30 min)
+findings: $(STAMP) ## run the five embedded-scale findings and draw docs/figures/findings/ (about 45 min)
 	$(PY) -m alignsweep findings --all --out docs/figures/findings
 
 cluster-up: ## start a single-node SLURM cluster on localhost (Debian packages, root)

@@ -18,6 +18,7 @@ SMALL = ["data.embedded.n_train=256", "data.embedded.n_heldout=64", "eval.prompt
         ("overopt_embedded", 18, {"algo=dpo", "algo=ipo", "algo=slic", "model=embedded_small"}),
         ("length_embedded", 8, {"algo=rdpo", "model=embedded_small"}),
         ("alphapo_shape", 6, {"algo=alphapo", "alpha=-1", "alpha=0 ", "alpha=0.25"}),
+        ("losses_embedded", 42, {"algo=kto ", "algo=orpo ", "beta=0.02 ", "beta=0.2 ", "model=embedded_tiny"}),
     ],
 )
 def test_experiment_grids(cli, experiment, jobs, expected):
@@ -26,6 +27,14 @@ def test_experiment_grids(cli, experiment, jobs, expected):
     assert len(lines) == jobs
     for fragment in expected:
         assert any(fragment in line for line in lines), fragment
+
+
+def test_losses_experiment_runs_every_loss_at_every_beta(cli):
+    from alignsweep.config.algorithms import ALGORITHMS
+
+    out = cli("experiment=losses_embedded", "dry_run=true").stdout
+    jobs = {tuple(line.split()[i].split("=")[1] for i in (1, 4)) for line in out.splitlines() if line.startswith("#")}
+    assert jobs == {(algo, beta) for algo in ALGORITHMS for beta in ("0.02", "0.2")}
 
 
 def test_length_experiment_sweeps_the_rdpo_length_term_from_plain_dpo(cli, tmp_path):
@@ -66,6 +75,25 @@ def test_alpha_shape_finding_on_a_reduced_grid(cli, tmp_path):
     numbers = json.loads((out / "alphapo_shape.json").read_text())
     assert sorted(g["alpha"] for g in numbers["groups"]) == [-0.5, 0.0, 0.5]
     assert (out / "alphapo_shape.png").exists() and (out / "alphapo_shape.svg").exists()
+
+
+@pytest.mark.slow
+def test_losses_finding_on_a_reduced_grid(cli, tmp_path):
+    """A reference-based, a reference-free loss and KTO at one beta: one panel and one entry each,
+    with the drop from the best checkpoint to the largest KL and its standard error."""
+    out = tmp_path / "figures"
+    args = ["losses_embedded", "--sweeps", str(tmp_path / "sweeps"), "--out", str(out)]
+    for o in SMALL + ["algo=dpo,orpo,kto", "beta=0.2"]:
+        args += ["--override", o]
+    cli("findings", *args, env={"ALIGNSWEEP_THREADS": "1"})
+    numbers = json.loads((out / "losses_embedded.json").read_text())
+    assert sorted(g["algo"] for g in numbers["groups"]) == ["dpo", "kto", "orpo"]
+    for g in numbers["groups"]:
+        assert g["reference_free"] == (g["algo"] == "orpo")
+        assert g["drop_best_to_max_kl"] >= 0 and g["drop_best_to_worst_final"] >= 0 and g["max_sqrt_kl"] > 0
+        assert g["drop_best_to_worst_final_se"] >= 0 and g["worst_final_beta"] == 0.2
+        assert set(g["final"]) == {"0.2"}
+    assert (out / "losses_embedded.png").stat().st_size > 1000
 
 
 def test_unknown_finding_is_refused(cli):

@@ -22,7 +22,9 @@ RC = {
 # The papers' names for the algorithms (conf/algo ids as keys).
 ALGO_NAMES = {
     "dpo": "DPO", "ipo": "IPO", "ipo_daa": "IPO (DAA)", "slic": "SLiC", "simpo": "SimPO", "alphapo": "AlphaPO",
-    "rdpo": "R-DPO",
+    "rdpo": "R-DPO", "cdpo": "cDPO", "robust_dpo": "Robust DPO", "exo": "EXO", "nca": "NCA", "bco": "BCO",
+    "sppo_hard": "SPPO (hard)", "apo_zero": "APO-zero", "apo_down": "APO-down", "discopop": "DiscoPOP",
+    "dpo_norm": "DPO (per token)", "aot": "AOT", "aot_unpaired": "AOT (unpaired)", "orpo": "ORPO", "kto": "KTO",
 }
 
 # KL(pi || pi_ref) as the papers write it on their axes (a subscript would print below 8 pt)

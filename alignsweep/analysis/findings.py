@@ -8,7 +8,7 @@ resumes), collects it, and draws its figures into `--out` (default outputs/findi
 `docs/findings.md` quotes. Nothing is drawn by hand.
 
     python -m alignsweep findings                       # list the findings
-    python -m alignsweep findings --all                 # all four, sweeps under outputs/findings/
+    python -m alignsweep findings --all                 # all five, sweeps under outputs/findings/
     python -m alignsweep findings overopt_embedded      # one
     python -m alignsweep findings --no-run tree_mdp     # redraw from an existing sweep
 """
@@ -34,6 +34,7 @@ from alignsweep.analysis.plots import (
     figure_length,
     figure_overoptimization,
 )
+from alignsweep.analysis.findings_losses import draw_losses, losses_numbers
 from alignsweep.cli_style import tool_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -271,6 +272,7 @@ FINDINGS: dict[str, tuple[Callable, Callable]] = {
     "length_embedded": (draw_length, length_numbers),
     "tree_mdp": (draw_tree, tree_numbers),
     "alphapo_shape": (draw_alpha, alpha_numbers),
+    "losses_embedded": (draw_losses, losses_numbers),
 }
 
 
@@ -313,7 +315,7 @@ def _about(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser("python -m alignsweep findings", __doc__)
     parser.add_argument("names", nargs="*", help=f"findings to produce: {', '.join(FINDINGS)} (none: list them)")
-    parser.add_argument("--all", action="store_true", help="produce every finding (about 30 min on 2 CPUs)")
+    parser.add_argument("--all", action="store_true", help="produce every finding (about 45 min on 2 CPUs)")
     parser.add_argument("--sweeps", default="outputs/findings", help="folder of the sweeps (one per finding)")
     parser.add_argument("--out", default="outputs/findings/figures",
                         help="folder for the figures and numbers (default: %(default)s; make findings: docs/figures/findings)")

@@ -26,7 +26,7 @@ def knob(default: Any, **bounds: float) -> Any:
 @dataclass
 class AlgoConfig:
     # dpo | ipo | ipo_daa | slic | simpo | alphapo | rdpo | cdpo | robust_dpo | exo | nca | bco | sppo_hard
-    # | apo_zero | apo_down | discopop | dpo_norm | aot | aot_unpaired | orpo (conf/algo/NAME.yaml each)
+    # | apo_zero | apo_down | discopop | dpo_norm | aot | aot_unpaired | orpo | kto (conf/algo/NAME.yaml each)
     name: str = MISSING
     reference_free: bool = False  # True: the loss never reads the reference model
     beta: float = knob(MISSING, gt=0)  # default when the top-level `beta` is null
@@ -41,6 +41,9 @@ class AlgoConfig:
     # label_smoothing), in [0, 0.5) as TRL requires for robust; exo needs eps > 0 (log eps)
     label_smoothing: Optional[float] = knob(None, ge=0, lt=0.5)
     discopop_tau: Optional[float] = knob(None, gt=0)  # discopop only: tau of sigmoid(beta*h/tau), TRL's name
+    # kto only: the weights of its desirable (chosen) and undesirable (rejected) examples (TRL's names)
+    desirable_weight: Optional[float] = knob(None, gt=0)
+    undesirable_weight: Optional[float] = knob(None, gt=0)
 
 
 @dataclass

@@ -378,6 +378,7 @@ class Evaluator:
             ref_rejected_logps=self.heldout_ref[1],
             chosen_lengths=lc,
             rejected_lengths=lr,
+            kl_reference_point=torch.zeros(()),  # KTO's z: its rewards do not read it
             **self.loss_params,
         )
         return {

@@ -35,6 +35,11 @@ def check_tree_job(cfg: Any, tree: Any) -> None:
             f"model.tree_net: expected hidden >= 1, activation tanh or relu, init_scale >= 0, got hidden={net.hidden!r}, "
             f"activation={net.activation!r}, init_scale={net.init_scale!r}"
         )
+    if cfg.algo.name == "kto":
+        raise ConfigError(
+            "algo: kto's reference point needs mismatched (prompt, completion) pairs, and the Tree MDP has one "
+            "start state (no prompts to mismatch); train kto on a preference task (e.g. data=embedded)"
+        )
     if cfg.judge.name != "gold":
         raise ConfigError(f"judge: data={cfg.data.name} is judged exactly by its own gold reward; use judge=gold")
     if cfg.model.dtype not in ("float64", "float32"):

@@ -36,6 +36,13 @@ A = -log sigmoid(beta h), B = -log sigmoid(-beta h), s = sigmoid(beta h):
     aot_unpaired  the same at h' = sort(c)_i - sort(r)_i                             (TRL `aot_unpaired`)
     orpo        -m(y_w) - beta log sigmoid(log odds(y_w) - log odds(y_l)),
                 odds(y) = e^m(y) / (1 - e^m(y)), beta = lambda      Hong et al. 2024 eqs. 4-7, reference-free
+    kto         (w_d (1 - sig(beta (c - z))) + w_u (1 - sig(beta (z - r)))) / 2          Ethayarajh et al. 2024 eq. 7
+
+KTO is unpaired: each pair is split into a desirable example (prompt, y_w) and an undesirable one
+(prompt, y_l), as TRL's `unpair_preference_dataset`; its per-pair entry is the mean of their two
+losses, so the batch mean is TRL's mean over the 2B examples. z is the reference point
+(`kto_reference_point`): the batch's mean log pi/pi_ref over mismatched (prompt, completion) pairs,
+clamped at 0 and detached; w_d, w_u are `desirable_weight`, `undesirable_weight` (TRL's names).
 
 AOT's two sorts pair the i-th smallest values within the batch: its per-pair entries are per rank,
 not per input pair (their mean is the loss; the rewards stay per pair).
@@ -57,6 +64,7 @@ the evaluator regresses on response length) is the quantity inside its loss:
     alphapo              (beta/alpha)(1 - exp(-alpha m(y)))
     cdpo, robust_dpo, exo, nca, bco, sppo_hard, apo_zero, apo_down, discopop, aot, aot_unpaired
                          beta * (log pi(y) - log pi_ref(y))  (TRL's `rewards/chosen` for each)
+    kto                  beta * (log pi(y) - log pi_ref(y))  (TRL's KTOTrainer `rewards/chosen`)
     dpo_norm             beta * (log pi(y) - log pi_ref(y)) / |y|
     orpo                 log odds(y) = m(y) - log(1 - e^m(y))  (what its sigmoid compares)
 """
@@ -223,6 +231,29 @@ def orpo(beta: float, pc: Tensor, pr: Tensor, lc: Tensor, lr: Tensor) -> tuple[T
     return -mc - beta * F.logsigmoid(chosen - rejected), chosen, rejected
 
 
+def kto_reference_point(policy_kl_logps: Tensor, ref_kl_logps: Tensor, gather: Any = None) -> Tensor:
+    """KTO's reference point z (Ethayarajh et al. 2024 eq. 7, TRL's KTOTrainer): the batch estimate of
+    KL(pi || pi_ref), mean log pi/pi_ref over mismatched (prompt, completion) pairs (summed log-probs,
+    1-D), detached, averaged over processes by `gather` (accelerate's gather_for_metrics) when given,
+    clamped at 0. A 0-dim tensor."""
+    z = (policy_kl_logps - ref_kl_logps).mean().detach()
+    if gather is not None:
+        z = gather(z).mean()
+    return z.clamp(min=0)
+
+
+def kto(
+    beta: float, z: Tensor, desirable_weight: float, undesirable_weight: float, pc: Tensor, pr: Tensor, rc: Tensor,
+    rr: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """KTO, Ethayarajh et al. 2024 eq. 7 (TRL's `kto` loss type), a pair as its two unpaired examples:
+    per pair the mean of w_d (1 - sigmoid(beta (c - z))) and w_u (1 - sigmoid(beta (z - r)))."""
+    chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
+    desirable = desirable_weight * (1 - torch.sigmoid(chosen - beta * z))
+    undesirable = undesirable_weight * (1 - torch.sigmoid(beta * z - rejected))
+    return (desirable + undesirable) / 2, chosen, rejected
+
+
 def daa_loss(
     name: str,
     *,
@@ -239,12 +270,16 @@ def daa_loss(
     length_coef: float = 0.0,
     label_smoothing: float = 0.0,
     discopop_tau: float = 0.05,
+    kl_reference_point: Optional[Tensor] = None,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-pair losses and the implicit rewards of chosen and rejected responses (1-D tensors of
     shape (pairs,)); the module's tables give each `name`'s formula. Log-probs summed over response
     tokens (nats), lengths in tokens. `label_smoothing` is eps (cdpo, robust_dpo, exo, aot*),
-    `discopop_tau` DiscoPOP's tau (TRL's names and defaults). Raises ValueError for an unknown name
-    or a reference-based loss without reference log-probs."""
+    `discopop_tau` DiscoPOP's tau, `desirable_weight`, `undesirable_weight` KTO's (TRL's names and
+    defaults); `kl_reference_point` is KTO's z (`kto_reference_point`, 0-dim). Raises ValueError for
+    an unknown name, a reference-based loss without reference log-probs, or kto without its z."""
     pc, pr = policy_chosen_logps, policy_rejected_logps
     lc = chosen_lengths.to(pc.dtype).clamp(min=1)
     lr = rejected_lengths.to(pr.dtype).clamp(min=1)
@@ -269,6 +304,10 @@ def daa_loss(
         return rdpo(beta, length_coef, pc, pr, rc, rr, lc, lr)
     if name in ("aot", "aot_unpaired"):
         return aot(beta, label_smoothing, pc, pr, rc, rr, unpaired=name == "aot_unpaired")
+    if name == "kto":
+        if kl_reference_point is None:
+            raise ValueError("kto needs its reference point (kl_reference_point: kto_reference_point(...))")
+        return kto(beta, kl_reference_point, desirable_weight, undesirable_weight, pc, pr, rc, rr)
     if name == "dpo_norm":
         chosen, rejected = beta * (pc - rc) / lc, beta * (pr - rr) / lr
         return -F.logsigmoid(chosen - rejected), chosen, rejected
@@ -289,18 +328,21 @@ def implicit_reward(
     length_coef: float = 0.0,
     label_smoothing: float = 0.0,
     discopop_tau: float = 0.05,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
 ) -> Tensor:
     """The algorithm's own implicit reward of each response (1-D, one entry per response), the
     quantity its loss compares (see the module's table); `lengths` in tokens, log-probs summed.
     Computed through `daa_loss` with the response as both members of a pair, so it cannot drift
-    from the loss."""
+    from the loss (KTO's reward does not read its reference point: 0 is passed)."""
     if ref_logps is None:
         ref_logps = torch.zeros_like(policy_logps)
     _, rewards, _ = daa_loss(
         name, policy_chosen_logps=policy_logps, policy_rejected_logps=policy_logps, ref_chosen_logps=ref_logps,
         ref_rejected_logps=ref_logps, chosen_lengths=lengths, rejected_lengths=lengths, beta=beta, alpha=alpha,
         gamma=gamma, length_normalized=length_normalized, length_coef=length_coef,
-        label_smoothing=label_smoothing, discopop_tau=discopop_tau,
+        label_smoothing=label_smoothing, discopop_tau=discopop_tau, kl_reference_point=torch.zeros(()),
+        desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
     )
     return rewards
 
@@ -320,7 +362,7 @@ def reward_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
 def loss_params(cfg: Any, job: Any) -> dict:
     """The keyword arguments of `daa_loss` for a resolved job (`alignsweep.config.resolve.Job`):
     beta, alpha, gamma, and the algorithm's own knobs from `cfg.algo` (IPO's length normalisation,
-    R-DPO's length coefficient, label_smoothing, discopop_tau; which algorithm reads which:
+    R-DPO's length coefficient, label_smoothing, discopop_tau, KTO's weights; which algorithm reads which:
     `alignsweep.config.algorithms.ALGO_KNOBS`). The one place config names become loss arguments."""
     params: dict = {"beta": job.beta, "alpha": job.alpha, "gamma": job.gamma}
     if job.algo == "ipo":  # TRL's convention; ipo_daa has none
@@ -331,4 +373,7 @@ def loss_params(cfg: Any, job: Any) -> dict:
         params["label_smoothing"] = float(cfg.algo.label_smoothing or 0.0)
     if job.algo == "discopop":
         params["discopop_tau"] = float(cfg.algo.discopop_tau)
+    if job.algo == "kto":
+        params["desirable_weight"] = float(cfg.algo.desirable_weight)
+        params["undesirable_weight"] = float(cfg.algo.undesirable_weight)
     return params

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from trl import DPOTrainer
 
-from alignsweep.train.losses import REFERENCE_FREE, daa_loss, reward_accuracy
+from alignsweep.train import kto
+from alignsweep.train.losses import REFERENCE_FREE, daa_loss, kto_reference_point, reward_accuracy
 from alignsweep.train.sharding import CPUFSDPMixin
 
 REF_PARTS = 16  # the shared reference log-probs are computed in up to this many parts
@@ -103,10 +104,20 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
 
         self.clock = clock if clock is not None else PhaseClock()  # tokenise, ref_logps: seconds
         super().__init__(*args, **kwargs)
+        if self.loss_name == "kto":  # the mismatched pairs of its reference point (alignsweep.train.kto)
+            self.data_collator = kto.KLCollator(self.data_collator)
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
         with self.clock("tokenise"):
-            return self._prepare_dataset_shared(dataset, processing_class, args, dataset_name)
+            prepared = self._prepare_dataset_shared(dataset, processing_class, args, dataset_name)
+        if self.loss_name == "kto" and dataset_name == "train":
+            prepared = kto.with_kl_completions(prepared, args.per_device_train_batch_size)
+        return prepared
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.loss_name == "kto":
+            self._signature_columns = [*self._signature_columns, *kto.KL_COLUMNS, *kto.REF_KL_COLUMNS]
 
     def _prepare_dataset_shared(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
         from datasets import Dataset
@@ -136,7 +147,21 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
 
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
         with self.clock("ref_logps"):
-            return self._precompute_ref_logps_shared(dataset, name, batch_size)
+            out = self._precompute_ref_logps_shared(dataset, name, batch_size)
+            if self.loss_name != "kto" or kto.KL_COLUMNS[0] not in dataset.column_names:
+                return out
+            # KTO: the mismatched pairs' reference log-probs, by the same code and the same shared
+            # cache (keyed by their token ids: deterministic, so every job of a sweep reads them)
+            parts = self.ref_parts
+            mismatched = self._precompute_ref_logps_shared(kto.kl_view(dataset), name, batch_size)
+            if parts is not None and self.ref_parts is not None:
+                self.ref_parts = (parts[0] + self.ref_parts[0], parts[1] + self.ref_parts[1])
+            from alignsweep.data.shared import arrow_table
+
+            table = arrow_table(mismatched)  # a column read through datasets' numpy format took 0.75 s
+            values = {new: torch.from_numpy(table.column(old).to_numpy()) for new, old in zip(
+                kto.REF_KL_COLUMNS, ("ref_chosen_logps", "ref_rejected_logps"))}
+            return self._with_ref_columns(out, values)
 
     def _precompute_ref_logps_shared(self, dataset: Any, name: str, batch_size: int) -> Any:
         if self.ref_cache_dir is None:  # this job's own, computed exactly as the shared ones
@@ -234,13 +259,14 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return EpochSeededSampler(len(dataset), self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if self.loss_name == "kto":  # whole chunks: a micro-batch's mismatched pairs are its own
+            return kto.ChunkSampler(len(dataset), self.args.per_device_train_batch_size, seed)
+        return EpochSeededSampler(len(dataset), seed)
 
     def sequence_logps(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-probs and completion lengths of a [chosen; rejected] batch."""
-        model_kwargs = {
-            k: v for k, v in inputs.items() if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
-        }
+        model_kwargs = {k: v for k, v in inputs.items() if k != "completion_mask" and not k.startswith(("ref_", "kl_"))}
         model_kwargs["use_cache"] = False
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
@@ -267,6 +293,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
                 with torch.no_grad():
                     ref_logps, _ = self.sequence_logps(reference, inputs)
                 ref_chosen, ref_rejected = ref_logps.chunk(2, dim=0)
+        extra = {"kl_reference_point": self._kto_reference_point(model, inputs)} if self.loss_name == "kto" else {}
         losses, chosen_rewards, rejected_rewards = daa_loss(
             self.loss_name,
             policy_chosen_logps=chosen_logps,
@@ -276,6 +303,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             chosen_lengths=chosen_lengths,
             rejected_lengths=rejected_lengths,
             **self.loss_params,
+            **extra,
         )
         loss = losses.mean()
         if mode == "train":
@@ -287,6 +315,20 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         metrics["rewards/accuracies"].append(gather(reward_accuracy(chosen_rewards, rejected_rewards).float()).mean().item())
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+        if extra:
+            metrics["kto/reference_point"].append(extra["kl_reference_point"].item())
         if return_outputs:
             return loss, {}
         return loss
+
+    def _kto_reference_point(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """KTO's z on this micro-batch's mismatched pairs (`alignsweep.train.kto`): policy log-probs
+        without gradient (z is detached), reference log-probs precomputed or from the reference."""
+        mismatched = {k[len("kl_"):]: v for k, v in inputs.items() if k.startswith("kl_")}
+        with torch.no_grad():
+            policy, _ = self.sequence_logps(model, mismatched)
+            if self.precompute_ref_logps:
+                ref = torch.cat([inputs[column] for column in kto.REF_KL_COLUMNS])
+            else:
+                ref, _ = self.sequence_logps(self.ref_model, mismatched)
+        return kto_reference_point(policy, ref.to(policy.dtype), gather=self.accelerator.gather_for_metrics)
