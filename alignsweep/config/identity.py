@@ -8,7 +8,10 @@ number, and a single run into a directory of another config is refused, naming t
 Left out of the identity (`NOT_IDENTITY`): where files go, logging, how the work is scheduled or
 shared, and settings documented not to change results. `beta`, `alpha` and `gamma` enter resolved
 (the top-level value, else the algorithm's default), so `beta=0.001`, `beta=1e-3` and an omitted
-beta equal to the default are one job. Written to RUN_DIR/identity.json by whoever prepares the run.
+beta equal to the default are one job. When the checkpoints are evaluated (`eval.at`) enters as what
+it uses: `eval.at=steps` (the default) leaves `eval.at` and `eval.sqrt_kl_targets` out (so runs made
+before `eval.at` existed keep their fingerprints), `eval.at=sqrt_kl` leaves out `train.checkpoints`
+(not used then). Written to RUN_DIR/identity.json by whoever prepares the run.
 Imports no torch.
 """
 
@@ -69,7 +72,9 @@ def identity(container: Mapping[str, Any]) -> dict[str, Any]:
     resolved = dict(container)
     for key in ("beta", "alpha", "gamma"):
         resolved[key] = container.get(key) if container.get(key) is not None else algo.get(key)
-    return {k: v for k, v in sorted(_flatten(resolved).items()) if _kept(k)}
+    unused = ("eval.at", "eval.sqrt_kl_targets") if (container.get("eval") or {}).get("at", "steps") == "steps" \
+        else ("train.checkpoints",)
+    return {k: v for k, v in sorted(_flatten(resolved).items()) if _kept(k) and k not in unused}
 
 
 def fingerprint(ident: Mapping[str, Any]) -> str:
