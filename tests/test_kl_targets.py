@@ -7,8 +7,7 @@ run check as the uninterrupted one), the config checks, and real runs on the emb
 
 from __future__ import annotations
 
-import json
-import shutil
+import os
 import subprocess
 import sys
 
@@ -99,8 +98,14 @@ def test_a_running_check_depends_on_its_step_and_the_last_evaluation_only(pair):
     ("eval.at=kl", "eval.at: expected steps or sqrt_kl, got 'kl'"),
 ])
 def test_bad_targets_are_refused_before_anything_is_queued(cli, bad, expected):
-    proc = cli("-m", "eval.at=sqrt_kl", bad, "dry_run=true", check=False)
+    base = [] if bad.startswith("eval.at=") else ["eval.at=sqrt_kl"]
+    proc = cli("-m", *base, bad, "dry_run=true", check=False)
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_readme_command_composes_the_kl_spaced_sweep(cli):
+    proc = cli("-m", "experiment=overopt_embedded", "eval.at=sqrt_kl", "train.kl_check_every=1", "dry_run=true")
+    assert proc.stdout.count("algo=") == 18
 
 
 def test_sqrt_kl_needs_a_target_and_does_not_apply_to_the_tree_mdp():
@@ -122,3 +127,71 @@ def test_the_fingerprint_holds_the_targets_with_sqrt_kl_and_train_checkpoints_wi
     kl = fp("eval.at=sqrt_kl")
     assert kl != steps and fp("eval.at=sqrt_kl", "eval.sqrt_kl_targets=[1,2]") != kl
     assert fp("eval.at=sqrt_kl", "train.checkpoints=3") == kl  # not used with eval.at=sqrt_kl
+
+
+# --- real runs on the embedded task ------------------------------------------------------------
+# beta 0.05, 64 steps of 16 pairs at lr 2.5e-4, a check every step: sqrt(KL) grows by ~0.03-0.08 per
+# step, less than the estimate's error at the targets. 3.0 is out of reach (the run ends near 1.4).
+KL_SPACED = ["beta=0.05", "eval.at=sqrt_kl", "eval.sqrt_kl_targets=[0.5,1.0,1.5,3.0]", "train.kl_check_every=1",
+             "train.lr=2.5e-4", "model.per_device_batch=16", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def kl_spaced(tmp_path_factory, sft_cache):
+    """One uninterrupted KL-spaced run, collected."""
+    where = tmp_path_factory.mktemp("kl_spaced")
+    env = dict(os.environ, TQDM_DISABLE="1")  # as the `cli` fixture runs it
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        env.pop(var, None)
+    for args in ([*KL_SPACED, f"paths.cache_dir={sft_cache}", "hydra.run.dir=run"], ["collect", "run"]):
+        proc = subprocess.run([sys.executable, "-m", "alignsweep", *args], cwd=where, env=env, capture_output=True,
+                              text=True, timeout=1500)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return where / "run"
+
+
+@pytest.mark.slow
+def test_one_run_lands_a_row_near_each_sqrt_kl_target_and_reports_the_one_it_never_reaches(kl_spaced):
+    """Issue 22's acceptance test: targets 0.5, 1.0 and 1.5 at beta 0.05 on the embedded task give
+    rows near each target, within the estimate's error (3 standard errors, both estimators), in one run."""
+    rows = rundir.read_metrics(kl_spaced)
+    targeted = [r for r in rows if r["sqrt_kl_target"] is not None]
+    assert [r["sqrt_kl_target"] for r in targeted] == [0.5, 1.0, 1.5]
+    assert rows[0]["step"] == 0 and rows[0]["sqrt_kl_target"] is None and rows[-1]["sqrt_kl_target"] is None
+    assert rows[-1]["step"] == 64 and len(rows) == 5  # step 0, three targets, the end; no row for 3.0
+    for row in targeted:
+        target, exact = row["sqrt_kl_target"], row["kl_exact_token"] ** 0.5
+        assert abs(exact - target) <= 3 * row["kl_exact_token_se"] / (2 * exact), row  # the estimator of the checks
+        assert abs(row["sqrt_kl"] - target) <= 3 * row["sqrt_kl_se"], row  # the reported one (eval.kl_estimator=mc)
+    status = rundir.read_status(kl_spaced)
+    assert status["checkpoint_steps"] == [64]
+    assert [(e["target"], e["state"]) for e in status["sqrt_kl_targets"]] == [
+        (0.5, "reached"), (1.0, "reached"), (1.5, "reached"), (3.0, "not_reached")]
+    assert [e["step"] for e in status["sqrt_kl_targets"]] == [r["step"] for r in targeted] + [None]
+    table = pd.read_csv(kl_spaced / "results.csv")
+    assert table["sqrt_kl_target"].tolist()[1:4] == [0.5, 1.0, 1.5] and table["sqrt_kl_target"].isna().sum() == 2
+    assert set(table["sqrt_kl_targets_not_reached"].astype(str)) == {"3"} and "sqrt_kl_se" in table.columns
+
+
+@pytest.mark.slow
+def test_a_killed_kl_spaced_run_resumes_to_the_rows_of_the_uninterrupted_one(cli, kl_spaced):
+    """Killed (SIGKILL) right after its first target's checkpoint, then launched again: it resumes
+    from that checkpoint, knows the target it crossed, checks as the uninterrupted run did and
+    ends with exactly its rows and target report."""
+    import signal
+
+    from .test_integrity import wait_until
+
+    run = cli.cwd / "run"
+    proc = cli.popen(*KL_SPACED, "hydra.run.dir=run")
+    wait_until(lambda: list(run.glob("trainer/checkpoint-*/trainer_state.json")), 1200, "the first checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = int(next(run.glob("trainer/checkpoint-*")).name.split("-")[1])
+    cli(*KL_SPACED, "hydra.run.dir=run", timeout=1500)
+    status = rundir.read_status(run)
+    assert status["state"] == "completed" and status["resumed_from"] == f"checkpoint-{first}"
+    resumed, uninterrupted = rundir.read_metrics(run), rundir.read_metrics(kl_spaced)
+    assert first < [r["step"] for r in uninterrupted if r["sqrt_kl_target"] == 1.5][0]  # targets crossed after it
+    assert resumed == uninterrupted
+    assert status["sqrt_kl_targets"] == rundir.read_status(kl_spaced)["sqrt_kl_targets"]
