@@ -113,6 +113,8 @@ def test_sqrt_kl_needs_a_target_and_does_not_apply_to_the_tree_mdp():
         resolve_job(compose_cfg("eval.at=sqrt_kl", "eval.sqrt_kl_targets=[]"))
     with pytest.raises(ConfigError, match="eval.at: the Tree MDP toy"):
         resolve_job(compose_cfg("eval.at=sqrt_kl", "data=tree_mdp", "model=tabular"))
+    with pytest.raises(ConfigError, match="eval.enabled=false evaluates nothing"):
+        resolve_job(compose_cfg("eval.at=sqrt_kl", "eval.enabled=false"))
     resolve_job(compose_cfg("eval.at=sqrt_kl"))  # the default grid is valid
 
 

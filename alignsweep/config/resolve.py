@@ -326,6 +326,9 @@ def sqrt_kl_target_errors(cfg: Any) -> list[str]:
         fixed = ",".join(f"{t:g}" for t in sorted(set(targets)))
         return [f"eval.sqrt_kl_targets: must be increasing, got {_targets(targets)}; type them in increasing "
                 f"order without repeats: `eval.sqrt_kl_targets=[{fixed}]`"]
+    if cfg.eval.at == "sqrt_kl" and not cfg.eval.enabled:
+        return ["eval.at: sqrt_kl evaluates where the policy crosses each target, but eval.enabled=false evaluates "
+                "nothing; remove `eval.enabled=false` or use `eval.at=steps`"]
     if cfg.eval.at == "sqrt_kl" and not targets:
         return ["eval.sqrt_kl_targets: empty, but eval.at=sqrt_kl evaluates when the policy crosses them; give at "
                 "least one, e.g. `eval.sqrt_kl_targets=[0.5,1,1.5]`, or use `eval.at=steps`"]
