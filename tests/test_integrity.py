@@ -250,8 +250,10 @@ def test_every_numeric_knob_declares_a_range_and_every_out_of_range_value_is_ref
     tried = 0
     for key, bounds, kind in ranges.knobs():
         base = bases[next((p for p in ("data.tree.", "model.lora.") if key.startswith(p)), "")]
-        values = [bad_value(bounds, kind)] + ([float("inf"), float("nan")] if kind is float else [])
-        for value in values:
+        element = ranges._element(kind)  # a list knob: one bad item in a list
+        scalar = element or kind
+        values = [bad_value(bounds, scalar)] + ([float("inf"), float("nan")] if scalar is float else [])
+        for value in values if element is None else [[v] for v in values]:
             cfg = base.copy()
             OmegaConf.update(cfg, key, value, merge=False)
             with pytest.raises(ConfigError, match=f"{key}: must be"):

@@ -95,7 +95,8 @@ def test_a_check_near_the_budget_pools_prompts_until_its_error_is_small_or_every
 def test_the_exact_token_estimator_decides_whatever_kl_reports(pair):
     """The running check uses kl_exact_token (lower variance) even when eval.kl_estimator=mc."""
     check = pair.ev.kl_budget(budget=pair.kl * 10, prompts_per_check=32).check(pair.policy, step=12)
-    est = pair.ev.kl(pair.policy, indices=range(32), seed=10_000 + 12 + (1 << 32))
+    # the check at step 12 (every=1) starts at block 12: prompts 384..415 of 256, i.e. 128..159
+    est = pair.ev.kl(pair.policy, indices=range(128, 160), seed=10_000 + 12 + (1 << 32))
     assert check.kl == pytest.approx(est["kl_exact_token"]) and check.kl_se == pytest.approx(est["kl_exact_token_se"])
 
 

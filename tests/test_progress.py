@@ -72,6 +72,9 @@ def test_without_a_terminal_the_events_are_lines_and_a_failure_is_printed_once(t
         ({"phase": "train", "step": 3, "total_steps": 32, "last_win_rate": 0.625, "checkpoints_done": 2},
          "train step 3/32, win rate 0.62 after 2 evals"),
         ({"phase": "prepare"}, "prepare"),
+        ({"phase": "train", "step": 9, "total_steps": 64, "last_win_rate": 0.4, "checkpoints_done": 2,
+          "sqrt_kl_targets": [{"target": 0.5, "state": "reached"}, {"target": 1, "state": "pending"}]},
+         "train step 9/64, win rate 0.40 after 2 evals, sqrt(KL) targets 1/2 crossed"),
     ],
 )
 def test_a_jobs_phase_in_words(status, text):

@@ -73,7 +73,8 @@ def _colors(keys: list) -> dict:
 def plot_winrate_vs_kl(table, path: Path) -> Path:
     """Win rate against sqrt(KL): one panel per algorithm (a row of at most four), one line per
     beta (its checkpoints in training order), the final checkpoint starred; error bars are one
-    standard error. The headline figure of the report and the wandb summary run."""
+    standard error, of both. Runs with KL-spaced checkpoints (`eval.at=sqrt_kl`) draw their
+    sqrt(KL) targets as faint vertical lines. The headline figure of the report and the wandb summary run."""
     plt = _plt()
     rows = _evaluated(table)
     algos = _algos(rows)
@@ -88,10 +89,12 @@ def plot_winrate_vs_kl(table, path: Path) -> Path:
         for _, run in sub.groupby("run"):
             run = run.sort_values("step")
             color = colors[run["beta"].iloc[0]]
-            ax.errorbar(run["sqrt_kl"], run["win_rate"], yerr=run["win_rate_se"], color=color, marker="o",
+            xerr = run["sqrt_kl_se"].fillna(0) if "sqrt_kl_se" in run.columns else None
+            ax.errorbar(run["sqrt_kl"], run["win_rate"], yerr=run["win_rate_se"], xerr=xerr, color=color, marker="o",
                         markersize=3, linewidth=1, capsize=2, label=run_label(run.iloc[0], vary))
             last = run.iloc[-1]
             ax.plot(last["sqrt_kl"], last["win_rate"], marker="*", markersize=10, color=color)
+        _target_lines(ax.axvline, sub)
         ax.set_title(panel_title(algo, rows))
         ax.set_xlabel(SQRT_KL)
     for ax in axes.flat[len(algos):]:
@@ -101,6 +104,13 @@ def plot_winrate_vs_kl(table, path: Path) -> Path:
     fig.suptitle(r"Win rate against $\sqrt{\mathrm{KL}}$ (star: final checkpoint; bars: $\pm$1 s.e.)")
     figure_legend(fig)
     return _save(fig, path)[0]
+
+
+def _target_lines(line, rows) -> None:
+    """The sqrt(KL) targets the rows were evaluated at (`sqrt_kl_target`), as faint lines."""
+    if "sqrt_kl_target" in rows.columns:
+        for target in sorted(rows["sqrt_kl_target"].dropna().unique()):
+            line(target, color="0.8", linewidth=0.6, linestyle=":", zorder=0)
 
 
 def _algos(rows) -> list[str]:
@@ -233,6 +243,7 @@ def figure_dynamics(table, path: Path) -> list[Path]:
             axes[0][col].plot(run["progress"], run["win_rate"], marker="o", markersize=3, color=color,
                               label=run_label(run.iloc[0], vary))
             axes[1][col].plot(run["progress"], run["sqrt_kl"], marker="o", markersize=3, color=color)
+        _target_lines(axes[1][col].axhline, sub)
         axes[0][col].set_title(panel_title(algo, rows))
         axes[1][col].set_xlabel("fraction of the epoch")
     axes[0][0].set_ylabel("win rate")

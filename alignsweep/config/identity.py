@@ -9,7 +9,10 @@ Left out of the identity (`NOT_IDENTITY`): where files go, logging, how the work
 shared, and settings documented not to change results. `model.lora: null` (full fine-tuning) is
 left out too, so runs written before LoRA existed keep their fingerprints; a LoRA block enters whole. `beta`, `alpha` and `gamma` enter resolved
 (the top-level value, else the algorithm's default), so `beta=0.001`, `beta=1e-3` and an omitted
-beta equal to the default are one job. Written to RUN_DIR/identity.json by whoever prepares the run.
+beta equal to the default are one job. When the checkpoints are evaluated (`eval.at`) enters as what
+it uses: `eval.at=steps` (the default) leaves `eval.at` and `eval.sqrt_kl_targets` out (so runs made
+before `eval.at` existed keep their fingerprints), `eval.at=sqrt_kl` leaves out `train.checkpoints`
+(not used then). Written to RUN_DIR/identity.json by whoever prepares the run.
 Imports no torch.
 """
 
@@ -70,10 +73,12 @@ def identity(container: Mapping[str, Any]) -> dict[str, Any]:
     resolved = dict(container)
     for key in ("beta", "alpha", "gamma"):
         resolved[key] = container.get(key) if container.get(key) is not None else algo.get(key)
+    unused = ("eval.at", "eval.sqrt_kl_targets") if (container.get("eval") or {}).get("at", "steps") == "steps" \
+        else ("train.checkpoints",)
     flat = _flatten(resolved)
     if flat.get("model.lora", "set") is None:  # full fine-tuning: the identity of runs from before LoRA
         del flat["model.lora"]
-    return {k: v for k, v in sorted(flat.items()) if _kept(k)}
+    return {k: v for k, v in sorted(flat.items()) if _kept(k) and k not in unused}
 
 
 def fingerprint(ident: Mapping[str, Any]) -> str:

@@ -31,14 +31,19 @@ def knobs(cls: type = schema.Config, prefix: str = "") -> Iterator[tuple[str, di
 
 
 def numeric_fields(cls: type = schema.Config, prefix: str = "") -> Iterator[str]:
-    """Every int or float field of the schema (declared or not), for the test that all are."""
+    """Every int or float field (or list of them) of the schema, declared or not, for the test that all are."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = _plain(hints[f.name])
         if dataclasses.is_dataclass(kind):
             yield from numeric_fields(kind, f"{prefix}{f.name}.")
-        elif kind in (int, float):
+        elif kind in (int, float) or _element(kind) in (int, float):
             yield f"{prefix}{f.name}"
+
+
+def _element(hint: Any) -> Any:
+    """list[X] -> X; None for anything else."""
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
 
 
 def _plain(hint: Any) -> Any:
@@ -48,7 +53,10 @@ def _plain(hint: Any) -> Any:
 
 
 def describe(bounds: dict, kind: type = float) -> str:
-    """`> 0`, `>= 0 and <= 1 (finite)`, or `finite` (no bound; NaN and infinity refused)."""
+    """`> 0`, `>= 0 and <= 1 (finite)`, or `finite` (no bound; NaN and infinity refused); a list
+    knob: `a list of numbers each > 0 (finite)`."""
+    if _element(kind) is not None:
+        return f"a list of numbers each {describe(bounds, _element(kind))}"
     parts = [f"{WORDS[k]} {v:g}" for k, v in bounds.items()]
     if kind is int:
         return "an integer " + " and ".join(parts) if parts else "an integer"
@@ -83,8 +91,13 @@ def range_errors(cfg: Any) -> list[str]:
         present, value = _value(cfg, key)
         if not present or value is None:
             continue
+        element = _element(kind)
         try:
-            _adapter(float if kind is float else int, tuple(sorted(bounds.items()))).validate_python(value)
-        except ValidationError:
+            if element is not None:
+                for item in value:
+                    _adapter(float if element is float else int, tuple(sorted(bounds.items()))).validate_python(item)
+            else:
+                _adapter(float if kind is float else int, tuple(sorted(bounds.items()))).validate_python(value)
+        except (ValidationError, TypeError):
             errors.append(f"{key}: must be {describe(bounds, kind)}, got {value!r}")
     return errors

@@ -18,6 +18,7 @@ from alignsweep.config.algorithms import ALGO_KNOBS, ALGORITHMS, refuse_foreign_
 HYPERPARAMETERS = ("beta", "alpha", "gamma", "gamma_beta_ratio")  # top-level keys, defaults in conf/algo
 ALGO_DIR = Path(__file__).resolve().parents[2] / "conf" / "algo"
 SAMPLERS = ("auto", "transformers", "vllm")  # eval.sampler; whether vllm can run is checked when the job starts
+EVAL_AT = ("steps", "sqrt_kl")  # eval.at
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,11 @@ def resolve_job(cfg: Any) -> Job:
     batch_size = cfg.eval.batch_size
     if batch_size != "auto" and not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
         raise ConfigError(f"eval.batch_size: expected auto or an integer >= 1, got {batch_size!r}")
+    if cfg.eval.at not in EVAL_AT:
+        raise ConfigError(f"eval.at: expected steps or sqrt_kl, got {cfg.eval.at!r}; e.g. `eval.at=sqrt_kl`")
+    if cfg.eval.at == "sqrt_kl" and getattr(cfg.data, "tree", None) is not None:
+        raise ConfigError("eval.at: the Tree MDP toy computes every row exactly, every data.tree.log_every steps; "
+                          "use `eval.at=steps` (the default) with data=tree_mdp")
     if cfg.eval.sampler not in SAMPLERS:
         raise ConfigError(f"eval.sampler: expected one of {', '.join(SAMPLERS)}, got {cfg.eval.sampler!r}")
     if not 0 < cfg.eval.vllm_gpu_memory_utilization <= 1:
@@ -299,6 +305,7 @@ def combination_errors(cfg: Any) -> list[str]:
     if embedded is not None and not embedded.min_topics <= embedded.max_topics <= embedded.n_words:
         errors.append(f"data.embedded: expected min_topics <= max_topics <= n_words, got {embedded.min_topics}, "
                       f"{embedded.max_topics}, {embedded.n_words}")
+    errors += sqrt_kl_target_errors(cfg)
     arch = cfg.model.arch
     if arch is not None and arch.hidden_size % arch.num_heads:
         errors.append(f"model.arch: hidden_size {arch.hidden_size} is not a multiple of num_heads {arch.num_heads}")
@@ -314,6 +321,27 @@ def combination_errors(cfg: Any) -> list[str]:
     from alignsweep.config.lora import lora_errors
 
     return errors + lora_errors(cfg)
+
+
+def sqrt_kl_target_errors(cfg: Any) -> list[str]:
+    """eval.sqrt_kl_targets must increase strictly (each one is crossed after the one before it),
+    and eval.at=sqrt_kl needs at least one."""
+    targets = [float(t) for t in cfg.eval.sqrt_kl_targets]
+    if any(b <= a for a, b in zip(targets, targets[1:])):
+        fixed = ",".join(f"{t:g}" for t in sorted(set(targets)))
+        return [f"eval.sqrt_kl_targets: must be increasing, got {_targets(targets)}; type them in increasing "
+                f"order without repeats: `eval.sqrt_kl_targets=[{fixed}]`"]
+    if cfg.eval.at == "sqrt_kl" and not cfg.eval.enabled:
+        return ["eval.at: sqrt_kl evaluates where the policy crosses each target, but eval.enabled=false evaluates "
+                "nothing; remove `eval.enabled=false` or use `eval.at=steps`"]
+    if cfg.eval.at == "sqrt_kl" and not targets:
+        return ["eval.sqrt_kl_targets: empty, but eval.at=sqrt_kl evaluates when the policy crosses them; give at "
+                "least one, e.g. `eval.sqrt_kl_targets=[0.5,1,1.5]`, or use `eval.at=steps`"]
+    return []
+
+
+def _targets(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def check_tokenizer_can_pad(folder: str) -> None:

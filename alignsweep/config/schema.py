@@ -19,8 +19,16 @@ from omegaconf import MISSING
 
 def knob(default: Any, **bounds: float) -> Any:
     """A numeric field and its valid range, declared once: pydantic's bounds (gt, ge, lt, le);
-    NaN and infinity are never valid. Checked when a config is composed (`alignsweep.config.ranges`)."""
+    NaN and infinity are never valid. Checked when a config is composed (`alignsweep.config.ranges`).
+    A list default declares a list of numbers, each in the range."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"range": bounds})
     return field(default=default, metadata={"range": bounds})
+
+
+# eval.sqrt_kl_targets' default: sqrt(KL) in sqrt-nats, dense where the papers' curves rise and
+# peak (Rafailov et al. 2024, Figure 1: peaks between sqrt(KL) ~1 and ~5), sparser beyond
+SQRT_KL_TARGETS = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0]
 
 
 @dataclass
@@ -153,7 +161,7 @@ class TreeMDPConfig:
 
     depth: int = knob(3, ge=1)  # actions per trajectory; actions**depth leaves (trajectories)
     actions: int = knob(3, ge=2)  # actions per state, each leading deterministically to a child (paper: 3)
-    leaves: Optional[list[int]] = None  # leaf indices the pairs are drawn among; null = `n_leaves` drawn by `seed`
+    leaves: Optional[list[int]] = knob(None, ge=0)  # leaf indices the pairs are drawn among; null = `n_leaves` drawn by `seed`
     n_leaves: int = knob(6, ge=2)  # how many leaves when `leaves` is null; those some pair uses are in distribution
     pairs: int = knob(10, ge=1)  # preference pairs, drawn uniformly among distinct covered leaves
     label_temperature: float = knob(0.0, ge=0)  # 0: the higher gold reward is chosen; > 0: Bradley-Terry at this temperature
@@ -249,9 +257,9 @@ class TrainConfig:
     warmup_steps: float = knob(0, ge=0)  # optimizer steps of linear warm-up; a value in (0, 1) is a fraction of the run
     lr_scheduler: str = "constant_with_warmup"
     max_grad_norm: float = knob(10.0, gt=0)
-    checkpoints: int = knob(5, ge=1)  # evenly spaced evaluations within the run, the last at the end
-    kl_check_every: int = knob(4, ge=1)  # steps between running KL estimates (only with kl_budget)
-    kl_check_prompts: int = knob(32, ge=1)  # prompts per running KL estimate
+    checkpoints: int = knob(5, ge=1)  # evenly spaced evaluations within the run, the last at the end (eval.at=steps)
+    kl_check_every: int = knob(4, ge=1)  # steps between running KL estimates (with kl_budget or eval.at=sqrt_kl)
+    kl_check_prompts: int = knob(32, ge=1)  # prompts per running KL estimate (more are pooled near a decision)
     save_final_model: bool = False  # write the final policy to RUN_DIR/model
     resumable: bool = True  # save a trainer checkpoint (model, optimizer, scheduler) at each evaluation
     # the reference's log-probs of the training pairs (reference-based losses) and of the held-out
@@ -263,6 +271,13 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     enabled: bool = True  # false: train only (benchmarks of training speed); no metric rows are written
+    # When the checkpoints are evaluated (besides step 0 and the end). steps: at train.checkpoints
+    # evenly spaced steps (the papers' protocol). sqrt_kl: when the policy first crosses each of
+    # sqrt_kl_targets, as the running KL check (train.kl_check_every, kl_check_prompts; the
+    # estimator of kl_budget) finds it; train.checkpoints is then not used. Each such row records
+    # its `sqrt_kl_target`; targets the run never reaches are listed in status.json, not invented.
+    at: str = "steps"  # steps | sqrt_kl
+    sqrt_kl_targets: list[float] = knob(SQRT_KL_TARGETS, gt=0)  # increasing sqrt(KL) values (sqrt-nats), eval.at=sqrt_kl
     prompts: Optional[int] = knob(None, ge=1)  # evaluation prompts; null = all the data provides (paper: 256)
     temperature: float = knob(1.0, gt=0)  # sampling temperature (paper: 1.0)
     # Prompts per generation and scoring batch: `auto` sizes each batch to the memory free on the

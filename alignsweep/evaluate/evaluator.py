@@ -274,8 +274,9 @@ class Evaluator:
         est["kl"], est["kl_se"] = est[f"kl_{self.kl_estimator}"], est[f"kl_{self.kl_estimator}_se"]
         return est
 
-    def kl_budget(self, budget: float, prompts_per_check: int, every: int = 1) -> Any:
-        """The running check of `kl_budget` on these prompts (`alignsweep.evaluate.kl_budget`)."""
+    def kl_budget(self, budget: float | None, prompts_per_check: int, every: int = 1) -> Any:
+        """The running KL check on these prompts (`alignsweep.evaluate.kl_budget`): of `kl_budget`
+        (nats), and of the sqrt(KL) targets of `eval.at=sqrt_kl` (budget None: the targets only)."""
         from alignsweep.evaluate.kl_budget import KLBudget
 
         return KLBudget(self, budget, prompts_per_check, every)

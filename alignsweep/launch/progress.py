@@ -32,6 +32,10 @@ def describe(status: dict) -> str:
         text = f"{phase} step {status.get('step', 0)}/{status.get('total_steps') or '?'}"
         if status.get("last_win_rate") is not None:
             text += f", win rate {status['last_win_rate']:.2f} after {status.get('checkpoints_done', 0)} evals"
+        targets = status.get("sqrt_kl_targets")  # eval.at=sqrt_kl
+        if targets:
+            crossed = sum(1 for t in targets if t.get("state") in ("reached", "passed"))
+            text += f", sqrt(KL) targets {crossed}/{len(targets)} crossed"
         return text
     return phase
 

@@ -3,7 +3,10 @@
 A row per (run, evaluated checkpoint), plus one row for each run that has none yet (pending,
 running or failed), so nothing disappears from the table. Besides the job's identity (algorithm,
 model, beta, alpha, gamma, KL budget, seed) every other config value that differs between the
-runs of the sweep is a `cfg.<key>` column. Written as `results.csv` and `results.parquet`
+runs of the sweep is a `cfg.<key>` column. `sqrt_kl_target` is the sqrt(KL) target a row was the
+first crossing of (`eval.at=sqrt_kl`; null for step checkpoints, step 0 and the end), and
+`sqrt_kl_targets_not_reached` (on every row of such a run) the targets the run ended below, from
+its status.json: reported, never given a row. Written as `results.csv` and `results.parquet`
 (`alignsweep.analysis.summarize` adds the fits and figures). Running it again gives the same
 files; running it while jobs still run gives the rows so far. Unreadable files and lines are
 reported by name, never silently dropped. Needs no cluster: a copied sweep directory is enough.
@@ -99,6 +102,8 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         base = {"run": name, "status": status.get("state", "pending"), **values}
         if status.get("model_params") is not None:  # recorded by the worker when it loads the model
             base["model_params"] = int(status["model_params"])
+        if status.get("sqrt_kl_targets") is not None:  # eval.at=sqrt_kl
+            base["sqrt_kl_targets_not_reached"] = not_reached(status["sqrt_kl_targets"])
         base.update({f"cfg.{k}": configs[name].get(k) for k in varying})
         metrics = rundir.read_metrics(run_dir, problems)
         if not metrics:
@@ -106,6 +111,12 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         for row in metrics:
             rows.append({**row, **base})
     return rows, problems
+
+
+def not_reached(report: list[dict]) -> str:
+    """The targets of a run's status.json `sqrt_kl_targets` it ended below, as `4 6 8` ('' for none;
+    while the run trains, its pending targets are not listed)."""
+    return " ".join(f"{e['target']:g}" for e in report if e.get("state") == "not_reached")
 
 
 def _varying(configs: dict[str, dict]) -> list[str]:
@@ -133,6 +144,8 @@ def collect(sweep_dir: Path, quiet: bool = False):
         for problem in problems:
             print(f"warning: unreadable: {problem}", file=sys.stderr)
     table = pd.DataFrame(rows)
+    if "sqrt_kl" in table.columns and "sqrt_kl_target" not in table.columns:  # step checkpoints only, or older runs
+        table["sqrt_kl_target"] = float("nan")
     if not table.empty:
         ordered = [c for c in ID_COLUMNS if c in table.columns]
         table = table[ordered + sorted(c for c in table.columns if c not in ordered)]
@@ -206,6 +219,8 @@ def summary(table) -> Any:
                 "best_win_rate": best["win_rate"],
                 "best_at_step": int(best["step"]),
                 "best_at_sqrt_kl": best["sqrt_kl"],
+                **({"targets_not_reached": final["sqrt_kl_targets_not_reached"] or "-"}
+                   if isinstance(final.get("sqrt_kl_targets_not_reached"), str) else {}),
             }
         )
     frame = pd.DataFrame(out)

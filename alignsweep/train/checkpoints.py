@@ -1,5 +1,7 @@
-"""Evaluation during training: step 0, the evenly spaced checkpoints and the end, the running KL
-check of `kl_budget`, divergence, progress in the run's status, and trainer checkpoints for resuming.
+"""Evaluation during training: step 0, the evenly spaced checkpoints (`eval.at=steps`) or those where
+the policy first crosses each sqrt(KL) target (`eval.at=sqrt_kl`, `alignsweep.train.kl_targets`) and
+the end, the running KL check of `kl_budget` and of the targets, divergence, progress in the run's
+status, and trainer checkpoints for resuming.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from transformers import TrainerCallback
 from alignsweep.errors import ConfigError
 from alignsweep.results import rundir
 from alignsweep.results.tracking import log_samples
+from alignsweep.train.kl_targets import SqrtKLTargets
 from alignsweep.runtime.distributed import (
     agree,
     any_rank,
@@ -37,16 +40,24 @@ class CheckpointCallback(TrainerCallback):
         self.ckpts: list[int] = []
         self.total = 0
         self.last_step = 0
-        self.evaluated: set[int] = {row["step"] for row in rundir.read_metrics(run_dir, problems=[])}
+        kept = rundir.read_metrics(run_dir, problems=[])  # a resumed run's rows up to its checkpoint
+        self.evaluated: set[int] = {row["step"] for row in kept}
         self.stop_reason = "end_of_training"
         self.diverged_at: int | None = None
         self._loss_mark = 0
         self._last_progress = 0.0
         self.step0_later = False  # another job was measuring step 0: read it before the next row
         self.step0_deferred = False  # whether it was (for the run's status)
-        self.kl_check = None  # the running check of kl_budget (alignsweep.evaluate.kl_budget)
-        if job.kl_budget is not None and evaluator is not None:
+        self.targets = None  # eval.at=sqrt_kl: the targets crossed so far, as the kept rows say
+        if cfg.eval.at == "sqrt_kl":
+            self.targets = SqrtKLTargets(cfg.eval.sqrt_kl_targets)
+            self.targets.restore(kept)
+        self.checking = job.kl_budget is not None or self.targets is not None
+        self.kl_check = None  # the running check of kl_budget and the targets (alignsweep.evaluate.kl_budget)
+        if self.checking and evaluator is not None:
             self.kl_check = evaluator.kl_budget(job.kl_budget, cfg.train.kl_check_prompts, cfg.train.kl_check_every)
+            for row in kept:  # the growth the next check expects runs from the last evaluation, as uninterrupted
+                self._anchor(row)
 
     def _status(self, **fields: Any) -> None:
         if self.main:
@@ -57,11 +68,16 @@ class CheckpointCallback(TrainerCallback):
         self._loss_mark = len(self.trainer.step_losses)
         return global_mean(losses)
 
-    def _evaluate(self, step: int, reason: str | None = None) -> dict | None:
+    def _anchor(self, row: dict | None) -> None:
+        if self.kl_check is not None and row is not None and row.get("step", 0) > 0 and "kl_exact_token" in row:
+            self.kl_check.anchor(row["step"], row["kl_exact_token"])
+
+    def _evaluate(self, step: int, reason: str | None = None, check: Any = None) -> dict | None:
         """Evaluate the policy at `step` (rank 0; the other ranks only keep count, or, with a
-        sharded model, take part in the forward passes and get None)."""
+        sharded model, take part in the forward passes and get None). `check`: the running check
+        that asked for it (its crossings name the row's sqrt_kl_target)."""
         self._step0_now()  # the rows stay in step order
-        return self._row(step, self._train_loss(), reason)  # _train_loss: every rank takes part
+        return self._row(step, self._train_loss(), reason, check=check)  # _train_loss: every rank takes part
 
     def _step0_now(self) -> None:
         """The step-0 row left for later (`step0_later`): read from the sweep's cache, where the job
@@ -74,7 +90,8 @@ class CheckpointCallback(TrainerCallback):
             with torch.random.fork_rng():
                 self._row(0, None, None, policy=self.evaluator.ref_model)
 
-    def _row(self, step: int, train_loss: float | None, reason: str | None, policy: Any = None) -> dict | None:
+    def _row(self, step: int, train_loss: float | None, reason: str | None, policy: Any = None,
+             check: Any = None) -> dict | None:
         self.evaluated.add(step)
         if self.evaluator is None or not self.cfg.eval.enabled:
             return None
@@ -103,9 +120,11 @@ class CheckpointCallback(TrainerCallback):
                 "model": self.job.model,
             }
         )
+        row["sqrt_kl_target"] = self._target(step, row, check)
         if reason:
             row["stop_reason"] = reason
         rundir.append_metrics(self.run_dir, row)
+        self._anchor(row)
         write_samples(self.run_dir, step, self.evaluator.last_samples)
         log_samples(self.tracker, step, self.evaluator.last_samples)
         self.tracker.log(row, step=step)
@@ -115,14 +134,26 @@ class CheckpointCallback(TrainerCallback):
         )
         return row
 
+    def _target(self, step: int, row: dict, check: Any) -> float | None:
+        """The sqrt(KL) target this row is the first crossing of (None: none, or eval.at=steps): the
+        running check's decision when one asked for the row, else the row's own exact-token estimate."""
+        if self.targets is None or step == 0:
+            return None
+        over = check.crosses if check is not None else (lambda kl: row["kl_exact_token"] > kl)
+        target = self.targets.record(step, self.targets.crossing(over))
+        self._status(sqrt_kl_targets=self.targets.report())
+        return target
+
     def _over_budget(self, row: dict | None) -> bool:
         """A checkpoint evaluation (every prompt) decides with the running check's estimator."""
         return self.job.kl_budget is not None and row is not None and row["kl_exact_token"] > self.job.kl_budget
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.total = state.max_steps
-        self.ckpts = checkpoint_steps(self.total, self.cfg.train.checkpoints)
-        self._status(total_steps=self.total, checkpoint_steps=self.ckpts, checkpoints_done=len(self.evaluated))
+        # eval.at=sqrt_kl: the end only; the others come when the running check crosses a target
+        self.ckpts = [self.total] if self.targets is not None else checkpoint_steps(self.total, self.cfg.train.checkpoints)
+        self._status(total_steps=self.total, checkpoint_steps=self.ckpts, checkpoints_done=len(self.evaluated),
+                     **({} if self.targets is None else {"sqrt_kl_targets": self.targets.report()}))
         if 0 not in self.evaluated:
             if (not distributed() and self.job.kl_budget is None and self.evaluator is not None
                     and self.evaluator.step0_busy()):
@@ -138,6 +169,9 @@ class CheckpointCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._step0_now()  # no checkpoint came after step 0: its row is still written
+        if self.targets is not None:  # what is still pending was never reached
+            self.targets.end()
+            self._status(sqrt_kl_targets=self.targets.report())
 
     def on_step_end(self, args, state, control, **kwargs):
         step = self.last_step = state.global_step
@@ -157,15 +191,25 @@ class CheckpointCallback(TrainerCallback):
             control.should_save = bool(self.cfg.train.resumable) and step < self.total and not stop
             if stop:
                 self._stop(step, control)
-        elif self.job.kl_budget is not None and step % self.cfg.train.kl_check_every == 0:
-            over = False
+        elif self.checking and step % self.cfg.train.kl_check_every == 0:
+            over = crossed = False
+            check = None
             if self.kl_check is not None:  # rank 0, or every rank when the model is sharded
-                check = self.kl_check.check(self.trainer.model, step)  # in evaluation mode
+                thresholds = self.targets.thresholds() if self.targets is not None else ()
+                check = self.kl_check.check(self.trainer.model, step, thresholds)  # in evaluation mode
                 over = check.over
+                crossed = self.targets is not None and bool(self.targets.crossing(check.crosses))
                 self._status(kl_check=check.as_dict())
-            if agree(over):
-                self._evaluate(step, reason="kl_budget")
-                self._stop(step, control)
+            over, crossed = agree(over), agree(crossed)
+            if over or crossed:  # the budget spent, or a sqrt(KL) target crossed: evaluate, and save
+                row = self._evaluate(step, reason="kl_budget" if over else None, check=check)
+                if agree(self.diverged_at is not None):
+                    self._diverged(step, self.stop_reason, control)
+                    return
+                stop = over or agree(self._over_budget(row))
+                control.should_save = bool(self.cfg.train.resumable) and step < self.total and not stop
+                if stop:  # the check found the budget spent, or the evaluation (every prompt) did
+                    self._stop(step, control)
         now = time.time()
         if now - self._last_progress > 1.0:
             self._last_progress = now
