@@ -154,3 +154,61 @@ def test_a_real_seed_sweep_is_aggregated_when_it_ends(cli):
         assert row["lc_win_rate_mean"] == pytest.approx(at["lc_win_rate"].mean(), nan_ok=True)
     assert set(pd.read_csv(sweep / "fits.csv")["uncertainty"]) == {"bootstrap: 1000 resamples of runs"}
     assert (sweep / "figures" / "fig5_seeds.png").exists()
+
+
+def test_kl_spaced_checkpoints_of_several_seeds_aggregate_by_target_not_by_step():
+    """eval.at=sqrt_kl: each seed crosses a target at its own step. Grouped by step (before), each
+    target row was a 'checkpoint' of one seed (n_seeds 1, no interval); grouped by target, the
+    seeds' rows at one target are one checkpoint; step 0 and the final step stay step rows."""
+    from alignsweep.analysis.seeds import aggregate_seeds
+
+    crossing = {0: {0.5: 6, 1.0: 15}, 1: {0.5: 8, 1.0: 14}, 2: {0.5: 7, 1.0: 19}}
+    rows = []
+    for seed, steps in crossing.items():
+        rows.append({"run": str(seed), "algo": "dpo", "model": "m", "beta": 0.1, "seed": seed, "step": 0,
+                     "sqrt_kl_target": None, "win_rate": 0.30, "sqrt_kl": 0.0})
+        for target, step in steps.items():
+            rows.append({"run": str(seed), "algo": "dpo", "model": "m", "beta": 0.1, "seed": seed, "step": step,
+                         "sqrt_kl_target": target, "win_rate": 0.3 + target / 10 + seed / 100, "sqrt_kl": target + 0.01})
+        rows.append({"run": str(seed), "algo": "dpo", "model": "m", "beta": 0.1, "seed": seed, "step": 32,
+                     "sqrt_kl_target": None, "win_rate": 0.25 + seed / 100, "sqrt_kl": 1.8})
+    by_seed = aggregate_seeds(pd.DataFrame(rows))
+    assert len(by_seed) == 4 and list(by_seed["n_seeds"]) == [3, 3, 3, 3]
+    assert list(by_seed["step"]) == [0, 7, 15, 32]
+    targets = by_seed.set_index("step")["sqrt_kl_target"]
+    assert math.isnan(targets[0]) and targets[7] == 0.5 and targets[15] == 1.0 and math.isnan(targets[32])
+    one = by_seed[by_seed["sqrt_kl_target"] == 1.0].iloc[0]
+    assert (one["step_min"], one["step_max"]) == (14, 19)
+    values = np.array([0.4 + s / 100 for s in range(3)])
+    half = stats.t.ppf(0.975, 2) * values.std(ddof=1) / math.sqrt(3)
+    assert one["win_rate_mean"] == pytest.approx(values.mean())
+    assert one["win_rate_ci_high"] == pytest.approx(values.mean() + half)
+
+
+def test_a_kl_spaced_seed_sweep_is_collected_drawn_and_reported_per_target(tmp_path):
+    """collect + report on KL-spaced runs of 3 seeds x 2 betas: results_by_seed.csv has one row per
+    (beta, target) plus step 0 and the end, the seed figure draws one curve per beta (the target
+    and step ranges are not configuration columns) and the report's seed table has one final row
+    per beta."""
+    rng = np.random.default_rng(1)
+    i = 0
+    for beta in (0.05, 0.5):
+        for seed in (0, 1, 2):
+            rows = [{"step": 0, "progress": 0.0, "sqrt_kl": 0.0, "kl": 0.0, "win_rate": 0.3, "win_rate_se": 0.02}]
+            for j, target in enumerate((0.5, 1.0, 1.5)):
+                d = target + rng.normal(0, 0.03)
+                rows.append({"step": 5 * (j + 1) + seed, "progress": (5 * (j + 1) + seed) / 40, "sqrt_kl_target": target, "sqrt_kl": d, "kl": d * d,
+                             "win_rate": curve(d) + rng.normal(0, 0.02), "win_rate_se": 0.02})
+            rows.append({"step": 40, "progress": 1.0, "sqrt_kl": 1.7, "kl": 2.89, "win_rate": curve(1.7), "win_rate_se": 0.02})
+            write_run(tmp_path / str(i), algo="dpo", model="m_small", beta=beta, seed=seed, rows=rows,
+                      state="completed", params=SIZES["m_small"])
+            i += 1
+    build(tmp_path)
+    by_seed = pd.read_csv(tmp_path / "results_by_seed.csv")
+    assert len(by_seed) == 2 * 5 and set(by_seed["n_seeds"]) == {3}
+    assert sorted(by_seed["sqrt_kl_target"].dropna().unique()) == [0.5, 1.0, 1.5]
+    assert (tmp_path / "figures" / "fig5_seeds.png").stat().st_size > 5_000
+    from alignsweep.analysis.report import seed_table
+
+    final = seed_table(by_seed)
+    assert len(final) == 2 and list(final["step"]) == [40, 40]

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from alignsweep.analysis.seeds import CHECKPOINT_COLUMNS
 from alignsweep.cli_style import add_sweep_dir, tool_parser
 
 # The fits' own parameters are not the losses' alpha and beta: they are shown under these names.
@@ -57,7 +58,7 @@ def seed_table(by_seed):
 
     if by_seed is None or by_seed.empty:
         return pd.DataFrame()
-    keys = [c for c in by_seed.columns if c not in ("step", "n_seeds", "seeds", "runs")
+    keys = [c for c in by_seed.columns if c not in CHECKPOINT_COLUMNS
             and not c.endswith(("_mean", "_sd", "_ci_low", "_ci_high"))]
     final = by_seed.loc[by_seed.groupby(keys, dropna=False)["step"].idxmax()]
     metrics = [f"{m}_{s}" for m in ("win_rate", "lc_win_rate", "sqrt_kl") for s in ("mean", "ci_low", "ci_high")]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from alignsweep.analysis.figure_style import SQRT_KL, figure_legend, figure_size, panel_title, run_label, shape_columns
+from alignsweep.analysis.seeds import CHECKPOINT_COLUMNS
 
 
 def figure_seeds(aggregated: Any, path: Path) -> list[Path]:
@@ -31,7 +32,7 @@ def figure_seeds(aggregated: Any, path: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(panels), figsize=figure_size(len(panels), 2.6), sharey=True, squeeze=False,
                                  layout="constrained")
         colors = _colors(sorted(rows["beta"].unique()))
-        config = [c for c in rows.columns if c not in ("step", "n_seeds", "seeds", "runs")
+        config = [c for c in rows.columns if c not in CHECKPOINT_COLUMNS
                   and not c.endswith(("_mean", "_sd", "_ci_low", "_ci_high"))]
         for ax, (algo, model) in zip(axes[0], panels):
             sub = rows[(rows["algo"] == algo) & (rows["model"] == model)]

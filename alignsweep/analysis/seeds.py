@@ -2,7 +2,10 @@
 
 A configuration is everything that names a job but its seed: algorithm, model, data, beta, alpha,
 gamma, KL budget and every `cfg.<key>` column the sweep varies (`alignsweep.results.collect`); a
-checkpoint is its `step` (runs of one configuration evaluate at the same steps). For each metric
+checkpoint is its `step` (runs of one configuration evaluate at the same steps), or, for a row of
+KL-spaced checkpoints (`eval.at=sqrt_kl`), its `sqrt_kl_target`: seeds cross a target at different
+steps, so their rows at one target are one checkpoint (its `step` is then the median over the seeds,
+and `step_min`/`step_max` give the range). For each metric
 the aggregated row holds the mean over the seeds that reached that checkpoint, their standard
 deviation and a two-sided 95% confidence interval of the mean, mean -/+ t(k-1) sd / sqrt(k)
 (Student's t over k seeds; NaN with one seed). The spread across seeds is what a reader needs to
@@ -20,12 +23,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from scipy import stats
 
 CONFIG_ID = ("algo", "model", "data", "beta", "alpha", "gamma", "kl_budget")
 # the metrics aggregated (those the table has); the rest of a row stays per run in results.csv
 METRICS = ("win_rate", "lc_win_rate", "sqrt_kl", "kl", "gold_reward", "rm_reward", "response_length", "length_r2",
            "reward_accuracy", "chosen_logp", "rejected_logp", "train_loss", "progress")
+
+
+# the columns of an aggregated row that name its checkpoint or count its seeds, not its configuration
+CHECKPOINT_COLUMNS = ("step", "sqrt_kl_target", "step_min", "step_max", "n_seeds", "seeds", "runs")
 
 
 def configuration_columns(table: Any) -> list[str]:
@@ -55,7 +64,7 @@ def max_seeds(table: Any) -> int:
 
 
 def aggregate_seeds(table: Any, level: float = 0.95) -> Any:
-    """One row per (configuration, step): for each metric m of `METRICS` in the table, `m_mean`,
+    """One row per (configuration, checkpoint: step or sqrt_kl_target): for each metric m of `METRICS` in the table, `m_mean`,
     `m_sd` (across seeds, ddof 1), `m_ci_low`, `m_ci_high` (the `level` t-interval of the mean);
     `n_seeds`, `seeds` (comma-separated), `runs`. Rows without a step (runs never evaluated) and
     NaN values (e.g. an undefined lc_win_rate) are left out of the means, and `n_seeds` counts the
@@ -64,13 +73,22 @@ def aggregate_seeds(table: Any, level: float = 0.95) -> Any:
 
     if table.empty or "step" not in table.columns:
         return pd.DataFrame()
-    evaluated = table.dropna(subset=["step"])
-    keys = [*configuration_columns(evaluated), "step"]
+    evaluated = table.dropna(subset=["step"]).copy()
+    by_target = "sqrt_kl_target" in evaluated.columns and evaluated["sqrt_kl_target"].notna().any()
+    if by_target:  # a target row is named by its target, a step row (step 0, the end) by its step
+        target = pd.to_numeric(evaluated["sqrt_kl_target"], errors="coerce")
+        evaluated["sqrt_kl_target"] = target
+        evaluated["_step_key"] = evaluated["step"].where(target.isna(), -1)
+    keys = [*configuration_columns(evaluated), *(["sqrt_kl_target", "_step_key"] if by_target else ["step"])]
     evaluated = _hashable(evaluated, keys)
     metrics = [m for m in METRICS if m in evaluated.columns]
     out = []
     for key, group in evaluated.groupby(keys, dropna=False, sort=True):
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        if by_target:
+            del row["_step_key"]
+            steps = pd.to_numeric(group["step"]).to_numpy(dtype=float)
+            row.update(step=float(np.median(steps)), step_min=int(steps.min()), step_max=int(steps.max()))
         for metric in metrics:
             values = pd.to_numeric(group[metric], errors="coerce").dropna().to_numpy(dtype=float)
             row.update(_mean_interval(metric, values, level))
@@ -80,8 +98,8 @@ def aggregate_seeds(table: Any, level: float = 0.95) -> Any:
         row["runs"] = ",".join(str(r) for r in group["run"])
         out.append(row)
     frame = pd.DataFrame(out)
-    frame["step"] = frame["step"].astype(int)
-    return frame
+    frame["step"] = frame["step"].round().astype(int)
+    return frame.sort_values([*keys[:-2], "step"]).reset_index(drop=True) if by_target else frame
 
 
 def _mean_interval(metric: str, values: Any, level: float) -> dict:
