@@ -47,7 +47,7 @@ notebook: $(STAMP) ## run the analysis notebook on SWEEP=DIR (default: the newes
 	echo "executed: $$sweep/overoptimization.ipynb"
 
 test: $(STAMP) lint ## run the whole test suite (starts the local SLURM cluster for its tests)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP) lint ## run the fast tier (no end-to-end training)
 	$(PY) -m pytest -q -m "not slow"
