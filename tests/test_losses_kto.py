@@ -13,22 +13,7 @@ import torch
 
 from alignsweep.train.losses import daa_loss, implicit_reward, kto_reference_point
 
-T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-
-
-def sig(x):
-    return 1 / (1 + math.exp(-x))
-
-
-def call(name, **kw):
-    # c = pc - rc = (1, 0), r = pr - rr = (-1, 1)
-    args = dict(
-        policy_chosen_logps=T(-10.0, -4.0), policy_rejected_logps=T(-12.0, -3.0),
-        ref_chosen_logps=T(-11.0, -4.0), ref_rejected_logps=T(-11.0, -4.0),
-        chosen_lengths=T(5.0, 2.0), rejected_lengths=T(4.0, 3.0), beta=0.5,
-    )
-    args.update(kw)
-    return daa_loss(name, **args)
+from .test_losses_peers import T, call, sig  # the same two pairs and helpers as the peer losses
 
 
 def test_kto_by_hand():

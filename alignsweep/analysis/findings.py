@@ -16,11 +16,10 @@ resumes), collects it, and draws its figures into `--out` (default outputs/findi
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -34,18 +33,10 @@ from alignsweep.analysis.plots import (
     figure_length,
     figure_overoptimization,
 )
-from alignsweep.analysis.findings_losses import draw_losses, losses_numbers
+from alignsweep.analysis.findings_losses import _num, draw_losses, losses_numbers
 from alignsweep.cli_style import tool_parser
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _num(x: Any) -> float | None:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else round(x, 4)
 
 
 # ----------------------------------------------------------------------------------------------
