@@ -91,27 +91,22 @@ def test_fsdp_job_both_ranks_train_sharded_and_rank_zero_alone_writes(fsdp_run):
     assert shards == ["__0_0.distcp", "__1_0.distcp"]
 
 
-@pytest.mark.slow
-@pytest.mark.slurm
-def test_sharded_evaluation_equals_a_single_process_evaluation_of_the_same_weights(fsdp_run):
-    """The final row, evaluated by both ranks in lockstep on the sharded policy and reference,
-    against the Evaluator run in this one process on the gathered final weights."""
+def evaluate_in_one_process(run: Path, policy, ref, step: int) -> dict:
+    """The row the Evaluator computes in this one process (one thread, as each rank of a job has
+    one CPU) for `policy` against `ref` at `step`, with the settings of the job in `run`."""
     import torch
 
-    from alignsweep.train import models
-    from alignsweep.evaluate.evaluator import Evaluator
-    from alignsweep.evaluate.judges import build_judge
     from alignsweep.config.resolve import resolve_job
     from alignsweep.config.schema import load_run_config
+    from alignsweep.evaluate.evaluator import Evaluator
+    from alignsweep.evaluate.judges import build_judge
+    from alignsweep.train import models
     from alignsweep.train.losses import loss_params
     from alignsweep.worker.task import load_task
 
-    run = fsdp_run
     cfg = load_run_config(run / "config.yaml")
     job = resolve_job(cfg)
-    final = rundir.read_metrics(run)[-1]
-    ref, tokenizer = models.load_saved(rundir.read_status(run)["sft_model"])
-    policy, _ = models.load_saved(run / "model")
+    _, tokenizer = models.load_saved(rundir.read_status(run)["sft_model"])
     task = load_task(cfg, tokenizer)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank of the job (one CPU per task)
@@ -124,17 +119,35 @@ def test_sharded_evaluation_equals_a_single_process_evaluation_of_the_same_weigh
             temperature=cfg.eval.temperature, batch_size=cfg.eval.batch_size, seed=job.seed,
             kl_estimator=cfg.eval.kl_estimator,
         )
-        single = evaluator.evaluate(policy, final["step"])
+        return evaluator.evaluate(policy, step)
     finally:
         torch.set_num_threads(threads)
-    assert final["step"] == 4
-    # same samples: the judged outcomes and lengths agree exactly
+
+
+def assert_same_row(single: dict, final: dict) -> None:
+    """The same samples (judged outcomes and lengths exactly), the same log-probs and KL to 1e-5."""
     for key in ("win_rate", "ties", "n_eval", "response_length", "truncated", "reward_accuracy"):
         assert single[key] == final[key], key
     for key in ("kl", "kl_mc", "kl_exact_token", "sqrt_kl", "chosen_logp", "rejected_logp", "length_slope"):
         assert single[key] == pytest.approx(final[key], rel=1e-5, abs=1e-5), key
     worst = max(abs(single[k] - final[k]) for k in ("kl", "kl_exact_token", "chosen_logp", "rejected_logp"))
     print(f"largest difference sharded vs single-process evaluation: {worst:.3g}")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sharded_evaluation_equals_a_single_process_evaluation_of_the_same_weights(fsdp_run):
+    """The final row, evaluated by both ranks in lockstep on the sharded policy and reference,
+    against the Evaluator run in this one process on the gathered final weights."""
+    from alignsweep.train import models
+
+    run = fsdp_run
+    final = rundir.read_metrics(run)[-1]
+    ref, _ = models.load_saved(rundir.read_status(run)["sft_model"])
+    policy, _ = models.load_saved(run / "model")
+    single = evaluate_in_one_process(run, policy, ref, final["step"])
+    assert final["step"] == 4
+    assert_same_row(single, final)
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignsweep.train.strategy import SHARDED, planned
+from alignsweep.train.strategy import planned
 
 
 def lora_errors(cfg: Any) -> list[str]:
@@ -28,12 +28,11 @@ def lora_errors(cfg: Any) -> list[str]:
         )
     res = cfg.model.resources
     processes = res.nodes * (res.tasks_per_node if res.tasks_per_node is not None else max(1, res.gpus))
-    if planned(res.strategy, processes) in SHARDED:
+    if planned(res.strategy, processes) == "deepspeed_zero3":
         errors.append(
-            f"model.lora: LoRA does not run with model.resources.strategy={res.strategy} here (sharded LoRA "
-            "is not supported yet: the reference is the base model with adapters disabled, never sharded "
-            "separately); a LoRA job's frozen base needs no optimizer state, so use "
-            "model.resources.strategy=single (one copy per GPU, gradients all-reduced), or model.lora=null"
+            "model.lora: LoRA does not run with model.resources.strategy=deepspeed_zero3 yet (never run with "
+            "adapters); use model.resources.strategy=fsdp (base and adapters sharded over the processes) or "
+            "model.resources.strategy=single (each process holds the frozen base, adapters' gradients all-reduced)"
         )
     if getattr(cfg.model, "tree_policy", None) is not None:
         errors.append(f"model.lora: model={cfg.model.name} is a Tree MDP policy, not a transformer; remove lora=")

@@ -9,6 +9,11 @@ by the jobs of a sweep. Merged, it is an ordinary checkpoint: the DAA stage adds
 with no second adapter to keep frozen and switch; the shared caches keyed by the SFT weights
 (reference log-probs, step 0) and every reader of the cache (vLLM, the judge, users) see a plain
 model. Merging costs one pass over the weights, once per sweep.
+
+Under FSDP (`model.resources.strategy=fsdp`) the same holds with base and adapters sharded; an SFT
+model trained sharded cannot be merged in place (its parameters are shards), so its whole state is
+gathered on rank 0 and merged there by peft on a meta-device copy (`merged_from_state`). ZeRO-3 with
+LoRA is refused at compose (`alignsweep.config.lora`).
 """
 
 from __future__ import annotations
@@ -105,25 +110,53 @@ def merged(model: Any) -> Any:
     return model.merge_and_unload()
 
 
+def merged_from_state(state: dict[str, torch.Tensor], config: Any, lora_config: Any) -> tuple[Any, dict]:
+    """(plain model, its state dict): the adapters' updates in `state` (a PeftModel's whole state
+    dict gathered from FSDP shards on one rank: `base_model.model.` names, `lora_A/B` tensors)
+    merged into its base weights by peft's own `merge_and_unload`, on a model of `config` built
+    on the meta device and given `state`'s tensors (no second copy of the weights, no random
+    initialisation). A sharded model cannot be merged in place: its parameters are shards.
+
+    Raises RuntimeError when `state` is not exactly that PeftModel's (a missing or extra tensor)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = get_peft_model(AutoModelForCausalLM.from_config(config), lora_config)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise RuntimeError(f"the gathered LoRA state is not the model's: missing {result.missing_keys[:3]}, "
+                           f"unexpected {result.unexpected_keys[:3]}")
+    plain = model.merge_and_unload()
+    weights = plain.state_dict()
+    on_meta = [name for name, tensor in weights.items() if tensor.is_meta]
+    if on_meta:
+        raise RuntimeError(f"merging the gathered LoRA state left tensors without values: {on_meta[:3]}")
+    return plain, weights
+
+
 def held_memory(policy: Any, ref: Any, optimizer: Any = None) -> dict:
     """What the job's models hold, in bytes and parameters: `weights_bytes` counts each tensor
     storage of the policy and the reference once (a reference that shares the policy's storages,
     as under LoRA, adds nothing), `gradients_bytes` the trainable parameters' gradients during a
-    step, `optimizer_bytes` the optimizer's state tensors (this rank's shard of each, when sharded); `parameters` / `trainable` count the policy's."""
+    step, `optimizer_bytes` the optimizer's state tensors; under sharding (FSDP2) each counts this
+    rank's shard. `parameters` / `trainable` count the policy's whole (unsharded) parameters."""
+    def local(tensor: torch.Tensor) -> torch.Tensor:  # FSDP2 (DTensor): this rank's shard
+        return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
     storages: dict[int, int] = {}
     for model in (policy, ref):
         if model is None:
             continue
         for tensor in model.parameters():
-            tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2: this rank's shard
-            storage = tensor.untyped_storage()
+            storage = local(tensor).untyped_storage()
             storages[storage.data_ptr()] = storage.nbytes()
     params = list(policy.parameters())
-    grads = sum(p.nbytes for p in params if p.requires_grad)  # held during each step (freed between)
+    grads = sum(local(p).nbytes for p in params if p.requires_grad)  # held during each step (freed between)
     state = 0
     if optimizer is not None:
         for entry in optimizer.state.values():
-            state += sum(v.nbytes for v in entry.values() if torch.is_tensor(v) and v.dim() > 0)  # not `step`
+            state += sum(local(v).nbytes for v in entry.values() if torch.is_tensor(v) and v.dim() > 0)  # not `step`
     return {
         "parameters": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad),
         "weights_bytes": sum(storages.values()), "gradients_bytes": grads, "optimizer_bytes": state,

@@ -159,8 +159,12 @@ def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_k
         state = full_state_dict(trainer)  # collective: the shards gathered on rank 0
     trainer.accelerator.wait_for_everyone()
     shutil.rmtree(out, ignore_errors=True)
-    if lora is not None:  # LoRA is never sharded (refused at compose): the adapters merged into the base
-        from alignsweep.train.lora import merged
+    if lora is not None:  # the adapters merged into the base: the SFT model is a plain checkpoint
+        from alignsweep.train.lora import merged, merged_from_state
 
+        if state is not None:  # sharded: merged on rank 0 from the gathered weights
+            return merged_from_state(state, model.config, peft)
+        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # not rank 0: rank 0 saves
+            return model, None
         return merged(trainer.accelerator.unwrap_model(trainer.model)), None
     return model, state

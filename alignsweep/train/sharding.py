@@ -11,6 +11,12 @@
   a sharded model is a collective, so evaluation runs on every rank in lockstep: the same prompts
   in the same batches, rank 0's sampled tokens broadcast to all, rank 0 alone judging and writing
   (`lockstep_evaluation`).
+- LoRA under `fsdp` (`model.lora`): base and adapters are sharded alike (FSDP2 needs a uniform
+  dtype among the trainable parameters only: the float32 adapters), the reference is the same
+  sharded module with its adapters disabled (evaluated in lockstep), checkpoints hold the
+  adapters' shards only (transformers' adapter-only FSDP checkpoint), the final model gathers the
+  adapters alone, and SFT's adapters are merged on rank 0 from the gathered weights
+  (`alignsweep.train.lora.merged_from_state`).
 - `deepspeed_zero3`: DeepSpeed ZeRO stage 3 (TRL/transformers' DeepSpeed integration) with the
   config `zero3_config` writes into the run directory, evaluated in lockstep like FSDP. It needs
   the `deepspeed` package; without it the job stops with a ConfigError. Never run here: DeepSpeed
@@ -117,9 +123,10 @@ def training_kwargs(cfg: Any, run_dir: Path) -> dict:
     return {"deepspeed": str(path)}
 
 
-def full_state_dict(trainer: Any) -> dict | None:
+def full_state_dict(trainer: Any, keep: Any = None) -> dict | None:
     """The policy's whole state dict on rank 0 (None elsewhere): gathered from the shards under
-    FSDP (a collective: every rank must call it), the model's own otherwise."""
+    FSDP (a collective: every rank must call it), the model's own otherwise. `keep(name)`: under
+    FSDP, only the tensors it accepts are gathered (LoRA's adapters, not the frozen base)."""
     main = trainer.accelerator.is_main_process
     if trainer.is_fsdp_enabled:
         # FSDP2: parameters are DTensor shards. Gathered one tensor at a time and copied to host
@@ -127,6 +134,8 @@ def full_state_dict(trainer: Any) -> dict | None:
         # alias buffers FSDP frees again).
         state = {}
         for name, tensor in trainer.model.state_dict().items():
+            if keep is not None and not keep(name):
+                continue
             full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
             if main:
                 state[name] = full.detach().to("cpu", copy=True)
@@ -138,10 +147,13 @@ def full_state_dict(trainer: Any) -> dict | None:
 
 
 def save_full_model(trainer: Any, folder: Path) -> None:
-    """The final policy as an ordinary Hugging Face checkpoint (every rank must call this)."""
-    state = full_state_dict(trainer)
+    """The final policy as an ordinary Hugging Face checkpoint (every rank must call this); under
+    LoRA its adapters in peft's format (only they are gathered), on the SFT model as their base."""
+    from alignsweep.train.lora import is_peft
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    state = full_state_dict(trainer, keep=(lambda name: "lora_" in name) if is_peft(model) else None)
     if state is not None:
-        model = trainer.accelerator.unwrap_model(trainer.model)
         model.save_pretrained(str(folder), state_dict=state)
         trainer.processing_class.save_pretrained(str(folder))
     trainer.accelerator.wait_for_everyone()

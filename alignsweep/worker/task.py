@@ -99,6 +99,8 @@ def policy_and_reference(cfg: Any, sft_dir: Path) -> tuple[Any, Any, Any]:
 
     if cfg.model.get("lora") is not None:
         policy, tokenizer = models.load_saved(sft_dir, cfg.model.dtype)
+        if torch.cuda.is_available():  # the precomputed and held-out reference log-probs run before
+            policy.to("cuda")  # training, where a sharded trainer has not placed the model yet
         return policy, None, tokenizer
     policy, tokenizer = models.load_saved(sft_dir, "float32")
     ref, _ = models.load_saved(sft_dir, cfg.model.dtype)
