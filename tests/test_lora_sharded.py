@@ -7,18 +7,16 @@ resumes from one exactly; the merge of gathered weights against peft's own; what
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from alignsweep.results import rundir
 
-from .test_sharding import FSDP, assert_same_row, cli_env, evaluate_in_one_process
-from .test_slurm import all_final, slurm_env, wait_until  # noqa: F401  (slurm_env: a fixture)
+from .test_sharding import (
+    FSDP, assert_same_row, evaluate_in_one_process, one_slurm_job, resumed_at_step_2, sharded_ranks,
+)
+from .test_slurm import slurm_env  # noqa: F401  (a fixture)
 
 # 255 pairs / (32 per rank x 2 ranks) = 4 optimizer steps, evaluations at 0, 2 and 4 on 64 prompts;
 # the SFT model (with LoRA: its own cache key) is built by both ranks under FSDP.
@@ -32,20 +30,7 @@ LORA = ["lora=default", "model.lora.r=4", "train.lr=5e-3"]
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, slurm_env):  # noqa: F811
     """One 2-process FSDP LoRA job through the SLURM launcher; its run directory."""
-    cwd = tmp_path_factory.mktemp("fsdp_lora")
-    cmd = [sys.executable, "-m", "alignsweep", "-m", "algo=dpo", "hydra/launcher=slurm", *LORA, *FSDP, *SMALL,
-           f"paths.cache_dir={cwd / 'cache'}", "hydra.sweep.dir=sweep"]
-    start = time.time()
-    subprocess.run(cmd, cwd=cwd, env={**cli_env(), **slurm_env}, check=True, capture_output=True, text=True, timeout=120)
-    sweep = cwd / "sweep"
-    try:
-        wait_until(lambda: all_final(sweep), 360, "the FSDP LoRA job", every=1)
-    except AssertionError:  # hung: cancel this job only (the cluster may be shared)
-        job_id = json.loads((sweep / "manifest.json").read_text())["jobs"]["0"]["job_id"]
-        subprocess.run(["scancel", job_id], capture_output=True, check=False)
-        raise
-    print(f"FSDP LoRA job through SLURM: {time.time() - start:.1f}s from submission to its final status")
-    return sweep / "0"
+    return one_slurm_job(tmp_path_factory.mktemp("fsdp_lora"), [*LORA, *FSDP, *SMALL], slurm_env, "the FSDP LoRA job", 360)
 
 
 def final_policy(run):
@@ -67,15 +52,8 @@ def test_a_fsdp_lora_job_shards_base_and_adapters_and_trains_only_the_adapters(l
     from safetensors.torch import load_file
 
     run = lora_run
+    ranks = sharded_ranks(run)  # base and adapters sharded: each rank holds about half
     status = rundir.read_status(run)
-    assert status["state"] == "completed", status.get("error")
-    assert status["strategy"] == "fsdp"
-    ranks = [json.loads((run / "ranks" / f"{r}.json").read_text()) for r in (0, 1)]
-    assert all(r["world_size"] == 2 and r["steps"] == 4 and r["micro_batches"] == 4 for r in ranks)
-    # base and adapters sharded: each rank holds about half of every parameter (uneven rows padded)
-    assert all(0.45 * r["numel"] < r["local_numel"] < 0.55 * r["numel"] for r in ranks)
-    assert ranks[0]["local_checksum"] != ranks[1]["local_checksum"]
-    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # the same gathered model on both
     # one copy: the reference (adapters disabled) adds no storage; this rank's half of it in float32
     memory = status["memory"]
     assert 0 < memory["trainable"] < memory["parameters"] / 10
@@ -120,20 +98,7 @@ def test_a_fsdp_lora_job_resumes_from_its_adapter_checkpoint_exactly(lora_run, t
     `torchrun`: the same rows and the same final adapters, bit for bit."""
     from safetensors.torch import load_file
 
-    run = tmp_path / "resumed"
-    shutil.copytree(lora_run, run, ignore=shutil.ignore_patterns("ranks", "model"))
-    status = json.loads((run / "status.json").read_text())
-    status["state"] = "running"  # killed after its second evaluation
-    (run / "status.json").write_text(json.dumps(status))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "alignsweep.worker", str(run)],
-        env=cli_env(), capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if "Warning" not in line)[-6000:]
-    again = rundir.read_status(run)
-    assert again["state"] == "completed" and again["resumed_from"] == "checkpoint-2" and again["attempt"] == 2
-    assert rundir.read_metrics(run) == rundir.read_metrics(lora_run)
+    run = resumed_at_step_2(lora_run, tmp_path / "resumed")
     before = load_file(str(lora_run / "model" / "adapter_model.safetensors"))
     after = load_file(str(run / "model" / "adapter_model.safetensors"))
     assert set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)

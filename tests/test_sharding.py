@@ -38,45 +38,52 @@ def cli_env() -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def fsdp_run(tmp_path_factory, slurm_env):  # noqa: F811
-    """One 2-process FSDP job through the SLURM launcher (wandb offline); its run directory."""
-    cwd = tmp_path_factory.mktemp("fsdp")
-    cache = cwd / "cache"
-    cmd = [
-        sys.executable, "-m", "alignsweep", "-m", "algo=dpo", "hydra/launcher=slurm", "logger=wandb", *FSDP, *SMALL,
-        f"paths.cache_dir={cache}", "hydra.sweep.dir=sweep",
-    ]
+def one_slurm_job(cwd: Path, overrides: list[str], slurm_env: dict, what: str, limit: int = 300) -> Path:  # noqa: F811
+    """`python -m alignsweep -m algo=dpo hydra/launcher=slurm OVERRIDES` run in `cwd` through the
+    local cluster, waited for until its one job is final (cancelled if it hangs); its run dir."""
+    cmd = [sys.executable, "-m", "alignsweep", "-m", "algo=dpo", "hydra/launcher=slurm", *overrides,
+           f"paths.cache_dir={cwd / 'cache'}", "hydra.sweep.dir=sweep"]
     start = time.time()
     subprocess.run(cmd, cwd=cwd, env={**cli_env(), **slurm_env}, check=True, capture_output=True, text=True, timeout=120)
     sweep = cwd / "sweep"
     try:
-        wait_until(lambda: all_final(sweep), 300, "the FSDP job", every=1)
+        wait_until(lambda: all_final(sweep), limit, what, every=1)
     except AssertionError:  # hung: cancel this job (only this one: the cluster may be shared)
         job_id = json.loads((sweep / "manifest.json").read_text())["jobs"]["0"]["job_id"]
         subprocess.run(["scancel", job_id], capture_output=True, check=False)
         raise
-    wall = time.time() - start
-    print(f"FSDP job through SLURM: {wall:.1f}s from submission to its final status")
+    print(f"{what} through SLURM: {time.time() - start:.1f}s from submission to its final status")
     return sweep / "0"
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, slurm_env):  # noqa: F811
+    """One 2-process FSDP job through the SLURM launcher (wandb offline); its run directory."""
+    return one_slurm_job(tmp_path_factory.mktemp("fsdp"), ["logger=wandb", *FSDP, *SMALL], slurm_env, "the FSDP job")
+
+
+def sharded_ranks(run: Path, steps: int = 4) -> list[dict]:
+    """The two ranks' records of a completed 2-process FSDP job, checked: both trained every step,
+    each held about half of the parameters (different halves; shards of uneven rows are padded),
+    and both gathered the same full weights."""
+    status = rundir.read_status(run)
+    assert status["state"] == "completed", status.get("error")
+    assert status["strategy"] == "fsdp"
+    ranks = [json.loads((run / "ranks" / f"{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["micro_batches"] == steps and r["steps"] == steps for r in ranks)
+    assert all(0.45 * r["numel"] < r["local_numel"] < 0.55 * r["numel"] for r in ranks)
+    assert ranks[0]["local_checksum"] != ranks[1]["local_checksum"]
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
+    return ranks
 
 
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_fsdp_job_both_ranks_train_sharded_and_rank_zero_alone_writes(fsdp_run):
     run = fsdp_run
-    status = rundir.read_status(run)
-    assert status["state"] == "completed", status.get("error")
-    assert status["strategy"] == "fsdp"
-    ranks = [json.loads((run / "ranks" / f"{r}.json").read_text()) for r in (0, 1)]
-    assert all(r["world_size"] == 2 and r["micro_batches"] == 4 for r in ranks)
-    assert ranks[0]["steps"] == ranks[1]["steps"] == 4
-    # sharded: each rank holds about half of the parameters (shards of uneven rows are padded)
+    ranks = sharded_ranks(run)
     assert ranks[0]["numel"] == ranks[1]["numel"] == 104_576
-    assert all(0.45 * r["numel"] < r["local_numel"] < 0.55 * r["numel"] for r in ranks)
-    assert ranks[0]["local_checksum"] != ranks[1]["local_checksum"]  # different halves
-    # the full (gathered) weights are the same on both ranks, and they are the saved final model
-    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
+    # the full (gathered) weights are the saved final model
     from safetensors.torch import load_file
 
     saved = load_file(run / "model" / "model.safetensors")
@@ -150,27 +157,33 @@ def test_sharded_evaluation_equals_a_single_process_evaluation_of_the_same_weigh
     assert_same_row(single, final)
 
 
+def resumed_at_step_2(completed: Path, run: Path) -> Path:
+    """`completed` copied to `run` and set back to its step-2 checkpoint (killed after its second
+    evaluation, as a requeue finds it), resumed by a 2-process `torchrun`, checked: completed from
+    that checkpoint as attempt 2 with the rows of the uninterrupted run. `run`."""
+    shutil.copytree(completed, run, ignore=shutil.ignore_patterns("ranks", "model", "wandb"))
+    status = json.loads((run / "status.json").read_text())
+    status["state"] = "running"
+    (run / "status.json").write_text(json.dumps(status))
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("name: wandb", "name: none"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "alignsweep.worker", str(run)],
+        env=cli_env(), capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if "Warning" not in line)[-6000:]
+    status = rundir.read_status(run)
+    assert status["state"] == "completed" and status["resumed_from"] == "checkpoint-2" and status["attempt"] == 2
+    assert rundir.read_metrics(run) == rundir.read_metrics(completed)
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_fsdp_job_resumes_from_its_sharded_checkpoint_with_the_rows_of_the_uninterrupted_run(fsdp_run, tmp_path):
     """The completed run, set back to its checkpoint at step 2 (as a requeue after that checkpoint
     finds it), resumed by `torchrun`: the same rows and the same final weights."""
-    run = tmp_path / "resumed"
-    shutil.copytree(fsdp_run, run, ignore=shutil.ignore_patterns("ranks", "model", "wandb"))
-    status = json.loads((run / "status.json").read_text())
-    status["state"] = "running"  # killed after its second evaluation
-    (run / "status.json").write_text(json.dumps(status))
-    config = (run / "config.yaml").read_text().replace("name: wandb", "name: none")
-    (run / "config.yaml").write_text(config)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "alignsweep.worker", str(run)],
-        env=cli_env(), capture_output=True, text=True, timeout=240, check=False,
-    )
-    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "Warning" not in l)[-6000:]
-    status = rundir.read_status(run)
-    assert status["state"] == "completed" and status["resumed_from"] == "checkpoint-2" and status["attempt"] == 2
-    assert rundir.read_metrics(run) == rundir.read_metrics(fsdp_run)
+    run = resumed_at_step_2(fsdp_run, tmp_path / "resumed")
     for r in (0, 1):
         resumed = json.loads((run / "ranks" / f"{r}.json").read_text())
         original = json.loads((fsdp_run / "ranks" / f"{r}.json").read_text())
