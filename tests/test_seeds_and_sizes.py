@@ -212,3 +212,19 @@ def test_a_kl_spaced_seed_sweep_is_collected_drawn_and_reported_per_target(tmp_p
 
     final = seed_table(by_seed)
     assert len(final) == 2 and list(final["step"]) == [40, 40]
+
+
+def test_runs_without_a_parameter_count_are_named_and_left_out_of_the_size_regressions(tmp_path, capsys):
+    """Runs from before `model_params` (here: every m_big run) are named once in the collect output
+    and left out of the regressions (a Tree MDP sweep, whose policies have no size, says nothing:
+    tests/test_tree_mdp.py)."""
+    make_sweep(tmp_path, models=("m_small", "m_big"), fail_last=False)
+    for status in tmp_path.glob("*/status.json"):
+        fields = json.loads(status.read_text())
+        if fields.get("model_params") == SIZES["m_big"]:
+            del fields["model_params"]
+            status.write_text(json.dumps(fields))
+    collect_and_report(tmp_path, figures=False)
+    out = capsys.readouterr().out
+    assert "no parameter count recorded for model(s) m_big (runs older than model_params)" in out
+    assert "do larger models degrade less?" not in out  # one size left: no regression

@@ -86,8 +86,9 @@ def collect_and_report(sweep_dir: Path, figures: bool = True) -> None:
     if not by_seed.empty:
         print(f"[alignsweep] across seeds: {sweep_dir / 'results_by_seed.csv'} (mean and 95% CI per configuration "
               "and checkpoint)")
-    unsized = sorted(set(table["model"].dropna().astype(str)) - set(sizes)) if "model" in table.columns else []
-    if unsized and table["model"].nunique() > 1:
+    language = table[table["data"].astype(str) != "tree_mdp"] if "data" in table.columns else table
+    unsized = sorted(set(language["model"].dropna().astype(str)) - set(sizes)) if "model" in table.columns else []
+    if unsized and language["model"].nunique() > 1:  # Tree MDP policies have no model size to regress on
         print(f"[alignsweep] no parameter count recorded for model(s) {', '.join(unsized)} (runs older than "
               "model_params): left out of the regressions on model size")
     if not scaling.empty:
