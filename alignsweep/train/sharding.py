@@ -132,9 +132,34 @@ def full_state_dict(trainer: Any) -> dict | None:
                 state[name] = full.detach().to("cpu", copy=True)
         return state if main else None
     if trainer.is_deepspeed_enabled:
-        state = trainer.accelerator.get_state_dict(trainer.model)
+        # ZeRO-3: accelerate asks the DeepSpeed engine (`model_wrapped`, not the module) for the
+        # consolidated weights (`stage3_gather_16bit_weights_on_model_save`: in the model's own
+        # dtype, float32 masters stay float32), gathered on rank 0 (a collective)
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
         return state if main else None
     return trainer.accelerator.unwrap_model(trainer.model).state_dict()
+
+
+def gather_lm_head_with_model(model: Any) -> None:
+    """For DeepSpeed ZeRO-3: the output layer's parameters registered as external parameters of the
+    model (DeepSpeed's `deepspeed.zero.register_external_parameter`), so that DeepSpeed gathers
+    them for the model's whole forward and backward. Call it before the model's first forward under
+    DeepSpeed (it changes the parameter trace ZeRO-3 records): before the trainer is built.
+
+    Why: TRL's fused log-prob head (`fused_lm_head=True`, trl.trainer.utils.add_fused_lm_head)
+    reads `lm_head.weight` without calling the head module and gathers it itself
+    (`maybe_gather_lm_head_ctx`). Once an evaluation has run the model with its ordinary head, the
+    ZeRO-3 parameter trace has the head in it, the next training forward prefetches the head's
+    weight, and TRL's gather of a weight still in flight fails ("Cannot partition a param in
+    flight", DeepSpeed 0.19.8, TRL 1.16). Registered, the weight is fetched (and waited for) with
+    the model: TRL finds it gathered and leaves it alone. `model`: the Hugging Face model whose
+    forward TRL patches (under LoRA the base model, before peft wraps it)."""
+    import deepspeed
+
+    head = model.get_output_embeddings()
+    for param in (head.weight, getattr(head, "bias", None)):
+        if param is not None:
+            deepspeed.zero.register_external_parameter(model, param)  # a no-op when registered already
 
 
 def save_full_model(trainer: Any, folder: Path) -> None:

@@ -17,7 +17,7 @@ from trl import DPOTrainer
 
 from alignsweep.train import kto
 from alignsweep.train.losses import REFERENCE_FREE, daa_loss, kto_reference_point, reward_accuracy
-from alignsweep.train.sharding import CPUFSDPMixin
+from alignsweep.train.sharding import CPUFSDPMixin, gather_lm_head_with_model
 
 REF_PARTS = 16  # the shared reference log-probs are computed in up to this many parts
 
@@ -103,6 +103,10 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         from alignsweep.runtime.phase_clock import PhaseClock
 
         self.clock = clock if clock is not None else PhaseClock()  # tokenise, ref_logps: seconds
+        if getattr(kwargs.get("args"), "deepspeed", None):  # ZeRO-3: the fused head's weight gathered with the model
+            for module in (kwargs.get("model"), kwargs.get("ref_model")):
+                if module is not None:
+                    gather_lm_head_with_model(module)
         super().__init__(*args, **kwargs)
         if self.loss_name == "kto":  # the mismatched pairs of its reference point (alignsweep.train.kto)
             self.data_collator = kto.KLCollator(self.data_collator)

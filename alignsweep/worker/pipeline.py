@@ -77,7 +77,8 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     with clock("load_models"):
         policy, ref, tokenizer = policy_and_reference(cfg, sft_dir)
     if main:  # the base model's size, for the regressions across model sizes (alignsweep.analysis.scaling)
-        rundir.write_status(run_dir, model_params=sum(p.numel() for p in policy.parameters()))
+        rundir.write_status(run_dir, model_params=sum(getattr(p, "ds_numel", p.numel())  # ZeRO-3: partitioned
+                                                          for p in policy.parameters()))
 
     params = loss_params(cfg, job)
     n_eval = cfg.eval.prompts or len(task["eval"])
