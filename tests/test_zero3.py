@@ -1,0 +1,180 @@
+"""model.resources.strategy=deepspeed_zero3 (alignsweep/train/sharding.py), proven on CPU as
+tests/test_sharding.py proves FSDP: a 2-process DeepSpeed ZeRO-3 job (`torchrun`, gloo,
+DS_ACCELERATOR=cpu set for these processes only) that builds its own SFT model under ZeRO-3,
+trains, evaluates in lockstep, writes a checkpoint and the final model; its evaluation against a
+single-process evaluation of the same weights; and resuming from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignsweep.results import rundir
+
+# 128 pairs / (32 per rank x 2 ranks) = 2 optimizer steps, evaluated at steps 0, 1 and 2 on 32
+# prompts. The single-process job that composes the run directory builds its SFT model in its own
+# cache; the ZeRO-3 job gets an empty one and builds its SFT model under ZeRO-3.
+SMALL = [
+    "data.embedded.n_train=128", "data.embedded.n_sft=64", "sft.epochs=2", "eval.prompts=32", "logger=none",
+    "train.checkpoints=2", "train.save_final_model=true",
+]
+
+
+def deepspeed_or_skip() -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        message = "deepspeed is not installed (make install installs it: pip install -c constraints.txt -e '.[dev,deepspeed]')"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def env() -> dict:
+    """The ZeRO-3 processes' environment: DeepSpeed's CPU accelerator (gloo), no wandb key."""
+    out = dict(os.environ, TQDM_DISABLE="1", DS_ACCELERATOR="cpu")
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        out.pop(var, None)
+    return out
+
+
+def torchrun(run: Path, timeout: int = 400) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "alignsweep.worker", str(run)],
+        env=env(), capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "Warning" not in l)[-6000:]
+
+
+@pytest.fixture(scope="module")
+def zero3_run(tmp_path_factory) -> Path:
+    """One 2-process ZeRO-3 job's run directory (its config composed by a single-process job)."""
+    deepspeed_or_skip()
+    cwd = tmp_path_factory.mktemp("zero3")
+    single_env = {k: v for k, v in env().items() if k != "DS_ACCELERATOR"}
+    subprocess.run(
+        [sys.executable, "-m", "alignsweep", *SMALL, "hydra.run.dir=one", f"paths.cache_dir={cwd / 'cache1'}"],
+        cwd=cwd, env=single_env, check=True, capture_output=True, text=True, timeout=300,
+    )
+    config = (cwd / "one" / "config.yaml").read_text()
+    for old in ("tasks_per_node: null", "strategy: single", str(cwd / "cache1")):
+        assert old in config, old
+    run = cwd / "zero3"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        config.replace("tasks_per_node: null", "tasks_per_node: 2").replace("strategy: single", "strategy: deepspeed_zero3")
+        .replace(str(cwd / "cache1"), str(cwd / "cache"))
+    )
+    torchrun(run)
+    return run
+
+
+@pytest.mark.slow
+def test_zero3_job_builds_its_sft_model_trains_partitioned_on_both_ranks_and_rank_zero_alone_writes(zero3_run):
+    from safetensors.torch import load_file
+
+    run = zero3_run
+    status = rundir.read_status(run)
+    assert status["state"] == "completed", status.get("error")
+    assert status["strategy"] == "deepspeed_zero3"
+    assert status["model_params"] == 104_576  # the whole model's, not this rank's partition
+    # the SFT model was built by this job, under ZeRO-3 (the cache was empty), and gathered whole
+    sft = Path(status["sft_model"])
+    assert sft.parent == run.parent / "cache" / "sft" and (sft / "DONE").exists()
+    assert status["seconds"]["sft"] > 0.5
+    sft_weights = load_file(sft / "model.safetensors")
+    assert sum(t.numel() for t in sft_weights.values()) == 104_576
+    assert (run / "deepspeed_zero3.json").exists()
+    ranks = [json.loads((run / "ranks" / f"{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["micro_batches"] == 2 for r in ranks)
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2
+    # partitioned: each rank holds half of every parameter
+    assert ranks[0]["numel"] == ranks[1]["numel"] == 104_576
+    assert ranks[0]["local_numel"] + ranks[1]["local_numel"] == 104_576
+    assert all(0.45 * r["numel"] < r["local_numel"] < 0.55 * r["numel"] for r in ranks)
+    assert ranks[0]["local_checksum"] != ranks[1]["local_checksum"]
+    # the gathered weights are the same on both ranks, and they are the saved final model (float32)
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
+    saved = load_file(run / "model" / "model.safetensors")
+    assert {str(t.dtype) for t in saved.values()} == {"torch.float32"}
+    assert sum(t.double().sum().item() for t in saved.values()) == pytest.approx(ranks[0]["param_checksum"], rel=1e-9)
+    assert any(not saved[k].equal(sft_weights[k]) for k in saved)  # trained
+    # rank 0 alone evaluated and wrote: one row per evaluation
+    assert [r["step"] for r in rundir.read_metrics(run)] == [0, 1, 2]
+    # the checkpoint is DeepSpeed's: each rank wrote its partition of the weights and optimizer state
+    names = sorted(p.name for p in (run / "trainer" / "checkpoint-1" / "global_step1").iterdir())
+    assert names == [f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1) for kind in ("model", "optim")]
+
+
+@pytest.mark.slow
+def test_zero3_evaluation_equals_a_single_process_evaluation_of_the_same_weights(zero3_run):
+    """The final row, evaluated by both ranks in lockstep on the partitioned policy and reference,
+    against the Evaluator run in this one process on the gathered final weights."""
+    import torch
+
+    from alignsweep.config.resolve import resolve_job
+    from alignsweep.config.schema import load_run_config
+    from alignsweep.evaluate.evaluator import Evaluator
+    from alignsweep.evaluate.judges import build_judge
+    from alignsweep.train import models
+    from alignsweep.train.losses import loss_params
+    from alignsweep.worker.task import load_task
+
+    run = zero3_run
+    cfg = load_run_config(run / "config.yaml")
+    job = resolve_job(cfg)
+    final = rundir.read_metrics(run)[-1]
+    ref, tokenizer = models.load_saved(rundir.read_status(run)["sft_model"])
+    policy, _ = models.load_saved(run / "model")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank of the job (one CPU per task)
+    try:
+        evaluator = Evaluator(
+            ref_model=ref.eval(), tokenizer=tokenizer,
+            judge=build_judge(cfg.judge, data_name=cfg.data.name, cache_root=cfg.paths.cache_dir),
+            eval_rows=load_task(cfg, tokenizer)["eval"][: cfg.eval.prompts],
+            heldout_rows=load_task(cfg, tokenizer)["heldout"], loss_name=job.algo,
+            loss_params=loss_params(cfg, job), max_new_tokens=cfg.data.max_new_tokens,
+            temperature=cfg.eval.temperature, batch_size=cfg.eval.batch_size, seed=job.seed,
+            kl_estimator=cfg.eval.kl_estimator,
+        )
+        single = evaluator.evaluate(policy, final["step"])
+    finally:
+        torch.set_num_threads(threads)
+    assert final["step"] == 2
+    for key in ("win_rate", "ties", "n_eval", "response_length", "truncated", "reward_accuracy"):
+        assert single[key] == final[key], key
+    for key in ("kl", "kl_mc", "kl_exact_token", "sqrt_kl", "chosen_logp", "rejected_logp", "length_slope"):
+        assert single[key] == pytest.approx(final[key], rel=1e-5, abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_zero3_job_resumes_from_its_checkpoint_with_the_rows_and_weights_of_the_uninterrupted_run(zero3_run, tmp_path):
+    """The completed run, set back to its checkpoint at step 1 (as a requeue after that checkpoint
+    finds it), resumed by `torchrun`: the same rows, the same final weights on both ranks."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "resumed"
+    shutil.copytree(zero3_run, run, ignore=shutil.ignore_patterns("ranks", "model"))
+    status = json.loads((run / "status.json").read_text())
+    status["state"] = "running"  # killed after its second evaluation
+    (run / "status.json").write_text(json.dumps(status))
+    torchrun(run)
+    status = rundir.read_status(run)
+    assert status["state"] == "completed" and status["resumed_from"] == "checkpoint-1" and status["attempt"] == 2
+    assert rundir.read_metrics(run) == rundir.read_metrics(zero3_run)
+    for r in (0, 1):
+        resumed = json.loads((run / "ranks" / f"{r}.json").read_text())
+        original = json.loads((zero3_run / "ranks" / f"{r}.json").read_text())
+        assert resumed["micro_batches"] == 1  # step 2 only
+        assert resumed["param_checksum"] == original["param_checksum"]
+        assert resumed["local_checksum"] == original["local_checksum"]
+    final, original = load_file(run / "model" / "model.safetensors"), load_file(zero3_run / "model" / "model.safetensors")
+    assert all(final[k].equal(original[k]) for k in original)
