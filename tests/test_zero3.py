@@ -113,10 +113,9 @@ def test_zero3_job_builds_its_sft_model_trains_partitioned_on_both_ranks_and_ran
     assert names == [f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1) for kind in ("model", "optim")]
 
 
-@pytest.mark.slow
-def test_zero3_evaluation_equals_a_single_process_evaluation_of_the_same_weights(zero3_run):
-    """The final row, evaluated by both ranks in lockstep on the partitioned policy and reference,
-    against the Evaluator run in this one process on the gathered final weights."""
+def single_process_evaluation(run: Path, policy=None) -> tuple[dict, dict]:
+    """(the run's final row, the Evaluator run in this one process on its saved weights: the final
+    model, or `policy`, against the SFT model as reference)."""
     import torch
 
     from alignsweep.config.resolve import resolve_job
@@ -127,32 +126,43 @@ def test_zero3_evaluation_equals_a_single_process_evaluation_of_the_same_weights
     from alignsweep.train.losses import loss_params
     from alignsweep.worker.task import load_task
 
-    run = zero3_run
     cfg = load_run_config(run / "config.yaml")
     job = resolve_job(cfg)
     final = rundir.read_metrics(run)[-1]
     ref, tokenizer = models.load_saved(rundir.read_status(run)["sft_model"])
-    policy, _ = models.load_saved(run / "model")
+    if policy is None:
+        policy, _ = models.load_saved(run / "model")
+    task = load_task(cfg, tokenizer)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank of the job (one CPU per task)
     try:
         evaluator = Evaluator(
             ref_model=ref.eval(), tokenizer=tokenizer,
             judge=build_judge(cfg.judge, data_name=cfg.data.name, cache_root=cfg.paths.cache_dir),
-            eval_rows=load_task(cfg, tokenizer)["eval"][: cfg.eval.prompts],
-            heldout_rows=load_task(cfg, tokenizer)["heldout"], loss_name=job.algo,
+            eval_rows=task["eval"][: cfg.eval.prompts], heldout_rows=task["heldout"], loss_name=job.algo,
             loss_params=loss_params(cfg, job), max_new_tokens=cfg.data.max_new_tokens,
             temperature=cfg.eval.temperature, batch_size=cfg.eval.batch_size, seed=job.seed,
             kl_estimator=cfg.eval.kl_estimator,
         )
-        single = evaluator.evaluate(policy, final["step"])
+        return final, evaluator.evaluate(policy, final["step"])
     finally:
         torch.set_num_threads(threads)
-    assert final["step"] == 2
+
+
+def assert_same_row(single: dict, final: dict) -> None:
     for key in ("win_rate", "ties", "n_eval", "response_length", "truncated", "reward_accuracy"):
         assert single[key] == final[key], key
     for key in ("kl", "kl_mc", "kl_exact_token", "sqrt_kl", "chosen_logp", "rejected_logp", "length_slope"):
         assert single[key] == pytest.approx(final[key], rel=1e-5, abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_zero3_evaluation_equals_a_single_process_evaluation_of_the_same_weights(zero3_run):
+    """The final row, evaluated by both ranks in lockstep on the partitioned policy and reference,
+    against the Evaluator run in this one process on the gathered final weights."""
+    final, single = single_process_evaluation(zero3_run)
+    assert final["step"] == 2
+    assert_same_row(single, final)
 
 
 @pytest.mark.slow
@@ -207,3 +217,67 @@ def test_zero3_job_in_bfloat16_saves_the_float32_master_weights_that_a_small_lr_
     print(f"ZeRO-3 bf16 at lr 5e-7: {moved:.4f} of the float32 weights moved, {visible_in_bf16:.4f} visible in bf16")
     assert moved > 0.9
     assert visible_in_bf16 < 0.5 * moved
+
+
+def test_lora_under_zero3_composes_with_lora_sft_false_and_is_refused_with_adapter_sft(cli):
+    """LoRA under deepspeed_zero3 runs when SFT trains no adapters (the test below); SFT with
+    adapters (merged into the SFT model) is refused at compose time."""
+    zero3 = ["lora=default", "model.resources.strategy=deepspeed_zero3", "model.resources.tasks_per_node=2"]
+    out = cli(*zero3, "model.lora.sft=false", "dry_run=true").stdout
+    assert "strategy=deepspeed_zero3" in out
+    refused = cli(*zero3, "dry_run=true", check=False)
+    assert refused.returncode == 2 and "model.lora.sft=false" in refused.stderr and "Traceback" not in refused.stderr
+    assert cli(*zero3, "sft.enabled=false", "dry_run=true").returncode == 0  # no SFT stage: nothing to merge
+
+
+@pytest.mark.slow
+def test_zero3_lora_job_trains_adapters_evaluates_and_resumes_exactly(zero3_run, tmp_path):
+    """LoRA under ZeRO-3 (model.lora.sft=false: the ZeRO-3 job's full-fine-tuning SFT model, from
+    the cache, is the base and the reference): both ranks train the same adapters; the lockstep
+    evaluation equals a single-process one of the SFT model with the saved adapters (so the base
+    stayed frozen and the reference is the base with adapters disabled); the job resumed from its
+    checkpoint ends with the same rows and adapters."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from alignsweep.train import models
+
+    lora = ["lora=default", "model.lora.r=4", "model.lora.sft=false"]
+    single_env = {k: v for k, v in env().items() if k != "DS_ACCELERATOR"}
+    cwd = zero3_run.parent
+    subprocess.run(
+        [sys.executable, "-m", "alignsweep", *SMALL, *lora, "hydra.run.dir=one_lora", f"paths.cache_dir={cwd / 'cache1'}"],
+        cwd=cwd, env=single_env, check=True, capture_output=True, text=True, timeout=300,
+    )
+    config = (cwd / "one_lora" / "config.yaml").read_text()
+    run = tmp_path / "lora"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        config.replace("tasks_per_node: null", "tasks_per_node: 2").replace("strategy: single", "strategy: deepspeed_zero3")
+        .replace(str(cwd / "cache1"), str(cwd / "cache"))
+    )
+    torchrun(run)
+    status = rundir.read_status(run)
+    assert status["state"] == "completed" and status["strategy"] == "deepspeed_zero3", status.get("error")
+    assert status["sft_model"] == rundir.read_status(zero3_run)["sft_model"]  # the full job's, from the cache
+    ranks = [json.loads((run / "ranks" / f"{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"] and ranks[0]["micro_batches"] == 2
+    adapters = load_file(run / "model" / "adapter_model.safetensors")
+    assert adapters and all("lora_" in k for k in adapters)
+    assert [r["step"] for r in rundir.read_metrics(run)] == [0, 1, 2]
+    sft, _ = models.load_saved(status["sft_model"])
+    final, single = single_process_evaluation(run, PeftModel.from_pretrained(sft, str(run / "model")))
+    assert_same_row(single, final)
+    assert final["kl"] != 0.0  # the adapters moved the policy
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed, ignore=shutil.ignore_patterns("ranks", "model"))
+    state = json.loads((resumed / "status.json").read_text())
+    state["state"] = "running"
+    (resumed / "status.json").write_text(json.dumps(state))
+    torchrun(resumed)
+    status = rundir.read_status(resumed)
+    assert status["state"] == "completed" and status["resumed_from"] == "checkpoint-1"
+    assert rundir.read_metrics(resumed) == rundir.read_metrics(run)
+    again = load_file(resumed / "model" / "adapter_model.safetensors")
+    assert set(again) == set(adapters) and all(again[k].equal(adapters[k]) for k in adapters)

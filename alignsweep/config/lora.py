@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignsweep.train.strategy import SHARDED, planned
+from alignsweep.train.strategy import lora_refused, planned
 
 
 def lora_errors(cfg: Any) -> list[str]:
@@ -28,7 +28,14 @@ def lora_errors(cfg: Any) -> list[str]:
         )
     res = cfg.model.resources
     processes = res.nodes * (res.tasks_per_node if res.tasks_per_node is not None else max(1, res.gpus))
-    if planned(res.strategy, processes) in SHARDED:
+    strategy = planned(res.strategy, processes)
+    if strategy == "deepspeed_zero3" and lora_refused(strategy, bool(lora.sft and cfg.sft.enabled)):
+        errors.append(
+            "model.lora.sft: SFT with LoRA adapters (merged into the SFT model) does not run under "
+            "model.resources.strategy=deepspeed_zero3 yet; use model.lora.sft=false (SFT fine-tunes the whole "
+            "model, LoRA trains the DAA stage), or model.resources.strategy=single"
+        )
+    elif lora_refused(strategy, bool(lora.sft and cfg.sft.enabled)):
         errors.append(
             f"model.lora: LoRA does not run with model.resources.strategy={res.strategy} here (sharded LoRA "
             "is not supported yet: the reference is the base model with adapters disabled, never sharded "

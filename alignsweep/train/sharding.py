@@ -23,7 +23,9 @@
   ".[deepspeed]"`); without it the job stops with a ConfigError. Run here on CPU only (DeepSpeed
   0.19.8, `DS_ACCELERATOR=cpu`, 2 processes, gloo; tests/test_zero3.py): SFT, DPO, lockstep
   evaluation equal to a single-process one, exact resume, the final model, bf16 over float32
-  masters. Not run: GPUs/NCCL, LoRA, 7B memory.
+  masters, and LoRA with `model.lora.sft=false` (adapters trained, saved and resumed; SFT with
+  adapters, merged under ZeRO-3, is refused: `alignsweep.train.strategy.lora_refused`). Not run:
+  GPUs/NCCL, 7B memory.
 
 A sharding strategy needs several processes. A job that asks for one with a single process
 (nodes x tasks_per_node = 1, e.g. `model=mistral_7b` on the local launcher) is degraded to

@@ -36,3 +36,11 @@ def effective(strategy: str) -> str:
 def lockstep_evaluation(strategy: str) -> bool:
     """True when every rank must take part in evaluation forward passes (the model is sharded)."""
     return effective(strategy) in SHARDED
+
+
+def lora_refused(strategy: str, lora_sft: bool) -> bool:
+    """Whether `model.lora` is refused under `strategy` (the one the job runs with): under a sharded
+    one, except `deepspeed_zero3` when SFT trains no adapters (`lora_sft`: model.lora.sft with
+    sft.enabled; merging adapters trained under ZeRO-3 into the SFT model is not built).
+    tests/test_zero3.py runs LoRA under ZeRO-3."""
+    return strategy in SHARDED and not (strategy == "deepspeed_zero3" and not lora_sft)

@@ -14,7 +14,7 @@ from alignsweep.results import rundir
 from alignsweep.runtime.distributed import rank, write_rank_record
 from alignsweep.train.losses import loss_params
 from alignsweep.errors import ConfigError
-from alignsweep.train.strategy import SHARDED, effective, lockstep_evaluation
+from alignsweep.train.strategy import effective, lockstep_evaluation, lora_refused
 from alignsweep.worker.task import (
     base_model_and_tokenizer,
     policy_and_reference,
@@ -52,8 +52,10 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     strategy, asked = effective(cfg.model.resources.strategy), cfg.model.resources.strategy
     shard = sharding.training_kwargs(cfg, run_dir)
     lockstep = lockstep_evaluation(asked)
-    if cfg.model.get("lora") is not None and strategy in SHARDED:  # e.g. torchrun over a fsdp config
-        raise ConfigError(f"model.lora: LoRA does not run with model.resources.strategy={strategy} "
+    lora_sft = cfg.model.get("lora") is not None and bool(cfg.model.lora.sft and cfg.sft.enabled)
+    if cfg.model.get("lora") is not None and lora_refused(strategy, lora_sft):  # e.g. torchrun over a fsdp config
+        zero3 = " with model.lora.sft=true (use model.lora.sft=false)" if strategy == "deepspeed_zero3" else ""
+        raise ConfigError(f"model.lora: LoRA does not run with model.resources.strategy={strategy}{zero3} "
                           "(sharded); use model.resources.strategy=single or model.lora=null")
     # eval.sampler=vllm where vLLM or CUDA is missing stops here, before anything is built (exit 2)
     sampler_name = sampler_for(cfg)
