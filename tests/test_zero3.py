@@ -85,6 +85,12 @@ def test_zero3_job_builds_its_sft_model_trains_partitioned_on_both_ranks_and_ran
     assert status["state"] == "completed", status.get("error")
     assert status["strategy"] == "deepspeed_zero3"
     assert status["model_params"] == 104_576  # the whole model's, not this rank's partition
+    # what rank 0 holds (status `memory`): the whole model's count, half of its float32 weights for
+    # the policy and half for the reference, half of the gradients, Adam's two moments of its half
+    memory = status["memory"]
+    assert memory["parameters"] == memory["trainable"] == 104_576
+    assert memory["gradients_bytes"] == 4 * 104_576 // 2
+    assert memory["weights_bytes"] == memory["optimizer_bytes"] == 2 * 4 * 104_576 // 2
     # the SFT model was built by this job, under ZeRO-3 (the cache was empty), and gathered whole
     sft = Path(status["sft_model"])
     assert sft.parent == run.parent / "cache" / "sft" and (sft / "DONE").exists()

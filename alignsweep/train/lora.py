@@ -115,16 +115,19 @@ def held_memory(policy: Any, ref: Any, optimizer: Any = None) -> dict:
         if model is None:
             continue
         for tensor in model.parameters():
-            tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2: this rank's shard
+            # this rank's shard: FSDP2's local tensor, DeepSpeed ZeRO-3's partition
+            tensor = tensor.to_local() if hasattr(tensor, "to_local") else getattr(tensor, "ds_tensor", tensor)
             storage = tensor.untyped_storage()
             storages[storage.data_ptr()] = storage.nbytes()
     params = list(policy.parameters())
-    grads = sum(p.nbytes for p in params if p.requires_grad)  # held during each step (freed between)
+    # held during each step (freed between); ZeRO-3: this rank's partition
+    grads = sum(getattr(p, "ds_tensor", p).nbytes for p in params if p.requires_grad)
     state = 0
     if optimizer is not None:
         for entry in optimizer.state.values():
             state += sum(v.nbytes for v in entry.values() if torch.is_tensor(v) and v.dim() > 0)  # not `step`
     return {
-        "parameters": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in params),  # ZeRO-3: the whole tensor's
+        "trainable": sum(getattr(p, "ds_numel", p.numel()) for p in params if p.requires_grad),
         "weights_bytes": sum(storages.values()), "gradients_bytes": grads, "optimizer_bytes": state,
     }
