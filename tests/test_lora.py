@@ -28,8 +28,6 @@ LORA = ["lora=default", "model.lora.r=4", "train.lr=5e-3"]
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        (["model.resources.strategy=deepspeed_zero3", "model.resources.tasks_per_node=2"],
-         "model.resources.strategy=fsdp"),
         (["eval.sampler=vllm"], "eval.sampler=transformers"),
         (["model.lora.target_modules=[]"], "model.lora.target_modules=all-linear"),
         (["model.lora.r=0"], "model.lora.r: must be an integer >= 1"),

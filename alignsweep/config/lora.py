@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignsweep.train.strategy import planned
-
 
 def lora_errors(cfg: Any) -> list[str]:
     """`key: why, and what to type instead` for each setting `model.lora` cannot work with."""
@@ -25,14 +23,6 @@ def lora_errors(cfg: Any) -> list[str]:
         errors.append(
             f"model.lora.target_modules: expected all-linear or a list of module names, got {targets!r}; "
             "e.g. model.lora.target_modules=all-linear or model.lora.target_modules=[q_proj,v_proj]"
-        )
-    res = cfg.model.resources
-    processes = res.nodes * (res.tasks_per_node if res.tasks_per_node is not None else max(1, res.gpus))
-    if planned(res.strategy, processes) == "deepspeed_zero3":
-        errors.append(
-            "model.lora: LoRA does not run with model.resources.strategy=deepspeed_zero3 yet (never run with "
-            "adapters); use model.resources.strategy=fsdp (base and adapters sharded over the processes) or "
-            "model.resources.strategy=single (each process holds the frozen base, adapters' gradients all-reduced)"
         )
     if getattr(cfg.model, "tree_policy", None) is not None:
         errors.append(f"model.lora: model={cfg.model.name} is a Tree MDP policy, not a transformer; remove lora=")

@@ -24,8 +24,9 @@ def rank() -> int:
 def write_rank_record(run_dir: Path, trainer: Any) -> None:
     """Each rank of a distributed job notes what it trained and a checksum of its final weights
     (RUN_DIR/ranks/RANK.json): equal checksums show the gradients were synchronised. With a
-    sharded model (FSDP2: DTensor parameters) the checksum is of the full weights, gathered on
-    every rank (a collective), and `local_numel`/`local_checksum` describe this rank's shard."""
+    sharded model (FSDP2: DTensor parameters; DeepSpeed ZeRO-3: partitioned parameters) the
+    checksum is of the full weights, gathered on every rank (a collective), and
+    `local_numel`/`local_checksum` describe this rank's shard."""
     import json
 
     import torch
@@ -34,11 +35,19 @@ def write_rank_record(run_dir: Path, trainer: Any) -> None:
     numel = local_numel = 0
     with torch.no_grad():
         for p in trainer.model.parameters():
-            shard = p.to_local() if hasattr(p, "to_local") else p
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p
-            checksum += float(full.double().sum())
+            if zero3_partitioned(p):
+                import deepspeed
+
+                shard = zero3_local_part(p)
+                with deepspeed.zero.GatheredParameters([p]):  # every rank holds the whole tensor inside
+                    full_sum, full_numel = float(p.data.double().sum()), p.data.numel()
+            else:
+                shard = p.to_local() if hasattr(p, "to_local") else p
+                full = p.full_tensor() if hasattr(p, "full_tensor") else p
+                full_sum, full_numel = float(full.double().sum()), full.numel()
+            checksum += full_sum
             local += float(shard.double().sum())
-            numel += full.numel()
+            numel += full_numel
             local_numel += shard.numel()
     record = {
         "rank": rank(),
@@ -52,6 +61,22 @@ def write_rank_record(run_dir: Path, trainer: Any) -> None:
     }
     (run_dir / "ranks").mkdir(exist_ok=True)
     rundir.atomic_write_text(run_dir / "ranks" / f"{rank()}.json", json.dumps(record))
+
+
+def zero3_partitioned(param: Any) -> bool:
+    """Whether `param` is a DeepSpeed ZeRO-3 partitioned parameter: outside its module's forward
+    its `data` is empty and this rank's partition lies in `ds_tensor`."""
+    return hasattr(param, "ds_tensor")
+
+
+def zero3_local_part(param: Any) -> Any:
+    """This rank's elements of a ZeRO-3 parameter (flat): its partition `ds_tensor` without the
+    padding the last ranks' partitions carry (DeepSpeed leaves that memory uninitialised)."""
+    import torch.distributed as dist
+
+    part = param.ds_tensor
+    start = part.numel() * dist.get_rank(group=param.ds_process_group)
+    return part.narrow(0, 0, max(0, min(part.numel(), param.ds_numel - start)))
 
 
 COLLECTIVE_TIMEOUT_S = 2 * 3600

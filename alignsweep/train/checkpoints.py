@@ -258,7 +258,11 @@ def weights_finite(model: Any) -> bool:
     synchronisation with the device whatever the number of tensors."""
     import torch
 
-    flags = [torch.isfinite(p).all() for p in model.parameters() if p.numel()]
+    from alignsweep.runtime.distributed import zero3_local_part, zero3_partitioned
+
+    # ZeRO-3: a parameter's own data is empty between forwards; this rank's partition is checked
+    local = (zero3_local_part(p) if zero3_partitioned(p) else p for p in model.parameters())
+    flags = [torch.isfinite(t).all() for t in local if t.numel()]
     return bool(torch.stack(flags).all().item()) if flags else True
 
 

@@ -12,8 +12,8 @@ model. Merging costs one pass over the weights, once per sweep.
 
 Under FSDP (`model.resources.strategy=fsdp`) the same holds with base and adapters sharded; an SFT
 model trained sharded cannot be merged in place (its parameters are shards), so its whole state is
-gathered on rank 0 and merged there by peft on a meta-device copy (`merged_from_state`). ZeRO-3 with
-LoRA is refused at compose (`alignsweep.config.lora`).
+gathered on rank 0 and merged there by peft on a meta-device copy (`merged_from_state`); the same
+under DeepSpeed ZeRO-3.
 """
 
 from __future__ import annotations
@@ -139,10 +139,11 @@ def held_memory(policy: Any, ref: Any, optimizer: Any = None) -> dict:
     """What the job's models hold, in bytes and parameters: `weights_bytes` counts each tensor
     storage of the policy and the reference once (a reference that shares the policy's storages,
     as under LoRA, adds nothing), `gradients_bytes` the trainable parameters' gradients during a
-    step, `optimizer_bytes` the optimizer's state tensors; under sharding (FSDP2) each counts this
-    rank's shard. `parameters` / `trainable` count the policy's whole (unsharded) parameters."""
-    def local(tensor: torch.Tensor) -> torch.Tensor:  # FSDP2 (DTensor): this rank's shard
-        return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    step, `optimizer_bytes` the optimizer's state tensors; under sharding each counts this rank's
+    shard (FSDP2's local tensor, DeepSpeed ZeRO-3's partition). `parameters` / `trainable` count
+    the policy's whole (unsharded) parameters."""
+    def local(tensor: torch.Tensor) -> torch.Tensor:  # this rank's shard: FSDP2 DTensor, ZeRO-3 partition
+        return tensor.to_local() if hasattr(tensor, "to_local") else getattr(tensor, "ds_tensor", tensor)
 
     storages: dict[int, int] = {}
     for model in (policy, ref):
@@ -158,6 +159,7 @@ def held_memory(policy: Any, ref: Any, optimizer: Any = None) -> dict:
         for entry in optimizer.state.values():
             state += sum(local(v).nbytes for v in entry.values() if torch.is_tensor(v) and v.dim() > 0)  # not `step`
     return {
-        "parameters": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in params),  # ZeRO-3: the whole tensor's
+        "trainable": sum(getattr(p, "ds_numel", p.numel()) for p in params if p.requires_grad),
         "weights_bytes": sum(storages.values()), "gradients_bytes": grads, "optimizer_bytes": state,
     }

@@ -157,6 +157,14 @@ def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_k
         from alignsweep.train.sharding import full_state_dict
 
         state = full_state_dict(trainer)  # collective: the shards gathered on rank 0
+    if trainer.is_deepspeed_enabled:
+        # transformers keeps the trainer's ZeRO-3 config as a process-wide setting while the trainer
+        # lives: the DAA stage's models, loaded next, would come partitioned (deepspeed.zero.Init)
+        # without a DeepSpeed engine to gather them. They are loaded whole, as in a job whose SFT model
+        # was cached, and partitioned by their own trainer.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     trainer.accelerator.wait_for_everyone()
     shutil.rmtree(out, ignore_errors=True)
     if lora is not None:  # the adapters merged into the base: the SFT model is a plain checkpoint

@@ -18,9 +18,21 @@
   adapters alone, and SFT's adapters are merged on rank 0 from the gathered weights
   (`alignsweep.train.lora.merged_from_state`).
 - `deepspeed_zero3`: DeepSpeed ZeRO stage 3 (TRL/transformers' DeepSpeed integration) with the
-  config `zero3_config` writes into the run directory, evaluated in lockstep like FSDP. It needs
-  the `deepspeed` package; without it the job stops with a ConfigError. Never run here: DeepSpeed
-  is not installed in the development environment, so treat it as untested.
+  config `zero3_config` writes into the run directory, evaluated in lockstep like FSDP. The SFT
+  model is trained the same way by all ranks; checkpoints are DeepSpeed's (each rank writes its
+  partition of weights and optimizer state, `global_stepN/`), resumed by the Trainer; the SFT and
+  final models are gathered by DeepSpeed on rank 0 (`full_state_dict`; under bf16 the float32
+  master weights, as under FSDP, not DeepSpeed's 16-bit copies). The policy and reference
+  are loaded whole by every rank and partitioned by DeepSpeed when the trainer is built (no
+  `zero.Init` loading, as FSDP's `cpu_ram_efficient_loading` is off). TRL's fused log-prob head
+  needs `gather_lm_head_with_model`. It needs the `deepspeed` package (`pip install -e
+  ".[deepspeed]"`); without it the job stops with a ConfigError. Run here on CPU only (DeepSpeed
+  0.19.8, `DS_ACCELERATOR=cpu`, 2 processes, gloo; tests/test_zero3.py): SFT, DPO, lockstep
+  evaluation equal to a single-process one, exact resume, the final model, bf16 over float32
+  masters, and LoRA as under FSDP (SFT's adapters merged on rank 0 from the gathered weights; the
+  reference passes before training run through an inference engine of the policy's, as TRL's own
+  precompute, which leaves before the training engine comes: `DAATrainer.train`). Not run:
+  GPUs/NCCL, 7B memory.
 
 A sharding strategy needs several processes. A job that asks for one with a single process
 (nodes x tasks_per_node = 1, e.g. `model=mistral_7b` on the local launcher) is degraded to
@@ -141,9 +153,45 @@ def full_state_dict(trainer: Any, keep: Any = None) -> dict | None:
                 state[name] = full.detach().to("cpu", copy=True)
         return state if main else None
     if trainer.is_deepspeed_enabled:
-        state = trainer.accelerator.get_state_dict(trainer.model)
+        # ZeRO-3: accelerate asks the DeepSpeed engine (`model_wrapped`, not the module) for the
+        # consolidated weights (`stage3_gather_16bit_weights_on_model_save`: in the model's own
+        # dtype, float32 masters stay float32), gathered on rank 0 (a collective)
+        engine = trainer.model_wrapped
+        state = trainer.accelerator.get_state_dict(engine)
+        if engine.bfloat16_enabled() or engine.fp16_enabled():
+            # mixed precision: DeepSpeed's module holds 16-bit copies; the weights saved are the
+            # optimizer's float32 masters (as under FSDP), gathered one tensor at a time
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            for name, param in trainer.model.named_parameters():
+                if param.requires_grad:
+                    full = safe_get_full_fp32_param(param)  # a collective
+                    if main:
+                        state[name] = full.detach().to("cpu", copy=True)
         return state if main else None
     return trainer.accelerator.unwrap_model(trainer.model).state_dict()
+
+
+def gather_lm_head_with_model(model: Any) -> None:
+    """For DeepSpeed ZeRO-3: the output layer's parameters registered as external parameters of the
+    model (DeepSpeed's `deepspeed.zero.register_external_parameter`), so that DeepSpeed gathers
+    them for the model's whole forward and backward. Call it before the model's first forward under
+    DeepSpeed (it changes the parameter trace ZeRO-3 records): before the trainer is built.
+
+    Why: TRL's fused log-prob head (`fused_lm_head=True`, trl.trainer.utils.add_fused_lm_head)
+    reads `lm_head.weight` without calling the head module and gathers it itself
+    (`maybe_gather_lm_head_ctx`). Once an evaluation has run the model with its ordinary head, the
+    ZeRO-3 parameter trace has the head in it, the next training forward prefetches the head's
+    weight, and TRL's gather of a weight still in flight fails ("Cannot partition a param in
+    flight", DeepSpeed 0.19.8, TRL 1.16). Registered, the weight is fetched (and waited for) with
+    the model: TRL finds it gathered and leaves it alone. `model`: the Hugging Face model whose
+    forward TRL patches (under LoRA the base model, before peft wraps it)."""
+    import deepspeed
+
+    head = model.get_output_embeddings()
+    for param in (head.weight, getattr(head, "bias", None)):
+        if param is not None:
+            deepspeed.zero.register_external_parameter(model, param)  # a no-op when registered already
 
 
 def save_full_model(trainer: Any, folder: Path) -> None:

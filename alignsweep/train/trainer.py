@@ -17,7 +17,7 @@ from trl import DPOTrainer
 
 from alignsweep.train import kto
 from alignsweep.train.losses import REFERENCE_FREE, daa_loss, kto_reference_point, reward_accuracy
-from alignsweep.train.sharding import CPUFSDPMixin
+from alignsweep.train.sharding import CPUFSDPMixin, gather_lm_head_with_model
 
 REF_PARTS = 16  # the shared reference log-probs are computed in up to this many parts
 
@@ -103,6 +103,10 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         from alignsweep.runtime.phase_clock import PhaseClock
 
         self.clock = clock if clock is not None else PhaseClock()  # tokenise, ref_logps: seconds
+        if getattr(kwargs.get("args"), "deepspeed", None):  # ZeRO-3: the fused head's weight gathered with the model
+            for module in (kwargs.get("model"), kwargs.get("ref_model")):
+                if module is not None:
+                    gather_lm_head_with_model(module)
         super().__init__(*args, **kwargs)
         if self.loss_name == "kto":  # the mismatched pairs of its reference point (alignsweep.train.kto)
             self.data_collator = kto.KLCollator(self.data_collator)
@@ -230,13 +234,29 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         loader = self.accelerator.prepare(
             torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
         )
+        model = self.ref_model or self.model
+        if self.ref_model is None and self.is_deepspeed_enabled:
+            # LoRA under ZeRO-3: the policy is not yet in an engine (training makes one); as TRL's own
+            # precompute, an inference engine partitions and gathers it (built once, reused)
+            from trl.models import prepare_deepspeed
+
+            if getattr(self, "_precompute_engine", None) is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            model = self._precompute_engine
         chosen, rejected = [], []
         for batch in loader:
-            c, r = self.compute_ref_log_probs(self.ref_model or self.model, batch)
+            c, r = self.compute_ref_log_probs(model, batch)
             c, r = self.accelerator.gather_for_metrics((c, r))
             chosen.append(c.cpu())
             rejected.append(r.cpu())
         return {"ref_chosen_logps": torch.cat(chosen), "ref_rejected_logps": torch.cat(rejected)}
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        engine = getattr(self, "_precompute_engine", None)
+        if engine is not None:  # LoRA under ZeRO-3: the reference passes' engine leaves before the
+            engine.destroy()  # training engine comes (two sets of ZeRO-3 hooks on one module clash)
+            self._precompute_engine = None
+        return super().train(*args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Load a checkpoint's weights through `from_pretrained`, strictly.

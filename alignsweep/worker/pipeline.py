@@ -13,7 +13,6 @@ from typing import Any
 from alignsweep.results import rundir
 from alignsweep.runtime.distributed import rank, write_rank_record
 from alignsweep.train.losses import loss_params
-from alignsweep.errors import ConfigError
 from alignsweep.train.strategy import effective, lockstep_evaluation
 from alignsweep.worker.task import (
     base_model_and_tokenizer,
@@ -52,9 +51,6 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     strategy, asked = effective(cfg.model.resources.strategy), cfg.model.resources.strategy
     shard = sharding.training_kwargs(cfg, run_dir)
     lockstep = lockstep_evaluation(asked)
-    if cfg.model.get("lora") is not None and strategy == "deepspeed_zero3":  # e.g. torchrun over such a config
-        raise ConfigError("model.lora: LoRA does not run with model.resources.strategy=deepspeed_zero3 yet; "
-                          "use model.resources.strategy=fsdp or single, or model.lora=null")
     # eval.sampler=vllm where vLLM or CUDA is missing stops here, before anything is built (exit 2)
     sampler_name = sampler_for(cfg)
     if main:
@@ -77,7 +73,8 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     with clock("load_models"):
         policy, ref, tokenizer = policy_and_reference(cfg, sft_dir)
     if main:  # the base model's size, for the regressions across model sizes (alignsweep.analysis.scaling)
-        rundir.write_status(run_dir, model_params=sum(p.numel() for p in policy.parameters()))
+        rundir.write_status(run_dir, model_params=sum(getattr(p, "ds_numel", p.numel())  # ZeRO-3: partitioned
+                                                          for p in policy.parameters()))
 
     params = loss_params(cfg, job)
     n_eval = cfg.eval.prompts or len(task["eval"])
