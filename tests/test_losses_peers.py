@@ -8,7 +8,10 @@ import math
 import pytest
 import torch
 
-from alignsweep.train.losses import LABEL_SMOOTHING, REFERENCE_FREE, daa_loss, implicit_reward
+from alignsweep.train.loss_registry import ALGO_KNOBS, REFERENCE_FREE
+from alignsweep.train.losses import daa_loss, implicit_reward
+
+LABEL_SMOOTHING = ALGO_KNOBS["label_smoothing"]
 
 T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
 NEW = ["cdpo", "robust_dpo", "exo", "nca", "bco", "sppo_hard", "apo_zero", "apo_down", "discopop", "dpo_norm",

@@ -6,31 +6,28 @@ from __future__ import annotations
 from typing import Any
 
 from alignsweep.errors import ConfigError
-
-ALGORITHMS = (
-    "dpo", "ipo", "ipo_daa", "slic", "simpo", "alphapo", "rdpo", "cdpo", "robust_dpo", "exo", "nca", "bco",
-    "sppo_hard", "apo_zero", "apo_down", "discopop", "dpo_norm", "aot", "aot_unpaired", "orpo", "kto",
-)
-# an algorithm's own knobs (`algo.KEY`, in the algorithms' conf/algo files): any other algorithm refuses them
-ALGO_KNOBS = {
-    "label_smoothing": ("cdpo", "robust_dpo", "exo", "aot", "aot_unpaired"),
-    "discopop_tau": ("discopop",),
-    "length_coef": ("rdpo",),
-    "length_normalized": ("ipo",),
-    "desirable_weight": ("kto",),
-    "undesirable_weight": ("kto",),
-}
+# declared once, in alignsweep.train.loss_registry (torch-free); re-exported for the checks
+from alignsweep.train.loss_registry import ALGO_KNOBS, ALGORITHMS, is_reference_free  # noqa: F401
 
 
 def refuse_foreign_knobs(cfg: Any) -> None:
     """`algo.KEY` set for an algorithm whose loss never reads it (ALGO_KNOBS) would train the same
     job under another label; exo's eps must be > 0 (its loss takes log eps)."""
     name = cfg.algo.name
+    given = cfg.algo.get("reference_free")
+    if given is not None and bool(given) != is_reference_free(name):
+        reads = "never reads" if is_reference_free(name) else "reads"
+        raise ConfigError(
+            f"algo.reference_free: {name}'s loss {reads} the reference model, so algo.reference_free is "
+            f"{is_reference_free(name)} for it, got {given!r}; it is a property of the loss (declared in "
+            "alignsweep/train/loss_registry.py), not a setting: remove `algo.reference_free=`"
+        )
     for key, owners in ALGO_KNOBS.items():
         value = cfg.algo.get(key)
         if value not in (None, False) and name not in owners:
+            verb = "does" if len(owners) == 1 else "do"
             raise ConfigError(
-                f"algo.{key}: algo={name} has no {key} parameter (only {', '.join(owners)} do), got "
+                f"algo.{key}: algo={name} has no {key} parameter (only {', '.join(owners)} {verb}), got "
                 f"algo.{key}={value!r}; remove `algo.{key}=` or choose one of those algorithms"
             )
     if name == "exo" and not (cfg.algo.get("label_smoothing") or 0) > 0:

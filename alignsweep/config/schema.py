@@ -36,7 +36,9 @@ class AlgoConfig:
     # dpo | ipo | ipo_daa | slic | simpo | alphapo | rdpo | cdpo | robust_dpo | exo | nca | bco | sppo_hard
     # | apo_zero | apo_down | discopop | dpo_norm | aot | aot_unpaired | orpo | kto (conf/algo/NAME.yaml each)
     name: str = MISSING
-    reference_free: bool = False  # True: the loss never reads the reference model
+    # whether the loss never reads the reference model: not a setting, the loss's own
+    # (alignsweep.train.loss_registry); filled in each run's config.yaml, refused when it disagrees
+    reference_free: Optional[bool] = None
     beta: float = knob(MISSING, gt=0)  # default when the top-level `beta` is null
     alpha: Optional[float] = knob(None)  # default shape parameter; null = the algorithm has no alpha
     # default target margin, exactly one of: gamma (absolute) | gamma_beta_ratio (gamma/beta, SimPO's

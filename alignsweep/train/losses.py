@@ -78,9 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-REFERENCE_FREE = frozenset({"simpo", "alphapo", "orpo"})
-# the losses that read `label_smoothing` (eps) and `discopop_tau`
-LABEL_SMOOTHING = frozenset({"cdpo", "robust_dpo", "exo", "aot", "aot_unpaired"})
+from alignsweep.train.loss_registry import ALGORITHMS, reads  # which loss reads which knob, is reference-free
 
 
 def _margin_rewards(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor]:
@@ -283,11 +281,13 @@ def daa_loss(
     pc, pr = policy_chosen_logps, policy_rejected_logps
     lc = chosen_lengths.to(pc.dtype).clamp(min=1)
     lr = rejected_lengths.to(pr.dtype).clamp(min=1)
-    if name in REFERENCE_FREE:
-        if name == "simpo":
-            return simpo(beta, gamma or 0.0, pc, pr, lc, lr)
-        if name == "orpo":
-            return orpo(beta, pc, pr, lc, lr)
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(ALGORITHMS)}")
+    if name == "simpo":  # the reference-free formulas (alignsweep.train.loss_registry.REFERENCE_FREE)
+        return simpo(beta, gamma or 0.0, pc, pr, lc, lr)
+    if name == "orpo":
+        return orpo(beta, pc, pr, lc, lr)
+    if name == "alphapo":
         return alphapo(beta, 0.0 if alpha is None else alpha, gamma or 0.0, pc, pr, lc, lr)
     if ref_chosen_logps is None or ref_rejected_logps is None:
         raise ValueError(f"{name} needs reference log-probabilities")
@@ -363,13 +363,13 @@ def loss_params(cfg: Any, job: Any) -> dict:
     """The keyword arguments of `daa_loss` for a resolved job (`alignsweep.config.resolve.Job`):
     beta, alpha, gamma, and the algorithm's own knobs from `cfg.algo` (IPO's length normalisation,
     R-DPO's length coefficient, label_smoothing, discopop_tau, KTO's weights; which algorithm reads which:
-    `alignsweep.config.algorithms.ALGO_KNOBS`). The one place config names become loss arguments."""
+    `alignsweep.train.loss_registry.ALGO_KNOBS`). The one place config names become loss arguments."""
     params: dict = {"beta": job.beta, "alpha": job.alpha, "gamma": job.gamma}
     if job.algo == "ipo":  # TRL's convention; ipo_daa has none
         params["length_normalized"] = bool(cfg.algo.length_normalized)
     if job.algo == "rdpo":
         params["length_coef"] = float(cfg.algo.length_coef or 0.0)
-    if job.algo in LABEL_SMOOTHING:
+    if reads(job.algo, "label_smoothing"):
         params["label_smoothing"] = float(cfg.algo.label_smoothing or 0.0)
     if job.algo == "discopop":
         params["discopop_tau"] = float(cfg.algo.discopop_tau)

@@ -16,7 +16,8 @@ import torch
 from trl import DPOTrainer
 
 from alignsweep.train import kto
-from alignsweep.train.losses import REFERENCE_FREE, daa_loss, kto_reference_point, reward_accuracy
+from alignsweep.train.loss_registry import is_reference_free
+from alignsweep.train.losses import daa_loss, kto_reference_point, reward_accuracy
 from alignsweep.train.sharding import CPUFSDPMixin
 
 REF_PARTS = 16  # the shared reference log-probs are computed in up to this many parts
@@ -281,7 +282,7 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)
         chosen_lengths, rejected_lengths = lengths.chunk(2, dim=0)
         ref_chosen = ref_rejected = None
-        if self.loss_name not in REFERENCE_FREE:
+        if not is_reference_free(self.loss_name):
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
             else:
