@@ -46,7 +46,8 @@ class AlgoConfig:
     gamma: Optional[float] = knob(None, ge=0)
     gamma_beta_ratio: Optional[float] = knob(None, ge=0)
     length_normalized: bool = False  # ipo only: per-token average log-ratios (TRL's convention)
-    length_coef: Optional[float] = knob(None)  # rdpo only: `a` in -log sigmoid(beta*h + a*(|y_w|-|y_l|))
+    # rdpo only: `a` >= 0 in -log sigmoid(beta*h + a*(|y_w|-|y_l|)), the penalty per token of max E[r - a|y|]
+    length_coef: Optional[float] = knob(None, ge=0)
     # cdpo, robust_dpo, exo, aot, aot_unpaired only: eps, the probability a label is flipped (TRL's
     # label_smoothing), in [0, 0.5) as TRL requires for robust; exo needs eps > 0 (log eps)
     label_smoothing: Optional[float] = knob(None, ge=0, lt=0.5)
