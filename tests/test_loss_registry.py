@@ -86,3 +86,27 @@ def test_a_user_cannot_contradict_a_losss_reference_free_flag(cli, algo, given):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "algo.reference_free" in proc.stderr and "remove `algo.reference_free=`" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        # Hydra's own advice for a misspelt key ("To append to your config use +KEY=...") was accepted,
+        # and the key read by nothing: the job trained with the default under another fingerprint
+        (["algo=cdpo", "+algo.label_smothing=0.3"], "algo.label_smothing: no such key, nothing would read it "
+                                                    "(did you mean algo.label_smoothing?"),
+        (["algo=cdpo", "+label_smoothing=0.3"], "label_smoothing: no such key"),
+        (["lora=default", "+model.lora.rank=4"], "model.lora.rank: no such key"),
+        (["+train.learning_rate=1e-4"], "train.learning_rate: no such key"),
+        # a knob the loss reads, set to null: trained as eps = 0 (DPO) under another fingerprint than eps = 0
+        (["algo=cdpo", "algo.label_smoothing=null"], "algo.label_smoothing: cdpo reads it"),
+        (["algo=aot", "algo.label_smoothing=null"], "algo.label_smoothing: aot reads it"),
+        (["algo=rdpo", "algo.length_coef=null"], "algo.length_coef: rdpo reads it"),
+        (["algo=kto", "algo.desirable_weight=null"], "algo.desirable_weight: kto reads it"),
+        (["algo=discopop", "algo.discopop_tau=null"], "algo.discopop_tau: discopop reads it"),
+    ],
+)
+def test_keys_nothing_reads_and_null_knobs_are_refused_before_anything_runs(cli, overrides, says):
+    proc = cli(*overrides, "dry_run=true", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

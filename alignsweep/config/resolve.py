@@ -208,8 +208,10 @@ def resolve_job(cfg: Any) -> Job:
     changes nothing would train identical jobs and plot them as different ones.
     """
     from alignsweep.config.ranges import range_errors
+    from alignsweep.config.unknown_keys import unknown_key_errors
 
-    errors = range_errors(cfg) or combination_errors(cfg)  # combinations of values each in range
+    # keys nothing reads, then values out of range, then combinations of values each in range
+    errors = unknown_key_errors(cfg) or range_errors(cfg) or combination_errors(cfg)
     if errors:
         raise ConfigError("; ".join(errors))
     algo = cfg.algo
