@@ -132,7 +132,7 @@ def sft_model(tmp_path_factory):
     return task, folder
 
 
-def _lora_trainer(task, folder, out, steps=4, dtype="float32"):
+def _lora_trainer(task, folder, out, steps=4, dtype="float32", loss="dpo", precompute=True):
     from datasets import Dataset
     from trl import DPOConfig
 
@@ -147,13 +147,28 @@ def _lora_trainer(task, folder, out, steps=4, dtype="float32"):
     args = DPOConfig(
         output_dir=str(out), per_device_train_batch_size=4, report_to=[], use_cpu=True, bf16=dtype == "bfloat16",
         max_length=64,
-        disable_tqdm=True, save_strategy="no", learning_rate=1e-2, max_steps=steps, precompute_ref_log_probs=True,
+        disable_tqdm=True, save_strategy="no", learning_rate=1e-2, max_steps=steps,
+        precompute_ref_log_probs=precompute,
     )
     trainer = DAATrainer(
         model=policy, ref_model=None, args=args, train_dataset=Dataset.from_list(task["train"]), processing_class=tok,
-        loss_name="dpo", loss_params={"beta": 0.5, "alpha": None, "gamma": None}, peft_config=peft_config(lora),
+        loss_name=loss, loss_params={"beta": 0.5, "alpha": None, "gamma": None}, peft_config=peft_config(lora),
     )
     return trainer, tok
+
+
+@pytest.mark.slow
+def test_kto_under_lora_reads_the_reference_with_adapters_off_when_not_precomputed(sft_model, tmp_path):
+    """KTO's reference point z needs pi_ref's log-probs of the mismatched pairs too: without the
+    precompute they came from `ref_model`, None under LoRA (a crash); now from the adapters-off
+    module, as the pairs' own. The same steps as with the precompute, to float rounding."""
+    task, folder = sft_model
+    losses = []
+    for precompute in (True, False):
+        trainer, _ = _lora_trainer(task, folder, tmp_path / str(precompute), steps=3, loss="kto", precompute=precompute)
+        trainer.train()
+        losses.append(trainer.step_losses)
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-5)
 
 
 @pytest.mark.slow

@@ -286,13 +286,8 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
             else:
-                reference = self.ref_model
-                if reference is None:  # LoRA: the policy's own module with its adapters disabled
-                    from alignsweep.train.lora import AdaptersDisabled
-
-                    reference = AdaptersDisabled(self.accelerator.unwrap_model(model))
                 with torch.no_grad():
-                    ref_logps, _ = self.sequence_logps(reference, inputs)
+                    ref_logps, _ = self.sequence_logps(self.reference(model), inputs)
                 ref_chosen, ref_rejected = ref_logps.chunk(2, dim=0)
         extra = {"kl_reference_point": self._kto_reference_point(model, inputs)} if self.loss_name == "kto" else {}
         losses, chosen_rewards, rejected_rewards = daa_loss(
@@ -322,6 +317,15 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             return loss, {}
         return loss
 
+    def reference(self, model: Any) -> Any:
+        """pi_ref for log-probs computed during training: the reference model, or under LoRA (no
+        second copy) the policy's own module with its adapters disabled."""
+        if self.ref_model is not None:
+            return self.ref_model
+        from alignsweep.train.lora import AdaptersDisabled
+
+        return AdaptersDisabled(self.accelerator.unwrap_model(model))
+
     def _kto_reference_point(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         """KTO's z on this micro-batch's mismatched pairs (`alignsweep.train.kto`): policy log-probs
         without gradient (z is detached), reference log-probs precomputed or from the reference."""
@@ -331,5 +335,5 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             if self.precompute_ref_logps:
                 ref = torch.cat([inputs[column] for column in kto.REF_KL_COLUMNS])
             else:
-                ref, _ = self.sequence_logps(self.ref_model, mismatched)
+                ref, _ = self.sequence_logps(self.reference(model), mismatched)
         return kto_reference_point(policy, ref.to(policy.dtype), gather=self.accelerator.gather_for_metrics)
