@@ -48,6 +48,11 @@ def test_help_lists_every_group_on_one_line_and_no_internal_group(tmp_path):
         assert len(lines) == 1, (group, text)
         assert lines[0].rstrip().endswith(", ".join(options)), lines[0]
     assert "family" not in text
+    from alignsweep.train.loss_registry import ALGO_KNOBS
+
+    for knob, owners in ALGO_KNOBS.items():  # the knobs only some losses read, and which
+        assert any(line.split() == [f"algo.{knob}", *(o + "," for o in owners[:-1]), owners[-1]]
+                   for line in text.splitlines()), (knob, text)
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,35 @@ def test_length_r2_regresses_the_algorithms_own_implicit_reward(tiny):
     assert row["length_r2"] != pytest.approx(dpo_style[1], rel=1e-3)
 
 
+def _hand_made_samples(policy_logps, ref_logps) -> dict:
+    """Four samples of 2, 3, 4 and 5 tokens without EOS (token id 9), their summed log-probs."""
+    return {"responses": [[9] * n for n in (2, 3, 4, 5)], "policy_logps": torch.tensor(policy_logps, dtype=torch.float64),
+            "ref_logps": torch.tensor(ref_logps, dtype=torch.float64), "kl_mc": 0.1, "kl_mc_se": 0.01,
+            "kl_exact_token": 0.1, "kl_exact_token_se": 0.01}
+
+
+def test_length_r2_log_ratio_is_the_r2_of_the_policys_part_of_rdpos_reward():
+    """R-DPO's length_r2 regresses beta log pi/pi_ref + a|y|, which the fixed a|y| alone makes ~1;
+    length_r2_log_ratio regresses beta log pi/pi_ref only. By hand: lengths x = 2, 3, 4, 5 and
+    log-ratios y = 1, 0, 2, 3: Sxx = 5, Syy = 5, Sxy = 4, so R^2 = 16/25 = 0.64."""
+    from alignsweep.evaluate.metrics import sample_metrics
+
+    est = _hand_made_samples([-4.0, -6.0, -3.0, -2.0], [-5.0, -6.0, -5.0, -5.0])  # log-ratios 1, 0, 2, 3
+    common = {"eos_id": 0, "kl_estimator": "mc"}
+    rdpo, _ = sample_metrics(est, [1.0] * 4, loss_name="rdpo", loss_params={"beta": 0.1, "length_coef": 1.0}, **common)
+    assert rdpo["length_r2_log_ratio"] == pytest.approx(0.64, abs=1e-12)
+    # its own reward 0.1 y + |y| = 2.1, 3.0, 4.2, 5.3: R^2 near 1 by construction
+    assert rdpo["length_r2"] > 0.99
+    dpo, _ = sample_metrics(est, [1.0] * 4, loss_name="dpo", loss_params={"beta": 0.1}, **common)
+    assert dpo["length_r2"] == pytest.approx(0.64, abs=1e-12) and dpo["length_r2_log_ratio"] == pytest.approx(dpo["length_r2"], abs=1e-12)
+    # the reference-free losses get the log-ratio to the SFT model too; step 0 (policy = reference): NaN
+    simpo, _ = sample_metrics(est, [1.0] * 4, loss_name="simpo", loss_params={"beta": 2.0, "gamma": 0.2}, **common)
+    assert simpo["length_r2_log_ratio"] == pytest.approx(0.64, abs=1e-12)
+    step0, _ = sample_metrics(_hand_made_samples([-4.0, -6.0, -3.0, -2.0], [-4.0, -6.0, -3.0, -2.0]), [1.0] * 4,
+                              loss_name="rdpo", loss_params={"beta": 0.1, "length_coef": 1.0}, **common)
+    assert math.isnan(step0["length_r2_log_ratio"]) and step0["length_r2"] == pytest.approx(1.0)
+
+
 def test_the_tree_mdp_counts_ties_half_too():
     """The same kind in the Tree MDP toy: at step 0 pi = pi_ref, every pair a tie."""
     from alignsweep.config.schema import TreeMDPConfig

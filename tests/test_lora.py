@@ -34,12 +34,52 @@ LORA = ["lora=default", "model.lora.r=4", "train.lr=5e-3"]
         (["model.lora.dropout=1"], "model.lora.dropout: must be >= 0 and < 1"),
         (["model.lora.alpha=0"], "model.lora.alpha: must be > 0"),
         (["model=tabular", "data=tree_mdp", "judge=gold"], "Tree MDP policy"),
+        # target modules the model does not have: refused before anything queues, not by peft in each job
+        (["model.lora.target_modules=[nonexistent]"], "nonexistent matches no layer"),
+        (["model.lora.target_modules=[q_proj,v_proj]"], "q_proj, v_proj match no layer"),  # Llama names on GPT-NeoX
+        (["model.lora.target_modules=[query_key_value,q_proj]"], "q_proj matches no layer"),  # peft would drop it
+        (["model.lora.target_modules=[final_layer_norm]"], "final_layer_norm matches no layer"),  # not adaptable
+        (["model.lora.target_modules=foo"], "the pattern 'foo'"),
+        (["model.lora.target_modules=5"], "expected all-linear or a list of module names, got 5"),
+        (["model.lora.target_modules={a:1}"], "expected all-linear or a list of module names"),
     ],
 )
 def test_lora_combinations_that_cannot_work_are_refused_in_the_dry_run(cli, overrides, says):
     proc = cli("lora=default", *overrides, "dry_run=true", check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_target_modules_the_model_has_compose(cli):
+    out = cli("-m", "lora=default", "model.lora.target_modules=[query_key_value],[dense,lm_head],.*dense_h_to_4h,"
+              "[gpt_neox.layers.1.attention.query_key_value]", "dry_run=true").stdout
+    assert len([line for line in out.splitlines() if line.startswith("#")]) == 4
+
+
+def test_the_layers_read_without_torch_are_the_ones_peft_sees(tmp_path):
+    """The embedded models' layer names (written out for the torch-free check) and a checkpoint's
+    safetensors headers give exactly the modules of the built model that have a 2-D weight; peft's
+    own refusal, where the layers were not known at compose time, becomes a ConfigError naming the key."""
+    from peft import LoraConfig, get_peft_model
+
+    from alignsweep.config.lora_targets import embedded_modules, safetensors_modules
+    from alignsweep.data import embedded
+    from alignsweep.errors import ConfigError
+    from alignsweep.train import models
+    from alignsweep.train.lora import named_target_errors
+
+    tok = models.build_word_tokenizer([embedded.PAD, embedded.EOS, embedded.UNK, "a", "b"])
+    arch = SimpleNamespace(hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32, max_position_embeddings=16)
+    model = models.build_tiny_model(arch, tok, seed=0)
+    two_d = [name for name, module in model.named_modules()
+             if getattr(module, "weight", None) is not None and module.weight.dim() == 2]
+    assert embedded_modules(3) == two_d
+    model.save_pretrained(tmp_path / "ckpt")
+    # the file names GPT-NeoX's head embed_out (transformers loads it as lm_head): both are accepted
+    assert sorted(safetensors_modules(tmp_path / "ckpt")) == sorted([*two_d, "embed_out"])
+    with pytest.raises(ConfigError, match=r"model.lora.target_modules: .*nonexistent.*\(model=mine\)"):
+        with named_target_errors("mine"):
+            get_peft_model(model, LoraConfig(r=2, target_modules=["nonexistent"], task_type="CAUSAL_LM"))
 
 
 def test_a_lora_knob_alone_asks_for_lora_and_a_sweep_over_it_is_one_job_per_value(cli):
@@ -89,7 +129,7 @@ def sft_model(tmp_path_factory):
     return task, folder
 
 
-def _lora_trainer(task, folder, out, steps=4, dtype="float32"):
+def _lora_trainer(task, folder, out, steps=4, dtype="float32", loss="dpo", precompute=True):
     from datasets import Dataset
     from trl import DPOConfig
 
@@ -104,13 +144,28 @@ def _lora_trainer(task, folder, out, steps=4, dtype="float32"):
     args = DPOConfig(
         output_dir=str(out), per_device_train_batch_size=4, report_to=[], use_cpu=True, bf16=dtype == "bfloat16",
         max_length=64,
-        disable_tqdm=True, save_strategy="no", learning_rate=1e-2, max_steps=steps, precompute_ref_log_probs=True,
+        disable_tqdm=True, save_strategy="no", learning_rate=1e-2, max_steps=steps,
+        precompute_ref_log_probs=precompute,
     )
     trainer = DAATrainer(
         model=policy, ref_model=None, args=args, train_dataset=Dataset.from_list(task["train"]), processing_class=tok,
-        loss_name="dpo", loss_params={"beta": 0.5, "alpha": None, "gamma": None}, peft_config=peft_config(lora),
+        loss_name=loss, loss_params={"beta": 0.5, "alpha": None, "gamma": None}, peft_config=peft_config(lora),
     )
     return trainer, tok
+
+
+@pytest.mark.slow
+def test_kto_under_lora_reads_the_reference_with_adapters_off_when_not_precomputed(sft_model, tmp_path):
+    """KTO's reference point z needs pi_ref's log-probs of the mismatched pairs too: without the
+    precompute they came from `ref_model`, None under LoRA (a crash); now from the adapters-off
+    module, as the pairs' own. The same steps as with the precompute, to float rounding."""
+    task, folder = sft_model
+    losses = []
+    for precompute in (True, False):
+        trainer, _ = _lora_trainer(task, folder, tmp_path / str(precompute), steps=3, loss="kto", precompute=precompute)
+        trainer.train()
+        losses.append(trainer.step_losses)
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-5)
 
 
 @pytest.mark.slow

@@ -198,7 +198,7 @@ def test_kto_composes_with_its_weights():
         (["algo=kto", "alpha=0.5"], "alpha: algo=kto has no alpha"),
         (["algo=kto", "gamma=0.5"], "gamma: algo=kto has no gamma"),
         (["algo=kto", "algo.desirable_weight=0"], "algo.desirable_weight: must be > 0"),
-        (["algo=kto", "algo.undesirable_weight=null"], "algo.undesirable_weight: kto needs a weight > 0"),
+        (["algo=kto", "algo.undesirable_weight=null"], "algo.undesirable_weight: kto reads it, so it needs a value, got null; its default is 1.0"),
         (["algo=kto", "model.per_device_batch=1"], "model.per_device_batch: kto estimates its reference point"),
         (["algo=kto", "data=tree_mdp", "model=tabular", "judge=gold"], "algo: kto's reference point needs"),
     ],

@@ -8,7 +8,10 @@ import math
 import pytest
 import torch
 
-from alignsweep.train.losses import LABEL_SMOOTHING, REFERENCE_FREE, daa_loss, implicit_reward
+from alignsweep.train.loss_registry import ALGO_KNOBS, REFERENCE_FREE
+from alignsweep.train.losses import daa_loss, implicit_reward
+
+LABEL_SMOOTHING = ALGO_KNOBS["label_smoothing"]
 
 T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
 NEW = ["cdpo", "robust_dpo", "exo", "nca", "bco", "sppo_hard", "apo_zero", "apo_down", "discopop", "dpo_norm",
@@ -252,12 +255,33 @@ def test_each_loss_composes_resolves_and_gives_its_parameters(name):
         (["algo=discopop", "algo.discopop_tau=0"], "algo.discopop_tau: must be > 0"),
         (["algo=orpo", "alpha=0.5"], "alpha: algo=orpo has no alpha"),
         (["algo=cdpo", "gamma=0.5"], "gamma: algo=cdpo has no gamma"),
+        (["algo=exo", "algo.label_smoothing=0.7"], "algo.label_smoothing: must be >= 0 and < 0.5"),
+        (["algo=rdpo", "algo.length_coef=-0.01"], "algo.length_coef: must be >= 0"),  # a reward for length
+        (["algo=kto", "algo.undesirable_weight=0"], "algo.undesirable_weight: must be > 0"),
+        (["algo=dpo", "algo.reference_free=true"], "algo.reference_free: dpo's loss reads the reference model"),
     ],
 )
 def test_knobs_a_loss_does_not_read_are_refused(overrides, key):
     with pytest.raises(ConfigError) as err:
         resolve_job(compose_cfg(*overrides))
     assert str(err.value).startswith(key), str(err.value)
+
+
+def test_every_algo_file_comments_each_hyperparameter_with_its_source():
+    """Each key of conf/algo/NAME.yaml (but `name`) carries a comment that says where its default
+    comes from: TRL's default, a paper's setting, or that there is none published."""
+    import re
+
+    from tests.test_config import CONF
+
+    sources = re.compile(r"TRL|paper|et al|setting|published|Rafailov|default", re.IGNORECASE)
+    for path in sorted((CONF / "algo").glob("*.yaml")):
+        for line in path.read_text().splitlines():
+            if not line or line.startswith("#") or line.startswith("name:"):
+                continue
+            key, _, comment = line.partition("#")
+            assert comment.strip(), f"{path.name}: {key.strip()} has no comment"
+            assert sources.search(comment), f"{path.name}: {key.strip()}'s comment names no source: {comment.strip()}"
 
 
 def test_a_swept_loss_knob_is_on_each_dry_run_line(cli):

@@ -10,9 +10,18 @@ from typing import Any
 
 from alignsweep.analysis.figure_style import SQRT_KL, algo_name, figure_legend, figure_size
 from alignsweep.analysis.plots import _colors, _evaluated, _paper, _plt, _predict, _save
+from alignsweep.train.loss_registry import is_reference_free
 
-# the losses that never read the reference model in training: their beta is not a KL strength
-REFERENCE_FREE = ("simpo", "alphapo", "orpo")
+
+def _reference_free(rows, algo: str) -> bool:
+    """Whether `algo`'s loss never read the reference model (its beta is not a KL strength): the
+    `reference_free` column the collector read from the runs' config.yaml, else the loss registry
+    (a table collected before that column existed)."""
+    if "reference_free" in rows.columns:
+        flags = rows.loc[rows["algo"] == algo, "reference_free"].dropna()
+        if not flags.empty:
+            return bool(flags.iloc[0])
+    return is_reference_free(algo)
 
 
 def _num(x: Any) -> float | None:
@@ -50,7 +59,7 @@ def losses_numbers(table, fitted) -> dict:
             return math.hypot(float(best["win_rate_se"]), float(row["win_rate_se"])) if best.name != row.name else 0.0
 
         entry = {
-            "algo": algo, "reference_free": algo in REFERENCE_FREE, "sft_win_rate": _num(base),
+            "algo": algo, "reference_free": _reference_free(rows, algo), "sft_win_rate": _num(base),
             "best_win_rate": _num(best["win_rate"]), "best_win_rate_se": _num(best["win_rate_se"]),
             "best_beta": _num(best["beta"]), "best_at_sqrt_kl": _num(best["sqrt_kl"]),
             "best_progress": _num(best["progress"]),
@@ -110,7 +119,7 @@ def draw_losses(table, fitted, out: Path) -> list[Path]:
         if fit is not None and fit["error"] is None and math.isfinite(fit["alpha"]):
             d = np.linspace(1e-3, float(sub["sqrt_kl"].max()), 60)
             ax.plot(d, np.clip(_predict(fit, d, "log"), 0, 1), color="black", linestyle=":", linewidth=1)
-        ax.set_title(algo_name(algo) + ("*" if algo in REFERENCE_FREE else ""))
+        ax.set_title(algo_name(algo) + ("*" if _reference_free(rows, algo) else ""))
         ax.set_xlabel(SQRT_KL)
     for ax in axes.flat[len(algos):]:
         ax.set_visible(False)

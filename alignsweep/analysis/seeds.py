@@ -30,7 +30,7 @@ from scipy import stats
 CONFIG_ID = ("algo", "model", "data", "beta", "alpha", "gamma", "kl_budget")
 # the metrics aggregated (those the table has); the rest of a row stays per run in results.csv
 METRICS = ("win_rate", "lc_win_rate", "sqrt_kl", "kl", "gold_reward", "rm_reward", "response_length", "length_r2",
-           "reward_accuracy", "chosen_logp", "rejected_logp", "train_loss", "progress")
+           "length_r2_log_ratio", "reward_accuracy", "chosen_logp", "rejected_logp", "train_loss", "progress")
 
 
 # the columns of an aggregated row that name its checkpoint or count its seeds, not its configuration

@@ -49,8 +49,17 @@ def groups_text() -> str:
     )
 
 
+def knobs_text() -> str:
+    """The knobs only some losses read, with who reads them (`alignsweep.train.loss_registry.ALGO_KNOBS`)."""
+    from alignsweep.train.loss_registry import ALGO_KNOBS
+
+    width = max(len(k) for k in ALGO_KNOBS) + len("algo.")
+    return "\n".join(f"  {'algo.' + knob:<{width}}  {', '.join(owners)}" for knob, owners in ALGO_KNOBS.items())
+
+
 def register_help() -> None:
-    """Register the `alignsweep_groups` resolver the help template uses (idempotent)."""
+    """Register the `alignsweep_groups` and `alignsweep_knobs` resolvers the help template uses (idempotent)."""
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("alignsweep_groups", groups_text, replace=True)
+    OmegaConf.register_new_resolver("alignsweep_knobs", knobs_text, replace=True)

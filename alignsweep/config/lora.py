@@ -5,6 +5,7 @@ Imports no torch: the checks read the composed config only (`alignsweep.train.lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -17,13 +18,17 @@ def lora_errors(cfg: Any) -> list[str]:
     targets = lora.target_modules
     if isinstance(targets, str):
         ok = bool(targets.strip())
-    else:
-        ok = targets is not None and len(targets) > 0 and all(isinstance(t, str) and t for t in targets)
+    else:  # a number or a mapping is no list of names
+        ok = isinstance(targets, Sequence) and len(targets) > 0 and all(isinstance(t, str) and t for t in targets)
     if not ok:
         errors.append(
             f"model.lora.target_modules: expected all-linear or a list of module names, got {targets!r}; "
             "e.g. model.lora.target_modules=all-linear or model.lora.target_modules=[q_proj,v_proj]"
         )
+    else:
+        from alignsweep.config.lora_targets import target_errors
+
+        errors += target_errors(cfg)  # names that match no layer of the model, where its layers are known
     if getattr(cfg.model, "tree_policy", None) is not None:
         errors.append(f"model.lora: model={cfg.model.name} is a Tree MDP policy, not a transformer; remove lora=")
     if cfg.eval.enabled and cfg.eval.sampler == "vllm":

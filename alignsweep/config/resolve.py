@@ -14,7 +14,9 @@ from typing import Any, Mapping, Optional
 
 from alignsweep.errors import ConfigError
 
-from alignsweep.config.algorithms import ALGO_KNOBS, ALGORITHMS, refuse_foreign_knobs  # noqa: F401 (re-exported)
+from alignsweep.config.algorithms import (  # noqa: F401 (re-exported)
+    ALGO_KNOBS, ALGORITHMS, is_reference_free, refuse_foreign_knobs,
+)
 HYPERPARAMETERS = ("beta", "alpha", "gamma", "gamma_beta_ratio")  # top-level keys, defaults in conf/algo
 ALGO_DIR = Path(__file__).resolve().parents[2] / "conf" / "algo"
 SAMPLERS = ("auto", "transformers", "vllm")  # eval.sampler; whether vllm can run is checked when the job starts
@@ -185,12 +187,15 @@ def resolve_hyperparameters(cfg: Any) -> dict:
 def write_resolved(container: dict, values: Mapping[str, Any]) -> dict:
     """`container` (a job's config as plain data) with one value per concept: the resolved beta,
     alpha and gamma both at the top level and as the algorithm's values (gamma absolute, the
-    gamma_beta_ratio knob dropped), so config.yaml, results.csv and wandb show only what ran."""
+    gamma_beta_ratio knob dropped), so config.yaml, results.csv and wandb show only what ran; and
+    `algo.reference_free`, the loss's own (`alignsweep.train.loss_registry`), for whoever reads the
+    run directory without the code."""
     container = dict(container)
     container["algo"] = dict(container["algo"])
     for node in (container, container["algo"]):
         node.update(values)
         node["gamma_beta_ratio"] = None
+    container["algo"]["reference_free"] = is_reference_free(container["algo"]["name"])
     return container
 
 
@@ -203,8 +208,10 @@ def resolve_job(cfg: Any) -> Job:
     changes nothing would train identical jobs and plot them as different ones.
     """
     from alignsweep.config.ranges import range_errors
+    from alignsweep.config.unknown_keys import unknown_key_errors
 
-    errors = range_errors(cfg) or combination_errors(cfg)  # combinations of values each in range
+    # keys nothing reads, then values out of range, then combinations of values each in range
+    errors = unknown_key_errors(cfg) or range_errors(cfg) or combination_errors(cfg)
     if errors:
         raise ConfigError("; ".join(errors))
     algo = cfg.algo
@@ -286,7 +293,7 @@ def resolve_job(cfg: Any) -> Job:
         gamma=values["gamma"],
         kl_budget=cfg.kl_budget,
         seed=cfg.seed,
-        reference_free=bool(algo.reference_free),
+        reference_free=is_reference_free(name),
         resources=resources,
         knobs={k: algo.get(k) for k, owners in ALGO_KNOBS.items() if name in owners and algo.get(k) is not None},
         lora=None if model.get("lora") is None else f"r{model.lora.r},alpha{model.lora.alpha:g}",

@@ -36,7 +36,9 @@ class AlgoConfig:
     # dpo | ipo | ipo_daa | slic | simpo | alphapo | rdpo | cdpo | robust_dpo | exo | nca | bco | sppo_hard
     # | apo_zero | apo_down | discopop | dpo_norm | aot | aot_unpaired | orpo | kto (conf/algo/NAME.yaml each)
     name: str = MISSING
-    reference_free: bool = False  # True: the loss never reads the reference model
+    # whether the loss never reads the reference model: not a setting, the loss's own
+    # (alignsweep.train.loss_registry); filled in each run's config.yaml, refused when it disagrees
+    reference_free: Optional[bool] = None
     beta: float = knob(MISSING, gt=0)  # default when the top-level `beta` is null
     alpha: Optional[float] = knob(None)  # default shape parameter; null = the algorithm has no alpha
     # default target margin, exactly one of: gamma (absolute) | gamma_beta_ratio (gamma/beta, SimPO's
@@ -44,7 +46,8 @@ class AlgoConfig:
     gamma: Optional[float] = knob(None, ge=0)
     gamma_beta_ratio: Optional[float] = knob(None, ge=0)
     length_normalized: bool = False  # ipo only: per-token average log-ratios (TRL's convention)
-    length_coef: Optional[float] = knob(None)  # rdpo only: `a` in -log sigmoid(beta*h + a*(|y_w|-|y_l|))
+    # rdpo only: `a` >= 0 in -log sigmoid(beta*h + a*(|y_w|-|y_l|)), the penalty per token of max E[r - a|y|]
+    length_coef: Optional[float] = knob(None, ge=0)
     # cdpo, robust_dpo, exo, aot, aot_unpaired only: eps, the probability a label is flipped (TRL's
     # label_smoothing), in [0, 0.5) as TRL requires for robust; exo needs eps > 0 (log eps)
     label_smoothing: Optional[float] = knob(None, ge=0, lt=0.5)

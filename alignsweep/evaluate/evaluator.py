@@ -31,7 +31,10 @@ Definitions (the paper's protocol):
 - length: mean response length and the least-squares line of the algorithm's own implicit
   reward (`alignsweep.train.losses.implicit_reward`: beta log pi/pi_ref for DPO/IPO/SLiC, beta m(y)
   for SimPO, AlphaPO's r_alpha, ...) on response length over the samples (`length_slope`,
-  `length_r2`; nan when undefined: every sample cut to one length, or a constant reward);
+  `length_r2`; nan when undefined: every sample cut to one length, or a constant reward), and
+  `length_r2_log_ratio`, the R^2 of the policy's part beta log pi/pi_ref alone (DPO's implicit
+  reward, comparable across algorithms; for R-DPO without its fixed a|y| term, which makes
+  `length_r2` ~1 by construction; `alignsweep.evaluate.metrics.log_ratio_length_r2`);
 - on the held-out preference pairs: mean summed log-likelihood of chosen and rejected responses
   (likelihood displacement) and the accuracy of the implicit reward, ties counting 1/2 (0.5 at
   step 0 of a reference-based loss, where every reward is 0).

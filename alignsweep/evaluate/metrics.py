@@ -3,7 +3,7 @@ estimator `eval.kl_estimator` names reported as `kl`), the judged win rate (ties
 that could not be read left out and counted) and its length-controlled twin `lc_win_rate`
 (`alignsweep.evaluate.length_control`), response lengths and the regression of the
 algorithm's own implicit reward on length (`alignsweep.train.losses.implicit_reward`; NaN when
-undefined). Definitions: `alignsweep.evaluate.evaluator`.
+undefined), and the R^2 of the log-ratio log pi/pi_ref alone on length (`length_r2_log_ratio`). Definitions: `alignsweep.evaluate.evaluator`.
 """
 
 from __future__ import annotations
@@ -61,5 +61,17 @@ length-controlled win rate's length difference). `lengths` are the responses' to
     implicit = implicit_reward(loss_name, policy_logps=est["policy_logps"], ref_logps=est["ref_logps"],
                                lengths=scored, **loss_params).tolist()
     slope, r2 = least_squares([float(x) for x in lengths], implicit)
-    row.update({"length_slope": slope, "length_r2": r2})
+    row.update({"length_slope": slope, "length_r2": r2, "length_r2_log_ratio": log_ratio_length_r2(est, lengths)})
     return row, lengths
+
+
+def log_ratio_length_r2(est: dict, lengths: Sequence[int]) -> float:
+    """R^2 of the policy's own part of the reward, beta log pi(y)/pi_ref(y) (summed over the sample's
+    tokens, nats; beta drops out of R^2), on response length (tokens) over the samples: DPO's implicit
+    reward (Rafailov et al. 2023) for every algorithm, comparable across them. It equals `length_r2`
+    where that is the implicit reward (DPO, IPO, SLiC, ...); for R-DPO (Park et al. 2024) it leaves out
+    the fixed a|y| term, which alone makes `length_r2` close to 1; for the reference-free losses it
+    is the log-ratio to the SFT model. NaN when undefined (one length, or a constant log-ratio, as at
+    step 0)."""
+    log_ratio = (est["policy_logps"] - est["ref_logps"]).tolist()
+    return least_squares([float(x) for x in lengths], [float(v) for v in log_ratio])[1]

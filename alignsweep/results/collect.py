@@ -2,7 +2,8 @@
 
 A row per (run, evaluated checkpoint), plus one row for each run that has none yet (pending,
 running or failed), so nothing disappears from the table. Besides the job's identity (algorithm,
-model, beta, alpha, gamma, KL budget, seed) every other config value that differs between the
+model, beta, alpha, gamma, KL budget, seed) and whether its loss is `reference_free` (from its
+config.yaml: the loss never read pi_ref, so its beta is not a KL strength) every other config value that differs between the
 runs of the sweep is a `cfg.<key>` column. `sqrt_kl_target` is the sqrt(KL) target a row was the
 first crossing of (`eval.at=sqrt_kl`; null for step checkpoints, step 0 and the end), and
 `sqrt_kl_targets_not_reached` (on every row of such a run) the targets the run ended below, from
@@ -21,8 +22,8 @@ from typing import Any
 
 from alignsweep.results import rundir
 
-ID_COLUMNS = ["run", "status", "algo", "model", "data", "beta", "alpha", "gamma", "kl_budget", "seed", "step",
-              "epoch", "progress"]
+ID_COLUMNS = ["run", "status", "algo", "reference_free", "model", "data", "beta", "alpha", "gamma", "kl_budget",
+              "seed", "step", "epoch", "progress"]
 IGNORED_PREFIXES = ("paths.", "logger.", "dry_run")
 
 
@@ -65,7 +66,7 @@ def _read_run(run_dir: Path) -> tuple[dict, dict]:
         return cfg.get(key) if cfg.get(key) is not None else algo.get(key)
 
     values = {
-        "algo": algo.get("name"), "model": (cfg.get("model") or {}).get("name"),
+        "algo": algo.get("name"), "reference_free": algo.get("reference_free"), "model": (cfg.get("model") or {}).get("name"),
         "data": (cfg.get("data") or {}).get("name"), "beta": pick("beta"),
         "alpha": pick("alpha") if algo.get("alpha") is not None else None,
         "gamma": pick("gamma") if algo.get("gamma") is not None else None,
@@ -123,7 +124,7 @@ def _varying(configs: dict[str, dict]) -> list[str]:
     """Config keys whose values differ between runs (the identity columns and paths aside)."""
     keys = sorted({k for flat in configs.values() for k in flat})
     # the identity columns, and the algorithm's defaults of them (older runs kept both beside each other)
-    skip = {"algo.name", "model.name", "data.name", "beta", "alpha", "gamma", "gamma_beta_ratio", "kl_budget", "seed",
+    skip = {"algo.name", "algo.reference_free", "model.name", "data.name", "beta", "alpha", "gamma", "gamma_beta_ratio", "kl_budget", "seed",
             "algo.beta", "algo.alpha", "algo.gamma", "algo.gamma_beta_ratio"}
     out = []
     for key in keys:

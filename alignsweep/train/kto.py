@@ -41,7 +41,8 @@ REF_KL_COLUMNS = ("ref_kl_chosen_logps", "ref_kl_rejected_logps")
 def kl_partners(size: int, chunk: int) -> list[int]:
     """For each of `size` pairs, the pair whose completions its mismatched examples take: the one
     before it in its chunk of `chunk` consecutive pairs, cyclically (TRL's +1 rotation). A last
-    chunk of one pair takes the pair before it (none when `size` is 1: itself)."""
+    chunk of one pair takes the pair before it (none when `size` is 1: itself). A list of `size`
+    pair indices; TRL's KTOTrainer rotates completions by +1 within a batch the same way."""
     partners = []
     for i in range(size):
         start = (i // chunk) * chunk
@@ -80,7 +81,8 @@ def kl_view(dataset: Any) -> Any:
 class ChunkSampler(torch.utils.data.Sampler):
     """The pairs chunk by chunk (chunks of `chunk` consecutive pairs, in order within), the chunks in
     a random order that depends only on (seed, epoch); a partial last chunk comes last, so every
-    micro-batch of `chunk` pairs is one whole chunk."""
+    micro-batch of `chunk` pairs is one whole chunk. Yields each of the `size` pair indices once per
+    epoch (TRL's KTOTrainer `train_sampling_strategy="sequential"`, with the chunks shuffled)."""
 
     def __init__(self, size: int, chunk: int, seed: int):
         self.size, self.chunk, self.seed, self.epoch = size, chunk, seed, 0
@@ -101,7 +103,9 @@ class ChunkSampler(torch.utils.data.Sampler):
 class KLCollator:
     """TRL's preference collator, applied also to the mismatched pairs: adds `kl_input_ids`,
     `kl_attention_mask`, `kl_completion_mask` (rows [prompt + partner's y_w; prompt + partner's
-    y_l]) and, when precomputed, the reference log-probs REF_KL_COLUMNS."""
+    y_l]) and, when precomputed, the reference log-probs REF_KL_COLUMNS. For a micro-batch of B pairs
+    the kl_ tensors are (2B, T) token ids and masks (T the longest row), the REF_KL_COLUMNS (B,) summed
+    log-probs in nats, as TRL's KTOTrainer collates its KL examples."""
 
     def __init__(self, base: Any):
         self.base = base

@@ -24,6 +24,8 @@ from typing import Any, Iterator
 
 import torch
 
+from alignsweep.errors import ConfigError
+
 
 def peft_config(lora: Any) -> Any:
     """peft's `LoraConfig` for `model.lora` (r, alpha -> lora_alpha, dropout -> lora_dropout,
@@ -36,6 +38,24 @@ def peft_config(lora: Any) -> Any:
         r=int(lora.r), lora_alpha=float(lora.alpha), lora_dropout=float(lora.dropout),
         target_modules=targets, bias="none", task_type="CAUSAL_LM",
     )
+
+
+@contextlib.contextmanager
+def named_target_errors(model_name: str) -> Iterator[None]:
+    """peft's refusal of `model.lora.target_modules` (no layer matched, or a matched layer LoRA
+    cannot adapt), raised when adapters are added to a model whose layers were not known at compose
+    time (`alignsweep.config.lora_targets`), as a ConfigError naming the key (exit 2, no traceback)."""
+    from peft.utils.error import PeftError
+
+    try:
+        yield
+    except (PeftError, ValueError) as exc:
+        if not isinstance(exc, PeftError) and "Target module" not in str(exc):
+            raise
+        raise ConfigError(
+            f"model.lora.target_modules: {str(exc).strip().splitlines()[0]} (model={model_name}); name layers "
+            "this model has (printed by `print(model)` in transformers), or use model.lora.target_modules=all-linear"
+        ) from exc
 
 
 def is_peft(model: Any) -> bool:

@@ -78,9 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-REFERENCE_FREE = frozenset({"simpo", "alphapo", "orpo"})
-# the losses that read `label_smoothing` (eps) and `discopop_tau`
-LABEL_SMOOTHING = frozenset({"cdpo", "robust_dpo", "exo", "aot", "aot_unpaired"})
+from alignsweep.train.loss_registry import ALGORITHMS, reads  # which loss reads which knob, is reference-free
 
 
 def _margin_rewards(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,7 +87,10 @@ def _margin_rewards(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor)
 
 
 def dpo(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """DPO, Rafailov et al. 2023, eq. 7: the Bradley-Terry likelihood of the implicit reward."""
+    """DPO, Rafailov et al. 2023, eq. 7: the Bradley-Terry likelihood of the implicit reward
+    beta log pi/pi_ref. pc, pr, rc, rr: summed log-probs (nats) of the policy's and reference's chosen
+    and rejected responses, each (pairs,); returns (losses, chosen rewards, rejected rewards), each
+    (pairs,). The other losses below take and return the same."""
     chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
     return -F.logsigmoid(chosen - rejected), chosen, rejected
 
@@ -99,7 +100,8 @@ def ipo(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """IPO, Azar et al. 2023, eq. 17 with tau = beta: regress the margin h onto 1/(2 beta).
 
-    `length_normalized` averages each log-ratio over its tokens first (TRL's `ipo`).
+    `length_normalized` averages each log-ratio over its tokens first (TRL's `ipo`); lc, lr: response
+    lengths in tokens, (pairs,). Shapes and units as `dpo`.
     """
     chosen_ratio, rejected_ratio = pc - rc, pr - rr
     if length_normalized:
@@ -110,13 +112,14 @@ def ipo(
 
 def ipo_daa(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """IPO in the DAA form of Rafailov et al. 2024 (g(z) = (z - 1)^2 at z = beta * h): regress the
-    beta-scaled margin onto 1, i.e. h onto 1/beta. Summed log-ratios."""
+    beta-scaled margin onto 1, i.e. h onto 1/beta. Summed log-ratios; shapes and units as `dpo`."""
     chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
     return (chosen - rejected - 1.0) ** 2, chosen, rejected
 
 
 def slic(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """SLiC-HF's calibration hinge on the log-ratio margin, as Rafailov et al. 2024 write it."""
+    """SLiC-HF's calibration hinge (Zhao et al. 2023) on the log-ratio margin, max(0, 1 - beta h), as
+    Rafailov et al. 2024 write it (reference-based). Shapes and units as `dpo`."""
     chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
     return torch.relu(1.0 - (chosen - rejected)), chosen, rejected
 
@@ -124,7 +127,8 @@ def slic(beta: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> tuple[T
 def rdpo(
     beta: float, a: float, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, lc: Tensor, lr: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """R-DPO, Park et al. 2024: DPO whose implicit reward carries a length term a*|y|."""
+    """R-DPO, Park et al. 2024: DPO whose implicit reward carries a length term a*|y|, a in nats per
+    token, lc, lr lengths in tokens (pairs,). Shapes and units as `dpo`."""
     chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
     chosen, rejected = chosen + a * lc, rejected + a * lr
     return -F.logsigmoid(chosen - rejected), chosen, rejected
@@ -146,6 +150,8 @@ def alphapo_reward(beta: float, alpha: float, logps: Tensor, lengths: Tensor) ->
     """r(y) = (beta/alpha)(1 - exp(-alpha m(y))) = -(beta/alpha) expm1(-alpha m(y)).
 
     At alpha = 0 it is beta*m(y) (SimPO), the limit from both sides; expm1 keeps small alpha exact.
+    Gupta et al. 2025, eq. for r_alpha. logps: summed log-probs (nats), lengths in tokens, same shape;
+    returns that shape.
     """
     m = logps / lengths
     if alpha == 0:
@@ -158,13 +164,16 @@ def alphapo_reward(beta: float, alpha: float, logps: Tensor, lengths: Tensor) ->
 def alphapo(
     beta: float, alpha: float, gamma: float, pc: Tensor, pr: Tensor, lc: Tensor, lr: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """AlphaPO, Gupta et al. 2025: SimPO with the reward shaped by alpha."""
+    """AlphaPO, Gupta et al. 2025: SimPO with the reward shaped by alpha (`alphapo_reward`); gamma the
+    absolute margin. Reference-free: pc, pr summed policy log-probs (nats), lc, lr lengths in tokens,
+    each (pairs,); returns (losses, chosen rewards, rejected rewards), each (pairs,)."""
     chosen, rejected = alphapo_reward(beta, alpha, pc, lc), alphapo_reward(beta, alpha, pr, lr)
     return -F.logsigmoid(chosen - rejected - gamma), chosen, rejected
 
 
 def simpo(beta: float, gamma: float, pc: Tensor, pr: Tensor, lc: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """SimPO, Meng et al. 2024: length-normalised, reference-free, with a target margin gamma."""
+    """SimPO, Meng et al. 2024: length-normalised, reference-free, with a target margin gamma
+    (absolute). Shapes and units as `alphapo`."""
     return alphapo(beta, 0.0, gamma, pc, pr, lc, lr)
 
 
@@ -208,7 +217,8 @@ def aot(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """AOT, Melnyk et al. 2024 (distributional alignment via optimal transport): the smoothed DPO
     loss on the batch's sorted margins: paired, sort(pc - pr) - sort(rc - rr); unpaired,
-    sort(c) - sort(r). Entry i of the losses is rank i, not pair i."""
+    sort(c) - sort(r). Entry i of the losses is rank i, not pair i. Shapes and units as `dpo` (the
+    rewards stay per pair); TRL's `aot` / `aot_unpaired`."""
     chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
     if unpaired:
         h = torch.sort(pc - rc, dim=0)[0] - torch.sort(pr - rr, dim=0)[0]
@@ -218,14 +228,16 @@ def aot(
 
 
 def log1mexp(x: Tensor) -> Tensor:
-    """log(1 - e^x) for x < 0, without cancellation (branch at -log 2; Maechler 2012)."""
+    """log(1 - e^x) for x < 0, elementwise (any shape), without cancellation (branch at -log 2;
+    Maechler 2012, "Accurately Computing log(1 - exp(-|a|))")."""
     return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
 def orpo(beta: float, pc: Tensor, pr: Tensor, lc: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """ORPO, Hong et al. 2024 eqs. 4-7, per pair: -m(y_w) - beta log sigmoid(log odds(y_w) - log
     odds(y_l)), m = mean token log-prob, log odds(y) = m - log(1 - e^m); beta is the paper's lambda.
-    Rewards: the log odds."""
+    Rewards: the log odds. Reference-free: pc, pr summed policy log-probs (nats), lc, lr lengths in
+    tokens, each (pairs,); returns (losses, chosen rewards, rejected rewards), each (pairs,)."""
     mc, mr = pc / lc, pr / lr
     chosen, rejected = mc - log1mexp(mc), mr - log1mexp(mr)
     return -mc - beta * F.logsigmoid(chosen - rejected), chosen, rejected
@@ -247,7 +259,8 @@ def kto(
     rr: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """KTO, Ethayarajh et al. 2024 eq. 7 (TRL's `kto` loss type), a pair as its two unpaired examples:
-    per pair the mean of w_d (1 - sigmoid(beta (c - z))) and w_u (1 - sigmoid(beta (z - r)))."""
+    per pair the mean of w_d (1 - sigmoid(beta (c - z))) and w_u (1 - sigmoid(beta (z - r))). z: the
+    0-dim reference point in nats (`kto_reference_point`); other shapes and units as `dpo`."""
     chosen, rejected = _margin_rewards(beta, pc, pr, rc, rr)
     desirable = desirable_weight * (1 - torch.sigmoid(chosen - beta * z))
     undesirable = undesirable_weight * (1 - torch.sigmoid(beta * z - rejected))
@@ -283,11 +296,13 @@ def daa_loss(
     pc, pr = policy_chosen_logps, policy_rejected_logps
     lc = chosen_lengths.to(pc.dtype).clamp(min=1)
     lr = rejected_lengths.to(pr.dtype).clamp(min=1)
-    if name in REFERENCE_FREE:
-        if name == "simpo":
-            return simpo(beta, gamma or 0.0, pc, pr, lc, lr)
-        if name == "orpo":
-            return orpo(beta, pc, pr, lc, lr)
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(ALGORITHMS)}")
+    if name == "simpo":  # the reference-free formulas (alignsweep.train.loss_registry.REFERENCE_FREE)
+        return simpo(beta, gamma or 0.0, pc, pr, lc, lr)
+    if name == "orpo":
+        return orpo(beta, pc, pr, lc, lr)
+    if name == "alphapo":
         return alphapo(beta, 0.0 if alpha is None else alpha, gamma or 0.0, pc, pr, lc, lr)
     if ref_chosen_logps is None or ref_rejected_logps is None:
         raise ValueError(f"{name} needs reference log-probabilities")
@@ -348,7 +363,8 @@ def implicit_reward(
 
 
 def reward_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
-    """Per pair: 1 when the chosen response's implicit reward is higher, 1/2 on a tie, else 0.
+    """Per pair: 1 when the chosen response's implicit reward is higher, 1/2 on a tie, else 0. Inputs
+    and output (pairs,), in the rewards' units.
 
     A tie (e.g. every pair at step 0 of a reference-based loss, where the policy is the reference
     and both rewards are 0) is a coin flip, not a wrong answer: the accuracy of the SFT model is
@@ -363,13 +379,13 @@ def loss_params(cfg: Any, job: Any) -> dict:
     """The keyword arguments of `daa_loss` for a resolved job (`alignsweep.config.resolve.Job`):
     beta, alpha, gamma, and the algorithm's own knobs from `cfg.algo` (IPO's length normalisation,
     R-DPO's length coefficient, label_smoothing, discopop_tau, KTO's weights; which algorithm reads which:
-    `alignsweep.config.algorithms.ALGO_KNOBS`). The one place config names become loss arguments."""
+    `alignsweep.train.loss_registry.ALGO_KNOBS`). The one place config names become loss arguments."""
     params: dict = {"beta": job.beta, "alpha": job.alpha, "gamma": job.gamma}
     if job.algo == "ipo":  # TRL's convention; ipo_daa has none
         params["length_normalized"] = bool(cfg.algo.length_normalized)
     if job.algo == "rdpo":
         params["length_coef"] = float(cfg.algo.length_coef or 0.0)
-    if job.algo in LABEL_SMOOTHING:
+    if reads(job.algo, "label_smoothing"):
         params["label_smoothing"] = float(cfg.algo.label_smoothing or 0.0)
     if job.algo == "discopop":
         params["discopop_tau"] = float(cfg.algo.discopop_tau)

@@ -147,8 +147,11 @@ def _train(cfg: Any, rows: list, model: Any, tokenizer: Any, out: Path, device_k
         from alignsweep.train.lora import peft_config
 
         peft = peft_config(lora)
-    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                            peft_config=peft)
+    from alignsweep.train.lora import named_target_errors
+
+    with named_target_errors(cfg.model.name):
+        trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                processing_class=tokenizer, peft_config=peft)
     if report is not None:
         trainer.add_callback(_progress_callback(report))
     trainer.train()

@@ -16,7 +16,8 @@ import torch
 from trl import DPOTrainer
 
 from alignsweep.train import kto
-from alignsweep.train.losses import REFERENCE_FREE, daa_loss, kto_reference_point, reward_accuracy
+from alignsweep.train.loss_registry import is_reference_free
+from alignsweep.train.losses import daa_loss, kto_reference_point, reward_accuracy
 from alignsweep.train.sharding import CPUFSDPMixin, gather_lm_head_with_model
 
 REF_PARTS = 16  # the shared reference log-probs are computed in up to this many parts
@@ -301,17 +302,12 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)
         chosen_lengths, rejected_lengths = lengths.chunk(2, dim=0)
         ref_chosen = ref_rejected = None
-        if self.loss_name not in REFERENCE_FREE:
+        if not is_reference_free(self.loss_name):
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
             else:
-                reference = self.ref_model
-                if reference is None:  # LoRA: the policy's own module with its adapters disabled
-                    from alignsweep.train.lora import AdaptersDisabled
-
-                    reference = AdaptersDisabled(self.accelerator.unwrap_model(model))
                 with torch.no_grad():
-                    ref_logps, _ = self.sequence_logps(reference, inputs)
+                    ref_logps, _ = self.sequence_logps(self.reference(model), inputs)
                 ref_chosen, ref_rejected = ref_logps.chunk(2, dim=0)
         extra = {"kl_reference_point": self._kto_reference_point(model, inputs)} if self.loss_name == "kto" else {}
         losses, chosen_rewards, rejected_rewards = daa_loss(
@@ -341,6 +337,15 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             return loss, {}
         return loss
 
+    def reference(self, model: Any) -> Any:
+        """pi_ref for log-probs computed during training: the reference model, or under LoRA (no
+        second copy) the policy's own module with its adapters disabled."""
+        if self.ref_model is not None:
+            return self.ref_model
+        from alignsweep.train.lora import AdaptersDisabled
+
+        return AdaptersDisabled(self.accelerator.unwrap_model(model))
+
     def _kto_reference_point(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         """KTO's z on this micro-batch's mismatched pairs (`alignsweep.train.kto`): policy log-probs
         without gradient (z is detached), reference log-probs precomputed or from the reference."""
@@ -350,5 +355,5 @@ class DAATrainer(CPUFSDPMixin, DPOTrainer):
             if self.precompute_ref_logps:
                 ref = torch.cat([inputs[column] for column in kto.REF_KL_COLUMNS])
             else:
-                ref, _ = self.sequence_logps(self.ref_model, mismatched)
+                ref, _ = self.sequence_logps(self.reference(model), mismatched)
         return kto_reference_point(policy, ref.to(policy.dtype), gather=self.accelerator.gather_for_metrics)

@@ -39,7 +39,7 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
     from alignsweep.runtime.distributed import init_process_group
     from alignsweep.runtime.phase_clock import PhaseClock, waited
     from alignsweep.train import sft, sharding
-    from alignsweep.train.lora import AdaptersDisabled, held_memory, peft_config
+    from alignsweep.train.lora import AdaptersDisabled, held_memory, named_target_errors, peft_config
     from alignsweep.train.trainer import DAATrainer
 
     clock = PhaseClock()  # where this job's time goes, in its status (`seconds`, `waited_s`)
@@ -135,7 +135,7 @@ def train_and_evaluate(cfg: Any, job: Any, run_dir: Path, tracker: Any, resume_f
         **dev,
         **shard,
     )
-    with clock("trainer_setup"):  # tokenise and ref_logps inside are counted under their own names
+    with clock("trainer_setup"), named_target_errors(cfg.model.name):  # tokenise, ref_logps counted apart
         trainer = DAATrainer(
             peft_config=None if lora is None else peft_config(lora),  # adapters added by TRL (get_peft_model)
             ref_cache_dir=str(Path(cfg.paths.cache_dir) / "ref_logps") if share_ref else None,
