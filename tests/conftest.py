@@ -44,9 +44,8 @@ def smollm2_cache(request, tmp_path_factory) -> Path:
 TOOLS = ("collect", "report", "status", "sync", "cache", "findings", "bench", "bench-gpu")
 
 
-@pytest.fixture
-def cli(tmp_path, sft_cache):
-    """Run `python -m alignsweep ...` in a scratch directory; returns the CompletedProcess."""
+def make_cli(cwd: Path, sft_cache: Path):
+    """`python -m alignsweep ...` run in the folder `cwd`, as a user runs it (see `cli`)."""
 
     def command(*args: str, module: str = "alignsweep", env: dict | None = None) -> tuple[list[str], dict]:
         cmd = [sys.executable, "-m", module, *args]
@@ -61,7 +60,7 @@ def cli(tmp_path, sft_cache):
 
     def run(*args: str, module: str = "alignsweep", check: bool = True, env: dict | None = None, timeout: int = 600):
         cmd, full_env = command(*args, module=module, env=env)
-        proc = subprocess.run(cmd, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
         return proc
@@ -71,9 +70,22 @@ def cli(tmp_path, sft_cache):
         in a process group of its own, as a terminal runs a command (os.killpg plays Ctrl-C)."""
         cmd, full_env = command(*args, env=env)
         out = subprocess.PIPE if stdout is None else open(stdout, "w")
-        return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True,
+        return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=session)
 
-    run.cwd = tmp_path
+    run.cwd = cwd
     run.popen = popen
     return run
+
+
+@pytest.fixture
+def cli(tmp_path, sft_cache):
+    """Run `python -m alignsweep ...` in a scratch directory; returns the CompletedProcess."""
+    return make_cli(tmp_path, sft_cache)
+
+
+@pytest.fixture(scope="module")
+def module_cli(tmp_path_factory, sft_cache):
+    """`cli` in a scratch directory shared by a module's tests: a run that several tests read is
+    made once (in a module-scoped fixture) and each test checks it its own way."""
+    return make_cli(tmp_path_factory.mktemp("module-cli"), sft_cache)

@@ -128,7 +128,7 @@ def test_config_results_and_wandb_show_the_beta_that_ran(cli):
 
     from .wandb_log import run_record
 
-    cli("algo=simpo", "beta=0.5", "train.checkpoints=1", "hydra.run.dir=run")
+    cli("algo=simpo", "beta=0.5", "train.checkpoints=1", "data.embedded.n_train=256", "eval.prompts=32", "hydra.run.dir=run")
     run = cli.cwd / "run"
     saved = OmegaConf.load(run / "config.yaml")
     assert saved.beta == saved.algo.beta == 0.5 and saved.gamma == saved.algo.gamma == pytest.approx(0.05)

@@ -67,8 +67,10 @@ def test_kl_budget_stops_training_early(cli):
 
 
 def test_local_multirun_with_a_failing_job(cli):
+    # small jobs (256 pairs, 32 evaluation prompts), still six rows each
+    small = ["data.embedded.n_train=256", "eval.prompts=32"]
     proc = cli(
-        "-m", "algo=dpo,simpo", "train.optimizer=adamw_torch,no_such_optimizer", "logger=none",
+        "-m", "algo=dpo,simpo", "train.optimizer=adamw_torch,no_such_optimizer", "logger=none", *small,
         "hydra.sweep.dir=sweep", check=False,
     )
     sweep = cli.cwd / "sweep"
@@ -89,7 +91,7 @@ def test_local_multirun_with_a_failing_job(cli):
 
     # re-submitting the same sweep skips what completed and retries what failed
     again = cli(
-        "-m", "algo=dpo,simpo", "train.optimizer=adamw_torch,no_such_optimizer", "logger=none",
+        "-m", "algo=dpo,simpo", "train.optimizer=adamw_torch,no_such_optimizer", "logger=none", *small,
         "hydra.sweep.dir=sweep", check=False,
     )
     assert again.stdout.count("already completed, skipped") == (states == "completed").sum()

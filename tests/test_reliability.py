@@ -220,8 +220,9 @@ def test_non_finite_loss_stops_the_run_as_diverged(cli):
 @pytest.mark.slow
 def test_api_keys_never_reach_any_file_a_run_writes(cli):
     secret = "sk-alignsweep-test-" + "9f3a7c1e5b" * 3
-    cli("-m", "algo=dpo", "logger=wandb", "logger.mode=offline", "hydra.sweep.dir=sweep",
-        env={"WANDB_API_KEY": secret, "OPENAI_API_KEY": secret})
+    # a small job (every kind of file a job writes, a trainer checkpoint included)
+    cli("-m", "algo=dpo", "logger=wandb", "logger.mode=offline", "hydra.sweep.dir=sweep", "data.embedded.n_train=256",
+        "eval.prompts=32", "train.checkpoints=2", env={"WANDB_API_KEY": secret, "OPENAI_API_KEY": secret})
     written = [p for p in (cli.cwd / "sweep").rglob("*") if p.is_file()]
     assert len(written) > 10
     leaks = [str(p) for p in written if secret.encode() in p.read_bytes()]

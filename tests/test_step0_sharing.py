@@ -20,13 +20,16 @@ def _run(cli, name: str, *args: str) -> tuple[dict, dict]:
     return rundir.read_metrics(cli.cwd / name)[0], rundir.read_status(cli.cwd / name)
 
 
-def test_a_job_reading_the_shared_step0_writes_the_row_it_would_have_computed(cli):
+def test_a_job_reading_the_shared_step0_writes_the_row_it_would_have_computed_and_another_seed_does_not_share_it(cli):
     alone, status = _run(cli, "alone", "algo=simpo", "eval.share_step0=false")
     assert "step0_eval" not in status
     _, first = _run(cli, "first", "algo=dpo", "beta=0.1")
     assert first["step0_eval"] == "measured"
     shared, second = _run(cli, "second", "algo=simpo")
     assert second["step0_eval"] == "read from the sweep's cache"
+    # a different seed does not share step 0 (seed 0's measurement is in the cache now)
+    _, other = _run(cli, "other", "algo=dpo", "seed=3")
+    assert other["step0_eval"] == "measured"
     assert shared["step"] == alone["step"] == 0
     assert set(shared) == set(alone)
     for key, value in alone.items():
@@ -36,14 +39,6 @@ def test_a_job_reading_the_shared_step0_writes_the_row_it_would_have_computed(cl
             assert shared[key] == pytest.approx(value, abs=1e-9), key
     # SimPO's own implicit reward decides its step-0 reward accuracy (DPO's is 0.5 there: every pair a tie)
     assert shared["reward_accuracy"] > 0
-
-
-def test_a_different_seed_does_not_share_step0(cli):
-    _, first = _run(cli, "a", "algo=dpo", "seed=2")
-    _, other = _run(cli, "b", "algo=dpo", "seed=3")
-    _, again = _run(cli, "c", "algo=ipo", "seed=3")
-    assert first["step0_eval"] == other["step0_eval"] == "measured"
-    assert again["step0_eval"] == "read from the sweep's cache"
 
 
 def _start_while_step0_is_busy(cli, sft_cache, step0_file, name: str, *args: str):

@@ -109,15 +109,17 @@ def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_t
                   overrides: Sequence[str] = (), modes: Sequence[str] = tuple(SHARING_MODES), repeats: int = 3) -> dict:
     from alignsweep.results import rundir
 
-    grid = ["algo=dpo,ipo,slic", "beta=0.1,1.0"] if not quick else ["algo=dpo,ipo", "beta=0.1"]
+    grid = ["algo=dpo,ipo,slic", "beta=0.1,1.0"] if not quick else [  # --quick: 2 jobs, less evaluation
+        "algo=dpo,ipo", "beta=0.1", "train.checkpoints=2", "eval.prompts=64"]
     grid += [f"model={model}", *overrides]
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     sweeps = {}
-    # untimed: build the SFT model the sweeps start from (one job of the same shape, a few pairs),
-    # so that no timed sweep pays for it
-    _timed(_alignsweep("-m", f"model={model}", *overrides, "algo=dpo", "beta=0.1", "logger=none", "eval.enabled=false",
-                       "data.embedded.n_train=64", f"hydra.sweep.dir={work / f'sharing-warmup-{model}'}",
-                       f"paths.cache_dir={cache}", "hydra.launcher.collect=false"), work)
+    # untimed (not with --quick: its numbers only show that it runs): build the SFT model the sweeps
+    # start from (one job of the same shape, a few pairs), so that no timed sweep pays for it
+    if not quick:
+        _timed(_alignsweep("-m", f"model={model}", *overrides, "algo=dpo", "beta=0.1", "logger=none",
+                           "eval.enabled=false", "data.embedded.n_train=64", "hydra.launcher.collect=false",
+                           f"hydra.sweep.dir={work / f'sharing-warmup-{model}'}", f"paths.cache_dir={cache}"), work)
     for repeat in range(1 if quick else repeats):  # the modes alternated, the medians
         order = list(modes) if repeat % 2 == 0 else list(reversed(modes))
         for mode in order:
@@ -182,15 +184,16 @@ def bench_overhead(work: Path, cache: Path, quick: bool, overrides: Sequence[str
         ), work)
 
     # untimed: builds the SFT model if need be; the plain script takes the job's SFT model and settings
-    run_ours(work / f"overhead-{name}-warmup")
+    # (--quick: it is the one timed job of ours; its numbers only show that it runs)
+    warmup = run_ours(work / f"overhead-{name}-warmup")
     sft_dir = rundir.read_status(work / f"overhead-{name}-warmup")["sft_model"]
     job_config = work / f"overhead-{name}-warmup" / rundir.CONFIG
-    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    times: dict[str, list[float]] = {"ours": [warmup] if quick else [], "plain": []}
     for repeat in range(1 if quick else repeats):  # a noisy figure: pairs alternated, the medians
         for which in (("ours", "plain") if repeat % 2 == 0 else ("plain", "ours")):
-            if which == "ours":
+            if which == "ours" and not quick:
                 times["ours"].append(run_ours(work / f"overhead-{name}-{repeat}"))
-            else:
+            elif which == "plain":
                 times["plain"].append(_timed([sys.executable, str(script), str(job_config), sft_dir, "1",
                                               str(work / f"plain-{name}-{repeat}")], work))
     return {"overrides": list(overrides), "alignsweep_s": times["ours"], "plain_trl_s": times["plain"],
@@ -199,14 +202,16 @@ def bench_overhead(work: Path, cache: Path, quick: bool, overrides: Sequence[str
 
 def bench_dry_run(work: Path, quick: bool) -> dict:
     times = []
-    for _ in range(1 if quick else 3):
+    for _ in range(0 if quick else 3):
         times.append(_timed(_alignsweep("experiment=overopt_tldr", "dry_run=true",
                                         f"hydra.sweep.dir={work / 'dry'}"), work))
+    start = time.perf_counter()
     probe = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "alignsweep", "experiment=overopt_tldr", "dry_run=true",
          f"hydra.sweep.dir={work / 'dry'}"],
         cwd=work, env=_env(), capture_output=True, text=True,
     )
+    times += [time.perf_counter() - start] if quick else []  # --quick: the probe's time alone
     torch_imported = any(line.rstrip().endswith("| torch") for line in probe.stderr.splitlines())
     jobs = sum(line.startswith("#") for line in probe.stdout.splitlines())
     return {"jobs": jobs, "seconds": times, "median_s": statistics.median(times), "torch_imported": torch_imported}
