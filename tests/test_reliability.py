@@ -203,6 +203,17 @@ def test_sft_is_built_once_by_concurrent_jobs_and_a_crashed_build_is_not_used(cl
     assert (sft_root / key / "DONE").exists()
 
 
+def test_jobs_with_and_without_activation_checkpointing_share_one_sft_model():
+    """model.gradient_checkpointing changes memory, not the SFT model: one cache key for both (the
+    key of a job without it unchanged), while what does change the model still changes the key."""
+    from alignsweep.train.sft import sft_key
+    from tests.test_config import compose_cfg
+
+    off = sft_key(compose_cfg("model.gradient_checkpointing=false"))
+    assert sft_key(compose_cfg("model.gradient_checkpointing=true")) == off
+    assert sft_key(compose_cfg("sft.epochs=1")) != off and sft_key(compose_cfg("sft.lr=1e-4")) != off
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_the_run_as_diverged(cli):
     proc = cli("logger=none", "train.lr=1e12", "hydra.run.dir=run", check=False)

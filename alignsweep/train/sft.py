@@ -28,6 +28,10 @@ def sft_key(cfg: Any) -> str:
     model.pop("resources", None)
     model.pop("per_device_batch", None)
     model.pop("grad_accum", None)
+    # activation checkpointing recomputes the same activations: the same SFT model (bit for bit on
+    # CPU in float32, measured), so jobs with and without it share one; hashed as false, the value
+    # every cache built before had unless it was set
+    model["gradient_checkpointing"] = False
     lora = model.pop("lora", None)
     if lora is not None and lora.get("sft", True):  # SFT trains (and merges) adapters
         model["lora"] = lora  # null or full SFT: the key of full fine-tuning, shared with its jobs
