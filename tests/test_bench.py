@@ -60,3 +60,20 @@ def test_model_flops_count():
     assert model_flops_per_token(100, 2, 8, 10, reference=True) == 8 * 100 + 16 * 2 * 8 * 10
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12 and peak_flops("NVIDIA H100 PCIe") == 756.0e12
     assert peak_flops("Some Other Card") is None
+
+
+def test_every_shape_the_full_benchmark_runs_composes_with_evaluation_off(cli):
+    """`make bench` runs shapes that --quick skips (the findings experiments' shape); each, with the
+    benchmark's own overrides for a job without evaluation, must compose. The findings shape
+    evaluates at sqrt(KL) targets, which refuses eval.enabled=false alone: `make bench` stopped at
+    its first findings-shape job."""
+    from alignsweep.bench.lora import SHAPES
+    from alignsweep.bench.overhead import EVAL_OFF, OVERHEAD_SHAPES, SHARING_SHAPES
+
+    shapes = {tuple(o) for o in OVERHEAD_SHAPES.values()} | {tuple(o) for o in SHAPES.values()}
+    shapes |= {("-m", f"model={s['model']}", *s["overrides"]) for s in SHARING_SHAPES.values()}
+    for overrides in sorted(shapes):
+        proc = cli(*overrides, *EVAL_OFF, "logger=none", "dry_run=true", check=False)
+        assert proc.returncode == 0, (overrides, proc.stderr[-1500:])
+    refused = cli(*OVERHEAD_SHAPES["findings"], "eval.enabled=false", "dry_run=true", check=False)
+    assert refused.returncode == 2 and "eval.at" in refused.stderr  # why EVAL_OFF has eval.at=steps

@@ -30,10 +30,10 @@ VARIANTS = {"full": [], "lora": ["lora=default", "model.lora.sft=false"]}
 
 def _job(work: Path, cache: Path, run: Path, overrides: list[str]) -> dict:
     """One job as a child process: its wall time, peak RSS (bytes) and status."""
-    from alignsweep.bench.overhead import _env
+    from alignsweep.bench.overhead import EVAL_OFF, _env
     from alignsweep.results import rundir
 
-    cmd = [sys.executable, "-m", "alignsweep", *overrides, "logger=none", "eval.enabled=false",
+    cmd = [sys.executable, "-m", "alignsweep", *overrides, "logger=none", *EVAL_OFF,
            "train.resumable=false", f"hydra.run.dir={run}", f"paths.cache_dir={cache}"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -11,8 +11,7 @@ Measured side by side in one run, on this machine (they are shared and noisy: re
    shape of the findings experiments (embedded_small, 128 steps).
 2. overhead: one DAA job through alignsweep (evaluation off) vs a plain TRL script doing the same
    training (the job's SFT model and its resolved settings: data, batch, steps, optimiser),
-   whole-process wall time, alternated; a job of the default shape (seconds: the fixed cost of
-   starting a job shows) and one of the findings shape.
+   whole-process wall time, alternated; a job of the default shape (seconds: the fixed cost of starting a job shows) and one of the findings shape.
 3. dry run of the 63-job paper grid: wall time, and whether torch was imported.
 4. collecting a sweep of 10,000 checkpoint rows.
 5. LoRA vs full fine-tuning: step time and memory of one job each way (`alignsweep.bench.lora`).
@@ -118,7 +117,7 @@ def bench_sharing(work: Path, cache: Path, quick: bool, model: str = "embedded_t
     # start from (one job of the same shape, a few pairs), so that no timed sweep pays for it
     if not quick:
         _timed(_alignsweep("-m", f"model={model}", *overrides, "algo=dpo", "beta=0.1", "logger=none",
-                           "eval.enabled=false", "data.embedded.n_train=64", "hydra.launcher.collect=false",
+                           *EVAL_OFF, "data.embedded.n_train=64", "hydra.launcher.collect=false",
                            f"hydra.sweep.dir={work / f'sharing-warmup-{model}'}", f"paths.cache_dir={cache}"), work)
     for repeat in range(1 if quick else repeats):  # the modes alternated, the medians
         order = list(modes) if repeat % 2 == 0 else list(reversed(modes))
@@ -168,6 +167,7 @@ OVERHEAD_SHAPES = {
     "default": [],
     "findings": ["experiment=overopt_embedded", "hydra.mode=RUN", "model=embedded_small"],
 }
+EVAL_OFF = ("eval.enabled=false", "eval.at=steps")  # the findings experiments evaluate at sqrt(KL) targets
 
 
 def bench_overhead(work: Path, cache: Path, quick: bool, overrides: Sequence[str] = (), repeats: int = 5) -> dict:
@@ -179,7 +179,7 @@ def bench_overhead(work: Path, cache: Path, quick: bool, overrides: Sequence[str
 
     def run_ours(run: Path) -> float:
         return _timed(_alignsweep(
-            *overrides, "logger=none", "eval.enabled=false", "train.resumable=false", "train.share_ref_logps=false",
+            *overrides, "logger=none", *EVAL_OFF, "train.resumable=false", "train.share_ref_logps=false",
             "data.share_prepared=false", f"hydra.run.dir={run}", f"paths.cache_dir={cache}",
         ), work)
 
