@@ -55,6 +55,21 @@ def torchrun(run: Path, timeout: int = 400) -> None:
     assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "Warning" not in l)[-6000:]
 
 
+def variant_of(zero3_run: Path, run: Path, change) -> tuple[Path, dict]:
+    """The ZeRO-3 job's config changed by `change(cfg)` (in place), run by `torchrun` in `run`:
+    (run, its status), checked completed under ZeRO-3."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(zero3_run / "config.yaml")
+    change(cfg)
+    run.mkdir()
+    OmegaConf.save(cfg, run / "config.yaml")
+    torchrun(run)
+    status = rundir.read_status(run)
+    assert status["state"] == "completed" and status["strategy"] == "deepspeed_zero3", status.get("error")
+    return run, status
+
+
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory) -> Path:
     """One 2-process ZeRO-3 job's run directory (its config composed by a single-process job)."""
@@ -173,17 +188,12 @@ def test_zero3_job_in_bfloat16_saves_the_float32_master_weights_that_a_small_lr_
     weights. The SFT model (built under ZeRO-3 in bf16) and the final model are saved from the
     masters, as under FSDP: at lr 5e-7 nearly all final weights moved from the SFT model, while
     only a few percent of those moves show in bf16 (DeepSpeed's own 16-bit save would lose them)."""
-    from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
-    cfg = OmegaConf.load(zero3_run / "config.yaml")
-    cfg.model.dtype, cfg.train.lr, cfg.train.checkpoints, cfg.eval.prompts = "bfloat16", 5e-7, 1, 16
-    run = tmp_path / "bf16"
-    run.mkdir()
-    OmegaConf.save(cfg, run / "config.yaml")
-    torchrun(run)
-    status = rundir.read_status(run)
-    assert status["state"] == "completed" and status["strategy"] == "deepspeed_zero3", status.get("error")
+    def bf16(cfg):
+        cfg.model.dtype, cfg.train.lr, cfg.train.checkpoints, cfg.eval.prompts = "bfloat16", 5e-7, 1, 16
+
+    run, status = variant_of(zero3_run, tmp_path / "bf16", bf16)
     final = load_file(run / "model" / "model.safetensors")
     sft = load_file(Path(status["sft_model"]) / "model.safetensors")
     assert Path(status["sft_model"]).parent == zero3_run.parent / "cache" / "sft"  # built here: bf16 is its own SFT
@@ -217,19 +227,13 @@ def test_zero3_lora_job_trains_adapters_evaluates_and_resumes_exactly(zero3_run,
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from omegaconf import OmegaConf
-
     from alignsweep.train import models
 
-    cfg = OmegaConf.load(zero3_run / "config.yaml")
-    cfg.model.lora = {"r": 4, "alpha": 32.0, "dropout": 0.0, "target_modules": "all-linear", "sft": True}
-    cfg.paths.cache_dir = str(tmp_path / "cache")  # empty: SFT with adapters and the reference passes run here
-    run = tmp_path / "lora"
-    run.mkdir()
-    OmegaConf.save(cfg, run / "config.yaml")
-    torchrun(run)
-    status = rundir.read_status(run)
-    assert status["state"] == "completed" and status["strategy"] == "deepspeed_zero3", status.get("error")
+    def lora(cfg):
+        cfg.model.lora = {"r": 4, "alpha": 32.0, "dropout": 0.0, "target_modules": "all-linear", "sft": True}
+        cfg.paths.cache_dir = str(tmp_path / "cache")  # empty: SFT with adapters and the reference passes run here
+
+    run, status = variant_of(zero3_run, tmp_path / "lora", lora)
     # SFT trained adapters under ZeRO-3, gathered and merged on rank 0: a plain SFT checkpoint; the
     # training pairs' reference log-probs computed by the base with adapters disabled (partitioned)
     sft_weights = load_file(Path(status["sft_model"]) / "model.safetensors")
