@@ -35,14 +35,13 @@ def write_rank_record(run_dir: Path, trainer: Any) -> None:
     numel = local_numel = 0
     with torch.no_grad():
         for p in trainer.model.parameters():
+            shard = local_shard(p)
             if zero3_partitioned(p):
                 import deepspeed
 
-                shard = zero3_local_part(p)
                 with deepspeed.zero.GatheredParameters([p]):  # every rank holds the whole tensor inside
                     full_sum, full_numel = float(p.data.double().sum()), p.data.numel()
             else:
-                shard = p.to_local() if hasattr(p, "to_local") else p
                 full = p.full_tensor() if hasattr(p, "full_tensor") else p
                 full_sum, full_numel = float(full.double().sum()), full.numel()
             checksum += full_sum
@@ -67,6 +66,14 @@ def zero3_partitioned(param: Any) -> bool:
     """Whether `param` is a DeepSpeed ZeRO-3 partitioned parameter: outside its module's forward
     its `data` is empty and this rank's partition lies in `ds_tensor`."""
     return hasattr(param, "ds_tensor")
+
+
+def local_shard(param: Any) -> Any:
+    """This rank's elements of a parameter: FSDP2's local shard of a DTensor, a ZeRO-3 partition
+    without its padding (`zero3_local_part`), or the parameter itself when it is not sharded."""
+    if zero3_partitioned(param):
+        return zero3_local_part(param)
+    return param.to_local() if hasattr(param, "to_local") else param
 
 
 def zero3_local_part(param: Any) -> Any:

@@ -258,11 +258,10 @@ def weights_finite(model: Any) -> bool:
     synchronisation with the device whatever the number of tensors."""
     import torch
 
-    from alignsweep.runtime.distributed import zero3_local_part, zero3_partitioned
+    from alignsweep.runtime.distributed import local_shard
 
-    # ZeRO-3: a parameter's own data is empty between forwards; this rank's partition is checked
-    local = (zero3_local_part(p) if zero3_partitioned(p) else p for p in model.parameters())
-    flags = [torch.isfinite(t).all() for t in local if t.numel()]
+    # sharded: this rank's part (a ZeRO-3 parameter's own data is empty between forwards)
+    flags = [torch.isfinite(t).all() for t in map(local_shard, model.parameters()) if t.numel()]
     return bool(torch.stack(flags).all().item()) if flags else True
 
 
